@@ -1,0 +1,1 @@
+"""Command-line interface: ``freqpure <command> ...``. Each command lives in its own module here."""
