@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freqpure",
-        description="Diffusion purification from the frequency domain (FreqPure / DiffPure) and adaptive-attack evaluation.",
+        description="Diffusion purification from the frequency domain (FreqPure, DiffPure) and adaptive attacks.",
     )
     from freqpure import __version__
 
