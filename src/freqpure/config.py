@@ -1,0 +1,214 @@
+"""Configuration as dataclasses: one source of truth, loaded strictly from YAML, printed into results.
+
+Generic helpers (:func:`from_dict`, :func:`to_dict`, :func:`apply_overrides`, :func:`load_yaml`) work
+for any nested dataclass; :class:`PurifierConfig` describes a purifier and :func:`build_purifier`
+turns it into a module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "PurifierConfig",
+    "build_purifier",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "load_yaml",
+    "dump_yaml",
+    "config_diff",
+]
+
+T = TypeVar("T")
+
+
+@dataclass
+class PurifierConfig:
+    """A purifier. ``method``: ``freqpure``, ``diffpure`` or ``none``.
+
+    ``rounds`` is the plan ``"t_star:steps"`` (comma-separated rounds, ``*k`` repeats), e.g.
+    ``"100:20"`` or the official CIFAR-10 v2 plan ``"20:5*5,50:5*5"``. Radii are in
+    frequency-index units of the centred spectrum (``null`` disables that edit).
+    """
+
+    method: str = "freqpure"
+    diffusion: str = "cifar10-ddpm-small"
+    rounds: str = "100:20"
+    sampler: str = "ddpm"
+    amp_radius: float | None = 10.0
+    phase_radius: float | None = 10.0
+    delta: float = 0.3
+    mode: str = "paper"
+    reference: str = "input"
+    reference_t: int = 50
+    recompute_reference: bool = False
+    clip_x0: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ("freqpure", "diffpure", "none"):
+            raise ValueError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
+
+
+def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
+                   device: Any = None):
+    """Build the purifier described by ``cfg`` (``None`` for ``method: none``).
+
+    ``eps_model`` defaults to ``load_diffusion(cfg.diffusion)``.
+    """
+    from freqpure.purifiers import DiffPure, FreqPure
+
+    if cfg.method == "none":
+        return None
+    if eps_model is None:
+        from freqpure.models.registry import load_diffusion
+
+        eps_model = load_diffusion(cfg.diffusion, device=device)
+    common = dict(rounds=cfg.rounds, sampler=cfg.sampler, clip_x0=cfg.clip_x0, seed=seed, checkpoint=checkpoint)
+    if cfg.method == "diffpure":
+        return DiffPure(eps_model, **common)
+    return FreqPure(
+        eps_model,
+        cfg.amp_radius,
+        cfg.phase_radius,
+        cfg.delta,
+        reference=cfg.reference,
+        reference_t=cfg.reference_t,
+        recompute_reference=cfg.recompute_reference,
+        mode=cfg.mode,
+        **common,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict helpers
+# ---------------------------------------------------------------------------------------------
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return from_dict(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{where}: cannot interpret {value!r} as {annotation}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(annotation) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str | int | float):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys raise, naming them and listing the valid ones."""
+    data = dict(data or {})
+    types_ = _field_types(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
+        hint = "; ".join(f"{where}.{k}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+        raise ValueError(f"unknown config key(s): {hint}. Valid keys of {where}: {', '.join(valid)}")
+    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass → plain nested dict (YAML/JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate; returns a new config."""
+    data = to_dict(cfg)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        node = data
+        parts = key.strip().split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                prefix = ".".join(parts[: i + 1])
+                raise ValueError(f"unknown config section {prefix!r} in override {item!r}; valid: {', '.join(node)}")
+            node = node[part]
+        if parts[-1] not in node:
+            where = ".".join(parts[:-1]) or "config"
+            raise ValueError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {', '.join(node)}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(type(cfg), data)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a YAML file strictly into dataclass ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at the top level")
+    return from_dict(cls, data)
+
+
+def dump_yaml(cfg: Any) -> str:
+    """Config → YAML text (keys in field order)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Lines ``key: old -> new`` for every differing leaf of two nested dicts."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += config_diff(a, b, name + ".")
+        elif a != b:
+            lines.append(f"{name}: {a!r} -> {b!r}")
+    return lines
+
+
+
