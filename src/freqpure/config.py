@@ -125,11 +125,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ValueError(f"{where} must be true or false, got {value!r}")
     if annotation is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
             raise ValueError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if annotation is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
@@ -149,7 +149,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
         hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
         hint = "; ".join(f"{where}.{k}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
         raise ValueError(f"unknown config key(s): {hint}. Valid keys of {where}: {', '.join(valid)}")
-    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None
     return cls(**kwargs)
 
 
@@ -174,7 +177,8 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
             node = node[part]
         if parts[-1] not in node:
             where = ".".join(parts[:-1]) or "config"
-            raise ValueError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {', '.join(node)}")
+            valid = ", ".join(node)
+            raise ValueError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {valid}")
         node[parts[-1]] = yaml.safe_load(raw)
     return from_dict(type(cfg), data)
 
