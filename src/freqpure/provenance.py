@@ -1,0 +1,61 @@
+"""What every results file records about the run: versions, platform, device, time."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["environment", "write_json_atomic"]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str | torch.device | None = None) -> dict[str, Any]:
+    """Versions of the packages that change numbers, the platform, and the device in use."""
+    info: dict[str, Any] = {
+        "freqpure": _version("freqpure"),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+        "torchsde": _version("torchsde"),
+        "pyautoattack": _version("pyautoattack"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if device is not None:
+        dev = torch.device(device)
+        info["device"] = str(dev)
+        if dev.type == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(dev)
+            info["cuda"] = torch.version.cuda
+    return info
+
+
+def write_json_atomic(data: Any, path: str | Path) -> None:
+    """Write JSON to ``path`` via a temporary file and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
