@@ -26,13 +26,14 @@ __all__ = [
     "list_models",
     "load_classifier",
     "load_diffusion",
+    "model_info",
     "parse_rounds",
     "spectral",
 ]
 
 
 def __getattr__(name: str):  # lazy: the registry imports the model zoo only when asked
-    if name in ("load_diffusion", "load_classifier", "list_models"):
+    if name in ("load_diffusion", "load_classifier", "list_models", "model_info"):
         from freqpure.models import registry
 
         return getattr(registry, name)
