@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
+
+from freqpure._fileio import atomic_path
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "read_image", "read_images", "write_png"]
 
@@ -74,14 +74,6 @@ def read_images(paths: Sequence[str | Path], size: int | None = None) -> Tensor:
 
 def write_png(image: Tensor, path: str | Path) -> None:
     """``[3, H, W]`` in [0, 1] (clipped, rounded) → PNG, written atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
