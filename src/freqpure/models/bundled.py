@@ -1,0 +1,158 @@
+"""The small CIFAR-10 models shipped inside the package (``freqpure/weights/*.safetensors``).
+
+Each weights file carries its own construction recipe in the safetensors metadata:
+
+* ``freqpure_kind``: ``"diffusion"`` or ``"classifier"``;
+* ``freqpure_arch``: a key of :data:`ARCHITECTURES`;
+* ``freqpure_config``: JSON of the constructor keyword arguments;
+* optional ``freqpure_*`` extras (training step, measured accuracy, ...).
+
+The model registry imports this module lazily and reads :data:`ARCHITECTURES` and :data:`BUNDLED`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from freqpure.models.adapters import EpsModel
+from freqpure.models.small import FastResNet, SmallUNet
+
+__all__ = [
+    "ARCHITECTURES",
+    "BUNDLED",
+    "WEIGHTS_DIR",
+    "weights_path",
+    "read_metadata",
+    "build_from_file",
+    "load_bundled_diffusion",
+    "load_bundled_classifier",
+]
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "small-unet": SmallUNet,
+    "fast-resnet": FastResNet,
+}
+
+BUNDLED: dict[str, dict[str, Any]] = {
+    "cifar10-ddpm-small": {
+        "kind": "diffusion",
+        "file": "cifar10-ddpm-small.safetensors",
+        "arch": "small-unet",
+        "dataset": "cifar10",
+        "image_size": 32,
+        "input_range": "[-1, 1]",
+        "schedule": "linear-beta 1e-4..2e-2, 1000 steps",
+        "description": "Small ε-prediction DDPM UNet (2.3M params) trained on CPU on CIFAR-10; EMA weights. "
+        "Forward of 64 images at 32x32 takes about 0.2 s on 2 CPU threads. See docs/models.md.",
+    },
+    "cifar10-resnet-small": {
+        "kind": "classifier",
+        "file": "cifar10-resnet-small.safetensors",
+        "arch": "fast-resnet",
+        "dataset": "cifar10",
+        "image_size": 32,
+        "num_classes": 10,
+        "input_range": "[0, 1]",
+        "description": "Fast ResNet-9-style CIFAR-10 classifier (normalisation inside), trained on CPU. "
+        "See docs/models.md for its test accuracy.",
+    },
+}
+
+
+def _entry(name: str, kind: str) -> dict[str, Any]:
+    if name not in BUNDLED:
+        known = ", ".join(sorted(BUNDLED))
+        raise KeyError(f"unknown bundled model {name!r}; known bundled models: {known}")
+    entry = BUNDLED[name]
+    if entry["kind"] != kind:
+        raise ValueError(f"bundled model {name!r} is a {entry['kind']} model, not a {kind} model")
+    return entry
+
+
+def weights_path(name: str) -> Path:
+    """Path of a bundled model's weights file (which may not exist yet)."""
+    if name not in BUNDLED:
+        raise KeyError(f"unknown bundled model {name!r}; known bundled models: {', '.join(sorted(BUNDLED))}")
+    return WEIGHTS_DIR / BUNDLED[name]["file"]
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors metadata of a weights file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def build_from_file(
+    path: str | Path, kind: str | None = None, arch: str | None = None, device: torch.device | str | None = None
+) -> tuple[nn.Module, dict[str, str]]:
+    """Construct the network described by a weights file's metadata and load its weights (float32, eval).
+
+    ``kind``/``arch`` (optional) must match the metadata, else ``ValueError``.
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    for key in ("freqpure_kind", "freqpure_arch", "freqpure_config"):
+        if key not in meta:
+            raise ValueError(f"{path}: metadata lacks {key!r}; not a freqpure weights file")
+    if kind is not None and meta["freqpure_kind"] != kind:
+        raise ValueError(f"{path}: holds a {meta['freqpure_kind']} model, expected {kind}")
+    if arch is not None and meta["freqpure_arch"] != arch:
+        raise ValueError(f"{path}: holds architecture {meta['freqpure_arch']!r}, expected {arch!r}")
+    if meta["freqpure_arch"] not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {meta['freqpure_arch']!r}; known: {sorted(ARCHITECTURES)}")
+    try:
+        kwargs = json.loads(meta["freqpure_config"])
+        net = ARCHITECTURES[meta["freqpure_arch"]](**kwargs)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path}: cannot build {meta['freqpure_arch']} from its config ({err})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not match {meta['freqpure_arch']}({kwargs}): {err}") from None
+    net = net.float().eval()
+    if device is not None:
+        net = net.to(device)
+    return net, meta
+
+
+def load_bundled_diffusion(name: str = "cifar10-ddpm-small", device: torch.device | str | None = None) -> EpsModel:
+    """A bundled diffusion model as an :class:`EpsModel` (x in [-1,1], t step indices 0..999; eval, fp32)."""
+    entry = _entry(name, "diffusion")
+    path = weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights of {name!r} not found at {path}; train and export them with "
+            f"`freqpure train diffusion` / `freqpure train export work/train/{name} {path}` (see docs/models.md)"
+        )
+    net, _ = build_from_file(path, kind="diffusion", arch=entry["arch"], device=device)
+    return EpsModel(net, image_size=entry["image_size"], channels=3, name=name).eval()
+
+
+def load_bundled_classifier(name: str = "cifar10-resnet-small", device: torch.device | str | None = None) -> nn.Module:
+    """A bundled classifier: ``model(x [B,3,32,32] in [0,1]) -> logits [B,10]`` (eval, fp32)."""
+    entry = _entry(name, "classifier")
+    path = weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights of {name!r} not found at {path}; train them with `freqpure train classifier "
+            f"--config configs/train_classifier_small.yaml --export-to {path}` (see docs/models.md)"
+        )
+    net, _ = build_from_file(path, kind="classifier", arch=entry["arch"], device=device)
+    return net
