@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--classifier", default="cifar10-resnet-small")
     parser.add_argument("--diffusion", default="cifar10-ddpm-small")
     parser.add_argument("--sweep", action="store_true", help="compare FreqPure settings instead")
+    parser.add_argument("--only", default=None, help="run only the rows whose name contains this text")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -63,6 +64,8 @@ def main() -> None:
     classifier = freqpure.load_classifier(args.classifier)
     eps_model = freqpure.load_diffusion(args.diffusion)
     rows = SWEEP_ROWS if args.sweep else DEFAULT_ROWS
+    if args.only:
+        rows = {name: cfg for name, cfg in rows.items() if args.only in name}
 
     def accuracy(predict) -> tuple[int, float]:
         correct, started = 0, time.perf_counter()
