@@ -162,24 +162,36 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate; returns a new config."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate; returns a new config.
+
+    Lists of sections are indexed by position: ``attacks.0.eps=0.01``.
+    """
     data = to_dict(cfg)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key.sub=value")
-        node = data
+        node: Any = data
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
+            if isinstance(node, list):  # list of sections: index it, e.g. attacks.0.eps=...
+                if not (part.isdigit() and int(part) < len(node)):
+                    prefix = ".".join(parts[:i])
+                    raise ValueError(f"{prefix} has {len(node)} entries; {part!r} in override {item!r} is not an index")
+                node = node[int(part)]
+                continue
+            if not isinstance(node.get(part), dict | list):
                 prefix = ".".join(parts[: i + 1])
                 raise ValueError(f"unknown config section {prefix!r} in override {item!r}; valid: {', '.join(node)}")
             node = node[part]
-        if parts[-1] not in node:
+        if isinstance(node, list) or parts[-1] not in node:
             where = ".".join(parts[:-1]) or "config"
-            valid = ", ".join(node)
+            valid = ", ".join(node) if isinstance(node, dict) else "an index and a key, e.g. 0.eps"
             raise ValueError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {valid}")
-        node[parts[-1]] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if ":" in raw and isinstance(value, int | float) and not isinstance(value, bool):
+            value = raw.strip()  # YAML 1.1 reads "100:20" as a base-60 number; keep round plans as text
+        node[parts[-1]] = value
     return from_dict(type(cfg), data)
 
 

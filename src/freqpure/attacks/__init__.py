@@ -1,0 +1,42 @@
+"""Adaptive attacks on any classifier ``nn.Module``, purified ones included.
+
+* :func:`pgd` — PGD in L∞ / L2 on a gradient oracle ``loss_and_grad(x, y) -> (loss, grad)``;
+* :class:`EOTGradient` — the oracle: EOT-averaged loss and input gradient over K draws, batched;
+* :func:`attack_purifier` — gradient modes through a purifier (full, surrogate, adjoint, BPDA);
+* :func:`run_autoattack` — AutoAttack standard / rand through ``pyautoattack`` (imported on first use).
+"""
+
+from freqpure.attacks.eot import DrawNoise, EOTGradient
+from freqpure.attacks.gradients import AttackModel, BPDAPurifier, SeededModel, attack_purifier
+from freqpure.attacks.losses import attack_loss, margin
+from freqpure.attacks.pgd import PGDResult, default_step_size, pgd, project, random_start
+from freqpure.attacks.types import GradientMode, Loss, Norm, parse_enum
+
+__all__ = [
+    "AttackModel",
+    "BPDAPurifier",
+    "DrawNoise",
+    "EOTGradient",
+    "GradientMode",
+    "Loss",
+    "Norm",
+    "PGDResult",
+    "SeededModel",
+    "attack_loss",
+    "attack_purifier",
+    "default_step_size",
+    "margin",
+    "parse_enum",
+    "pgd",
+    "project",
+    "random_start",
+    "run_autoattack",
+]
+
+
+def __getattr__(name: str):  # pyautoattack is imported only when asked for
+    if name == "run_autoattack":
+        from freqpure.attacks.autoattack import run_autoattack
+
+        return run_autoattack
+    raise AttributeError(f"module 'freqpure.attacks' has no attribute {name!r}")

@@ -1,0 +1,129 @@
+"""Gradient modes through a purifier, and the differentiable model an attack queries.
+
+:func:`attack_purifier` turns the defence's purifier into the module whose gradient the attack
+follows (see :class:`~freqpure.attacks.types.GradientMode`); :class:`AttackModel` composes it with the
+classifier. The defence itself is never changed: it judges the final adversarial images with its own
+settings and randomness.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from freqpure.attacks.types import GradientMode, parse_enum
+
+__all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier"]
+
+
+class BPDAPurifier(nn.Module):
+    """Backward Pass Differentiable Approximation: purify in the forward pass, identity in the backward.
+
+    ``forward(x [B,C,H,W] in [0,1], noise) -> purified`` with value ``purifier(x)`` and
+    ``d out / d x = I``. The purifier runs without building a graph (that is the point of BPDA).
+    """
+
+    def __init__(self, purifier: nn.Module) -> None:
+        super().__init__()
+        self.purifier = purifier
+
+    def forward(self, x: Tensor, noise=None) -> Tensor:
+        with torch.no_grad():
+            purified = self.purifier(x, noise=noise)
+        return x + (purified - x).detach()
+
+
+def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rounds: str | None = None) -> nn.Module:
+    """The module an attack differentiates in place of ``purifier``.
+
+    * ``full``: a shallow copy with per-step gradient checkpointing switched on (exact gradient,
+      memory flat in the number of steps);
+    * ``surrogate``: ``purifier.with_rounds(surrogate_rounds)`` (same total noise, fewer steps; e.g.
+      ``"100:1"``), checkpointed;
+    * ``adjoint``: :class:`~freqpure.attacks.adjoint.AdjointSDEPurifier` (needs ``sampler="sde"``);
+    * ``bpda``: :class:`BPDAPurifier`.
+    """
+    mode = parse_enum(GradientMode, mode, "gradient mode")
+    if mode is GradientMode.BPDA:
+        return BPDAPurifier(purifier)
+    if mode is GradientMode.ADJOINT:
+        from freqpure.attacks.adjoint import AdjointSDEPurifier
+
+        return AdjointSDEPurifier(purifier)
+    if mode is GradientMode.SURROGATE:
+        if not surrogate_rounds:
+            raise ValueError("gradient mode 'surrogate' needs surrogate_rounds, e.g. '100:1'")
+        if not hasattr(purifier, "with_rounds"):
+            raise ValueError(f"{type(purifier).__name__} has no with_rounds(): cannot build a surrogate")
+        clone = purifier.with_rounds(surrogate_rounds)
+        _check_same_noise(purifier, clone)
+    else:
+        clone = copy.copy(purifier)
+    if hasattr(clone, "checkpoint"):
+        clone.checkpoint = True
+    return clone
+
+
+def _check_same_noise(purifier: nn.Module, surrogate: nn.Module) -> None:
+    """A surrogate must noise to the same levels as the defence (only the step counts may differ)."""
+    a = [r.t_star for r in getattr(purifier, "rounds", [])]
+    b = [r.t_star for r in getattr(surrogate, "rounds", [])]
+    if a != b:
+        raise ValueError(
+            f"surrogate rounds must keep the defence's noise levels t* = {a} (only fewer steps per round); got {b}"
+        )
+
+
+class AttackModel(nn.Module):
+    """``classifier(postprocess(purifier(preprocess(x), noise)))``: logits an attack differentiates.
+
+    ``x`` ``[N, C, H, W]`` in [0, 1] → logits ``[N, K]``. With ``purifier=None`` it is the bare
+    classifier (deterministic; ``noise`` is ignored).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        purifier: nn.Module | None = None,
+        *,
+        preprocess: Callable[[Tensor], Tensor] | None = None,
+        postprocess: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.purifier = purifier
+        self.preprocess = preprocess
+        self.postprocess = postprocess
+
+    @property
+    def stochastic(self) -> bool:
+        return self.purifier is not None
+
+    def forward(self, x: Tensor, noise=None) -> Tensor:
+        if self.purifier is not None:
+            if self.preprocess is not None:
+                x = self.preprocess(x)
+            x = self.purifier(x, noise=noise)
+            if self.postprocess is not None:
+                x = self.postprocess(x)
+        return self.classifier(x)
+
+
+class SeededModel(nn.Module):
+    """``model(x)`` for libraries that call a model with one argument (AutoAttack): every call passes
+    ``model`` a fresh :class:`~freqpure.samplers.StepNoise` drawn from a generator seeded with ``seed``,
+    so a whole attack run is replayable."""
+
+    def __init__(self, model: nn.Module, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self._gen = torch.Generator().manual_seed(int(seed))
+
+    def forward(self, x: Tensor) -> Tensor:
+        from freqpure.samplers import StepNoise
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._gen))
+        return self.model(x, StepNoise(seed))

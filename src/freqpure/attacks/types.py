@@ -1,0 +1,63 @@
+"""Typed names for threat models, gradient modes and losses; strings are accepted at the API edge."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+__all__ = ["Norm", "GradientMode", "Loss", "parse_enum"]
+
+E = TypeVar("E", bound=Enum)
+
+
+class Norm(str, Enum):
+    """Threat model: the norm of the perturbation ball."""
+
+    LINF = "linf"
+    L2 = "l2"
+
+    @property
+    def autoattack_name(self) -> str:
+        """The spelling AutoAttack expects (``"Linf"`` / ``"L2"``)."""
+        return {"linf": "Linf", "l2": "L2"}[self.value]
+
+
+class GradientMode(str, Enum):
+    """How an attack differentiates through the purifier.
+
+    * ``full``: exact backprop through every sampler step and frequency exchange (per-step gradient
+      checkpointing keeps memory flat in the number of steps);
+    * ``surrogate``: backprop through a purifier with the same total noise t* but fewer denoising
+      steps (Lee & Kim, ICCV 2023), while the defence keeps its own settings;
+    * ``adjoint``: VP-SDE sampler, gradients from ``torchsde.sdeint_adjoint`` (as DiffPure);
+    * ``bpda``: the purifier's output in the forward pass, identity in the backward pass.
+    """
+
+    FULL = "full"
+    SURROGATE = "surrogate"
+    ADJOINT = "adjoint"
+    BPDA = "bpda"
+
+
+class Loss(str, Enum):
+    """Per-sample attack loss on logits: cross-entropy or the CW margin ``max_{j≠y} z_j − z_y``."""
+
+    CE = "ce"
+    MARGIN = "margin"
+
+
+_ALIASES = {"l_inf": "linf", "linf": "linf", "inf": "linf", "l∞": "linf", "l-inf": "linf", "l_2": "l2"}
+
+
+def parse_enum(cls: type[E], value: str | E, what: str) -> E:
+    """``value`` (an enum member or its case-insensitive name) → member of ``cls``; clear error otherwise."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        key = value.strip().lower()
+        key = _ALIASES.get(key, key) if cls is Norm else key
+        for member in cls:
+            if member.value == key:
+                return member
+    valid = ", ".join(m.value for m in cls)
+    raise ValueError(f"unknown {what} {value!r}; valid: {valid}")

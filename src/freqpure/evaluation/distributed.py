@@ -1,0 +1,80 @@
+"""Sharding an evaluation across processes started by ``torchrun`` (gloo on CPU, NCCL on GPU).
+
+Work is sharded by *batch*: rank ``r`` of ``w`` runs batches ``b`` with ``b % w == r``. Each batch's
+randomness is derived from ``(seed, b)`` only, never from the rank, so any number of processes gives
+the same per-sample results as one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistContext", "init_distributed", "resolve_device"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class DistContext:
+    """This process's place in the job: ``rank`` of ``world_size``, on ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batches: list[int]) -> list[int]:
+        """The batches this rank runs."""
+        return [b for b in batches if b % self.world_size == self.rank]
+
+    def barrier(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            if self.device.type == "cuda":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+    def all_ok(self, ok: bool) -> bool:
+        """True iff ``ok`` on every rank (a collective: every rank must call it)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return ok
+        flag = torch.tensor([1 if ok else 0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        if self.initialized_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_name: str = "auto") -> DistContext:
+    """Join the ``torchrun`` job described by the environment (``WORLD_SIZE`` > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_name, local_rank)
+    ctx = DistContext(rank, world, local_rank, device)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        ctx.initialized_here = True
+    return ctx

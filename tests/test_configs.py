@@ -1,0 +1,34 @@
+"""Every evaluation config in configs/ loads strictly (no unknown keys, valid values) and names known models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from freqpure.evaluation import load_eval_config
+from freqpure.models.registry import list_models
+
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
+                 if not p.name.startswith("train_"))
+
+
+def test_there_are_evaluation_configs() -> None:
+    names = {p.stem for p in CONFIGS}
+    for defence in ("none", "diffpure", "freqpure"):
+        for attack in ("pgd-linf", "pgd-l2", "autoattack-rand", "bpda"):
+            for variant in ("published", "bundled"):
+                assert f"cifar10-{defence}-{attack}-{variant}" in names
+    assert {"imagenet-freqpure-autoattack-linf-published", "imagenet-diffpure-autoattack-linf-published"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_loads_strictly(path: Path) -> None:
+    cfg = load_eval_config(path)
+    known = set(list_models())
+    assert cfg.classifier.name in known
+    if cfg.purifier.method != "none":
+        assert cfg.purifier.diffusion in known
+    assert cfg.name == path.stem
+    if path.stem.endswith("-bundled"):
+        assert cfg.classifier.name == "cifar10-resnet-small" and cfg.device in ("auto", "cpu")
