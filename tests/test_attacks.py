@@ -37,6 +37,15 @@ def model_name(name: str) -> str:
     return os.path.join(folder, f"{name}.safetensors") if folder else name
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a busy 2-core machine a second thread mostly spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def classifier() -> nn.Module:
     return freqpure.load_classifier(model_name("cifar10-resnet-small")).eval().requires_grad_(False)

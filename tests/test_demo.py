@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from freqpure.cli.main import main
@@ -16,6 +18,13 @@ def model_name(name: str) -> str:
     """A bundled model's registry name (``$FREQPURE_TEST_WEIGHTS`` may point at a folder of other weights)."""
     folder = os.environ.get("FREQPURE_TEST_WEIGHTS")
     return os.path.join(folder, f"{name}.safetensors") if folder else name
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()  # the demo sets its --threads for the whole process
+    yield
+    torch.set_num_threads(before)
 
 
 def test_demo_tiny(tmp_path: Path, capsys) -> None:

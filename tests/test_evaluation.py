@@ -44,9 +44,17 @@ def small_cfg():
     return load_eval_config(None, SMALL)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a busy 2-core machine a second thread mostly spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def models(small_cfg):
-    torch.set_num_threads(1)
     clf = freqpure.load_classifier(small_cfg.classifier.name).eval().requires_grad_(False)
     eps = freqpure.load_diffusion(small_cfg.purifier.diffusion).eval().requires_grad_(False)
     return clf, eps
