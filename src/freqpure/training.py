@@ -194,6 +194,30 @@ class _Metrics:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+class _LossWindow:
+    """Running mean of the loss and throughput since the last log line."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count, self.since = 0.0, 0, time.time()
+
+    def add(self, loss: float) -> None:
+        self.total += loss
+        self.count += 1
+
+    def flush(self, metrics: _Metrics, bar: Any, step: int, lr: float, **extra: Any) -> None:
+        """Write one metrics row (mean loss, lr, images/s), show the loss on the bar, start a new window."""
+        now = time.time()
+        mean = self.total / self.count
+        metrics.write(step=step, **extra, loss=mean, lr=lr,
+                      images_per_s=self.count * self.batch_size / max(now - self.since, 1e-9), time=now)
+        bar.set_postfix(loss=f"{mean:.4f}")
+        self.reset()
+
+
 
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag so the loop can checkpoint before exiting."""
@@ -429,7 +453,7 @@ def train_diffusion(
 
     end = min(config.steps, stop_after) if stop_after is not None else config.steps
     model.train()
-    run_loss, run_n, t_last = 0.0, 0, time.time()
+    window = _LossWindow(config.batch_size)
     bar = tqdm(
         total=end,
         initial=step,
@@ -461,20 +485,10 @@ def train_diffusion(
             opt.step()
             _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            run_loss += loss.item()
-            run_n += 1
+            window.add(loss.item())
             bar.update(1)
             if step % config.log_every == 0 or step == end:
-                now = time.time()
-                metrics.write(
-                    step=step,
-                    loss=run_loss / run_n,
-                    lr=lr,
-                    images_per_s=run_n * config.batch_size / max(now - t_last, 1e-9),
-                    time=now,
-                )
-                bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
-                run_loss, run_n, t_last = 0.0, 0, now
+                window.flush(metrics, bar, step, lr)
             if step % config.ckpt_every == 0:
                 snap = save()
                 if config.export_every and step % config.export_every == 0:
@@ -591,7 +605,7 @@ def train_classifier(
         return snap
 
     end = min(total, stop_after) if stop_after is not None else total
-    run_loss, run_n, t_last = 0.0, 0, time.time()
+    window = _LossWindow(config.batch_size)
     acc = None
     bar = tqdm(
         total=end,
@@ -619,27 +633,16 @@ def train_classifier(
             loss.backward()
             opt.step()
             step += 1
-            run_loss += loss.item()
-            run_n += 1
+            window.add(loss.item())
             bar.update(1)
             if step % config.log_every == 0 or step == end:
-                now = time.time()
-                metrics.write(
-                    step=step,
-                    epoch=step / per_epoch,
-                    loss=run_loss / run_n,
-                    lr=lr,
-                    images_per_s=run_n * config.batch_size / max(now - t_last, 1e-9),
-                    time=now,
-                )
-                bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
-                run_loss, run_n, t_last = 0.0, 0, now
+                window.flush(metrics, bar, step, lr, epoch=step / per_epoch)
             if step % per_epoch == 0 and config.eval_every_epoch:
                 acc = evaluate_classifier(model, x_test, y_test, tta=config.tta, amp=config.amp)
                 metrics.write(step=step, epoch=step // per_epoch, test_acc=acc, tta=config.tta)
                 bar.write(f"epoch {step // per_epoch}: test accuracy {acc:.4f}")
                 model.train()
-                t_last = time.time()
+                window.since = time.time()  # evaluation time is not training throughput
             if step % config.ckpt_every == 0:
                 save()
     bar.close()
