@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from torch import nn
 import freqpure
 from freqpure.cli.main import main
 from freqpure.config import dump_yaml
-from freqpure.evaluation import evaluate, load_eval_config, wilson_interval
+from freqpure.evaluation import AttackConfig, evaluate, load_eval_config, wilson_interval
 from freqpure.evaluation.store import SampleStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,3 +272,34 @@ def test_store_cuts_only_the_torn_tail(tmp_path: Path) -> None:
     records = store.load()
     assert sorted(records) == [1, 2, 4] and "dup" not in records[1]  # first record of an index wins
     assert path.read_text().endswith('{"index": 2}\n{"index": 1, "dup": true}\n{"index": 4}\n')
+
+
+# --------------------------------------------------------------------------------------------- table of runs
+def test_table_collects_runs_into_one_markdown_table(tmp_path: Path, capsys, reference: Path, models) -> None:
+    none_cfg = load_eval_config(None, SMALL + ["name=none", "purifier.method=none", "sanity.enabled=false",
+                                               "attacks.0.label=PGD Linf"])
+    bpda = AttackConfig(name="bpda", steps=2, eot=2, label="BPDA")
+    none_cfg = dataclasses.replace(none_cfg, attacks=[none_cfg.attacks[0], bpda])
+    none_run = tmp_path / "none"
+    evaluate(none_cfg, none_run, models=models, progress=False)
+    out = tmp_path / "table.md"
+    assert main(["table", str(reference), str(none_run), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text
+    header, _, row_ref, row_none = text.splitlines()[:4]
+    ref = json.loads((reference / "results.json").read_text())
+    ref_label = next(iter(ref["per_attack"]))
+    # columns: union of attack labels in first-seen order; a run without that attack leaves the cell empty
+    assert header.split(" | ")[3:6] == [f"`{ref_label}`", "`PGD Linf`", "`BPDA`"]
+    ref_cells = [c.strip() for c in row_ref.strip("|").split("|")]
+    assert ref_cells[0].startswith("FreqPure 30:2 ddpm") and ref_cells[1] == "6"
+    acc = ref["per_attack"][ref_label]
+    assert ref_cells[3] == f"{100 * acc['accuracy']:.1f} [{100 * acc['ci95'][0]:.1f}, {100 * acc['ci95'][1]:.1f}]"
+    assert ref_cells[4] == ref_cells[5] == ""
+    none_cells = [c.strip() for c in row_none.strip("|").split("|")]
+    assert none_cells[0] == "none (classifier only)" and none_cells[3] == ""
+    none_res = json.loads((none_run / "results.json").read_text())
+    assert none_res["per_attack"]["BPDA"]["attack_seconds_per_sample"] > 0
+    assert "`BPDA`: BPDA L∞ 8/255, 2 steps" in text and "bpda gradient" in text
+    assert main(["table", str(tmp_path / "missing")]) == 2
+    assert "missing/results.json does not exist" in capsys.readouterr().err

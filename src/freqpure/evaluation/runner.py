@@ -209,7 +209,7 @@ class BatchRunner:
             t_judge += time.perf_counter() - t2
             linf, l2 = _norms(out.x_adv, x)
             per_attack.append({"pred": pred.tolist(), "linf": linf, "l2": l2, "loss": out.loss.tolist(),
-                               "grad_norm": out.grad_norm.tolist()})
+                               "grad_norm": out.grad_norm.tolist(), "seconds": (t2 - t1) / len(y)})
             advs.append(out.x_adv)
             preds.append(pred)
         undefended: dict[str, list[bool]] = {}
@@ -227,7 +227,7 @@ class BatchRunner:
                 attacks[a.display()] = {
                     "pred": int(info["pred"][s]), "correct": bool(info["pred"][s] == labels[s]),
                     "linf": info["linf"][s], "l2": info["l2"][s], "loss": _finite(info["loss"][s]),
-                    "grad_norm": _finite(info["grad_norm"][s]),
+                    "grad_norm": _finite(info["grad_norm"][s]), "seconds": info["seconds"],
                 }
             clean_ok = bool(pred_clean[s].item() == labels[s])
             records.append({
@@ -375,6 +375,10 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
         "robust": accuracy([r["robust"] for r in recs]),
         "per_attack": {k: accuracy([r["attacks"][k]["correct"] for r in recs]) for k in labels},
     }
+    for k in labels:  # attack time per sample (records written before this field existed count as unknown)
+        secs = [r["attacks"][k].get("seconds") for r in recs]
+        results["per_attack"][k]["attack_seconds_per_sample"] = (sum(secs) / len(secs)
+                                                                if None not in secs else None)
     if cfg.sanity.enabled and cfg.sanity.undefended:
         results["undefended"] = {k: accuracy([r["undefended"][k] for r in recs]) for k, _, _ in keys}
     results["protocol"] = protocol(cfg)
