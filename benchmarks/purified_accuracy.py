@@ -26,7 +26,10 @@ from freqpure.samplers import StepNoise
 DEFAULT_ROWS = {
     "FreqPure (defaults)": PurifierConfig(),
     "DiffPure t*=100, 100 DDPM steps": PurifierConfig(method="diffpure", rounds="100:100"),
+    "DiffPure t*=0.1, VP-SDE Euler 100 steps": PurifierConfig(method="diffpure", rounds="100:100", sampler="sde"),
     "DiffPure t*=100, 20 DDPM steps": PurifierConfig(method="diffpure", rounds="100:20"),
+    "FreqPure r=3, t*=100, 5 steps (robustness table)": PurifierConfig(rounds="100:5", amp_radius=3, phase_radius=3),
+    "DiffPure t*=100, 5 DDPM steps (robustness table)": PurifierConfig(method="diffpure", rounds="100:5"),
 }
 SWEEP_ROWS = {
     "FreqPure r=10, t*=100, 20 steps": PurifierConfig(rounds="100:20"),

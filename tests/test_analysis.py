@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import math
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from freqpure.analysis import (
     summarise_cases,
 )
 from freqpure.spectral import radial_mask
+from helpers import one_thread
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,20 +248,9 @@ def _tiny_classifier(x: torch.Tensor, y: torch.Tensor, seed: int = 0, epochs: in
     return net.eval().requires_grad_(False)
 
 
-@contextmanager
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other test processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def real_measurement(shared_dir):
-    with _one_thread():
+    with one_thread():
         return _measure_real(shared_dir)
 
 
@@ -352,7 +341,7 @@ def test_analyze_command_end_to_end(shared_dir, tmp_path, monkeypatch, capsys):
                          freqpure_eps=json.dumps({"image_size": 32, "channels": 3}))
     monkeypatch.setenv("FREQPURE_DATA", str(shared_dir / "data" / "cifar10"))
     out = tmp_path / "analysis"
-    with _one_thread():
+    with one_thread():
         code = main(["analyze", "--out", str(out), "--n", "10", "--classifier", str(clf), "--diffusion", str(unet),
                      "--attack-steps", "2", "--rounds", "100:2", "--n-boot", "100", "--device", "cpu",
                      "--no-progress", "--report"])

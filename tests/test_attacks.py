@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -27,23 +25,16 @@ from freqpure.attacks import (
 from freqpure.attacks.adjoint import AdjointSDEPurifier
 from freqpure.data import eval_subset
 from freqpure.models.adapters import EpsModel
+from helpers import model_name, one_thread
 
 EPS = 8 / 255
 
 
-def model_name(name: str) -> str:
-    """A bundled model's registry name (``$FREQPURE_TEST_WEIGHTS`` may point at a folder of other weights)."""
-    folder = os.environ.get("FREQPURE_TEST_WEIGHTS")
-    return os.path.join(folder, f"{name}.safetensors") if folder else name
-
-
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _single_thread():
     """One torch thread: on a busy 2-core machine a second thread mostly spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

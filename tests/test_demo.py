@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,7 @@ import torch
 from PIL import Image
 
 from freqpure.cli.main import main
-
-
-def model_name(name: str) -> str:
-    """A bundled model's registry name (``$FREQPURE_TEST_WEIGHTS`` may point at a folder of other weights)."""
-    folder = os.environ.get("FREQPURE_TEST_WEIGHTS")
-    return os.path.join(folder, f"{name}.safetensors") if folder else name
+from helpers import model_name
 
 
 @pytest.fixture(autouse=True)

@@ -23,14 +23,9 @@ from freqpure.cli.main import main
 from freqpure.config import dump_yaml
 from freqpure.evaluation import AttackConfig, evaluate, load_eval_config, wilson_interval
 from freqpure.evaluation.store import SampleStore
+from helpers import model_name, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def model_name(name: str) -> str:
-    """A bundled model's registry name (``$FREQPURE_TEST_WEIGHTS`` may point at a folder of other weights)."""
-    folder = os.environ.get("FREQPURE_TEST_WEIGHTS")
-    return os.path.join(folder, f"{name}.safetensors") if folder else name
 
 
 SMALL = [
@@ -46,12 +41,10 @@ def small_cfg():
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def _single_thread():
     """One torch thread: on a busy 2-core machine a second thread mostly spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from freqpure.report import metric_rows, write_report
+from helpers import one_thread
 
 N_IMAGES = 8
 DEFENCES = ("none", "diffpure", "freqpure")
@@ -37,17 +37,6 @@ CHROMIUM_INSTALL = "apt-get install -y chromium"
 # ---------------------------------------------------------------------------------------------
 # Building a demo dir from real data
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight the other test processes for the cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _wilson(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -183,7 +172,7 @@ def _build_demo(root: Path, shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory, shared_dir) -> Path:
-    with _one_thread():
+    with one_thread():
         return _build_demo(tmp_path_factory.mktemp("report"), shared_dir)
 
 

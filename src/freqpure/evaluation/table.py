@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from freqpure.attacks import default_step_size
+
 __all__ = ["load_results", "defence_settings", "attack_settings", "render_table"]
 
 
@@ -31,7 +33,7 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
 
 
 def defence_settings(results: dict[str, Any]) -> str:
-    """A short description of the defence, e.g. ``FreqPure 100:5 ddpm, r_a=3 r_p=3 δ=0.3, vote 3``."""
+    """The defence in a few words, e.g. ``FreqPure 100:5 ddpm, r_a=3 r_p=3 δ=0.3 (paper), majority vote of 3``."""
     cfg = results["config"]
     p, d = cfg["purifier"], cfg["defence"]
     method = p["method"]
@@ -44,7 +46,10 @@ def defence_settings(results: dict[str, Any]) -> str:
 
 
 def attack_settings(attack: dict[str, Any]) -> str:
-    """A short description of one attack config, e.g. ``PGD L∞ 8/255, 20 steps, EOT 4, full gradient``."""
+    """One attack config in a few words.
+
+    E.g. ``PGD L∞ 8/255, 20 steps of 1/255, EOT 4, random start, full gradient``.
+    """
     norm = {"linf": "L∞", "l2": "L2"}.get(attack["norm"], attack["norm"])
     eps = attack["eps"]
     eps_text = f"{round(eps * 255)}/255" if attack["norm"] == "linf" and abs(eps * 255 - round(eps * 255)) < 1e-6 \
@@ -54,8 +59,6 @@ def attack_settings(attack: dict[str, Any]) -> str:
     grad = attack["gradient"]
     if grad == "surrogate":
         grad = f"surrogate {attack['surrogate_rounds']}"
-    from freqpure.attacks import default_step_size
-
     step = attack.get("step_size")
     step = default_step_size(attack["norm"], eps, attack["steps"]) if step is None else step
     step_text = f" of {round(step * 255, 2):g}/255" if attack["norm"] == "linf" else f" of {step:.4g}"

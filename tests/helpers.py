@@ -1,0 +1,26 @@
+"""Helpers shared by the test modules (importable as ``helpers``: pytest puts ``tests/`` on ``sys.path``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def model_name(name: str) -> str:
+    """A bundled model's registry name (``$FREQPURE_TEST_WEIGHTS`` may point at a folder of other weights)."""
+    folder = os.environ.get("FREQPURE_TEST_WEIGHTS")
+    return os.path.join(folder, f"{name}.safetensors") if folder else name
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and do not fight the other test processes for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
