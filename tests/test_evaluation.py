@@ -292,7 +292,7 @@ def test_table_collects_runs_into_one_markdown_table(tmp_path: Path, capsys, ref
     none_cells = [c.strip() for c in row_none.strip("|").split("|")]
     assert none_cells[0] == "none (classifier only)" and none_cells[3] == ""
     none_res = json.loads((none_run / "results.json").read_text())
-    assert none_res["per_attack"]["BPDA"]["attack_seconds_per_sample"] > 0
+    assert none_res["timings"]["per_attack_seconds_per_sample"]["BPDA"] > 0
     assert "`BPDA`: BPDA L∞ 8/255, 2 steps" in text and "bpda gradient" in text
     assert main(["table", str(tmp_path / "missing")]) == 2
     assert "missing/results.json does not exist" in capsys.readouterr().err

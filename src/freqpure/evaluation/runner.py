@@ -353,6 +353,11 @@ def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], 
         bar.close()
 
 
+def _mean_seconds(values: list[float | None]) -> float | None:
+    """Mean of per-sample seconds; ``None`` when a record predates the field (an old run resumed)."""
+    return None if None in values else sum(values) / len(values)
+
+
 def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, keys: list[tuple[str, str, float]],
              *, wall: float, world_size: int = 1, resumed: bool = False) -> dict[str, Any]:
     """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz."""
@@ -375,10 +380,6 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
         "robust": accuracy([r["robust"] for r in recs]),
         "per_attack": {k: accuracy([r["attacks"][k]["correct"] for r in recs]) for k in labels},
     }
-    for k in labels:  # attack time per sample (records written before this field existed count as unknown)
-        secs = [r["attacks"][k].get("seconds") for r in recs]
-        results["per_attack"][k]["attack_seconds_per_sample"] = (sum(secs) / len(secs)
-                                                                if None not in secs else None)
     if cfg.sanity.enabled and cfg.sanity.undefended:
         results["undefended"] = {k: accuracy([r["undefended"][k] for r in recs]) for k, _, _ in keys}
     results["protocol"] = protocol(cfg)
@@ -391,6 +392,8 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
         "attack_seconds_per_sample": sum(s["attack"] for s in sec) / len(recs),
         "judge_seconds_per_sample": sum(s["judge"] for s in sec) / len(recs),
         "sanity_seconds_per_sample": sum(s["sanity"] for s in sec) / len(recs),
+        "per_attack_seconds_per_sample": {k: _mean_seconds([r["attacks"][k].get("seconds") for r in recs])
+                                          for k in labels},
         "this_invocation_wall_seconds": wall,
         "resumed": resumed,
     }

@@ -99,8 +99,9 @@ def render_table(results_list: list[dict[str, Any]]) -> str:
                      f"{t.get('seconds_per_sample', float('nan')):.1f} s per sample in all, "
                      f"{res.get('world_size', 1)} process(es)):")
         # per_attack keeps the order of config.attacks (labels are unique within a run)
-        for attack, (label, entry) in zip(res["config"]["attacks"], res["per_attack"].items(), strict=True):
-            secs = entry.get("attack_seconds_per_sample")
+        attack_secs = t.get("per_attack_seconds_per_sample", {})
+        for attack, label in zip(res["config"]["attacks"], res["per_attack"], strict=True):
+            secs = attack_secs.get(label)
             time_text = f"; {secs:.1f} s per sample" if secs is not None else ""
             lines.append(f"  - `{label}`: {attack_settings(attack)}{time_text}")
         for warning in res.get("warnings", []):
