@@ -6,6 +6,9 @@ within 10 points.
 
     python benchmarks/purified_accuracy.py --n 1000
     python benchmarks/purified_accuracy.py --n 256 --sweep     # compare a few FreqPure settings
+    python benchmarks/purified_accuracy.py --classifier cifar10-resnet-small --classifier cifar10-resnet-small-pa
+
+Several ``--classifier`` flags judge every classifier on the same purified images.
 
 Prints a markdown table (accuracy, drop in points, 95% Wilson interval, seconds per image).
 """
@@ -21,6 +24,7 @@ import torch
 import freqpure
 from freqpure.config import PurifierConfig, build_purifier
 from freqpure.data import eval_subset
+from freqpure.purifiers import combine_draws
 from freqpure.samplers import StepNoise
 
 DEFAULT_ROWS = {
@@ -54,7 +58,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--ensemble", type=int, default=1, help="majority vote over this many purifications")
-    parser.add_argument("--classifier", default="cifar10-resnet-small")
+    parser.add_argument("--classifier", action="append", default=None,
+                        help="classifier name or weights file; repeat to judge several on the same purified images "
+                        "(default: cifar10-resnet-small)")
     parser.add_argument("--diffusion", default="cifar10-ddpm-small")
     parser.add_argument("--sweep", action="store_true", help="compare FreqPure settings instead")
     parser.add_argument("--only", default=None, help="run only the rows whose name contains this text")
@@ -64,37 +70,50 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = eval_subset(args.n, seed=0)
-    classifier = freqpure.load_classifier(args.classifier)
+    names = args.classifier or ["cifar10-resnet-small"]
+    classifiers = {name: freqpure.load_classifier(name) for name in names}
     eps_model = freqpure.load_diffusion(args.diffusion)
     rows = SWEEP_ROWS if args.sweep else DEFAULT_ROWS
     if args.only:
         rows = {name: cfg for name, cfg in rows.items() if args.only in name}
 
-    def accuracy(predict) -> tuple[int, float]:
-        correct, started = 0, time.perf_counter()
+    def accuracy(predict) -> tuple[dict[str, int], float]:
+        """``predict(x, batch_index) -> {classifier: labels}``; correct counts and seconds per image."""
+        correct, started = dict.fromkeys(classifiers, 0), time.perf_counter()
         for b, start in enumerate(range(0, args.n, args.batch)):
-            x, y = data.x[start : start + args.batch], data.y[start : start + args.batch]
-            correct += int((predict(x, b) == y).sum())
+            y = data.y[start : start + args.batch]
+            for name, labels in predict(data.x[start : start + args.batch], b).items():
+                correct[name] += int((labels == y).sum())
         return correct, (time.perf_counter() - started) / args.n
 
-    print(f"n={args.n} (class-balanced test subset), classifier {args.classifier}, diffusion {args.diffusion}, "
+    print(f"n={args.n} (class-balanced test subset), classifiers {', '.join(names)}, diffusion {args.diffusion}, "
           f"ensemble {args.ensemble}, seed {args.seed}, torch {torch.__version__}, {args.threads} threads")
-    print("| defence | settings | accuracy | drop (points) | 95% interval | s / image |")
-    print("|---|---|---|---|---|---|")
+    print("| defence | classifier | settings | accuracy | drop (points) | 95% interval | s / image |")
+    print("|---|---|---|---|---|---|---|")
     with torch.no_grad():
-        base, base_time = accuracy(lambda x, b: classifier(x).argmax(-1))
-        lo, hi = wilson(base, args.n)
-        print(f"| none | - | {base / args.n:.2%} | - | [{lo:.1%}, {hi:.1%}] | {base_time:.4f} |")
-        for name, cfg in rows.items():
+        base, base_time = accuracy(lambda x, b: {n: c(x).argmax(-1) for n, c in classifiers.items()})
+        for name in names:
+            lo, hi = wilson(base[name], args.n)
+            print(f"| none | {name} | - | {base[name] / args.n:.2%} | - | [{lo:.1%}, {hi:.1%}] | "
+                  f"{base_time / len(names):.4f} |")
+        for row, cfg in rows.items():
             purifier = build_purifier(cfg, eps_model, seed=args.seed)
-            defended = freqpure.PurifiedClassifier(classifier, purifier, ensemble=args.ensemble)
-            correct, per_image = accuracy(lambda x, b, d=defended: d(x, StepNoise(args.seed).child(b)).argmax(-1))
-            lo, hi = wilson(correct, args.n)
+            defended = freqpure.PurifiedClassifier(classifiers[names[0]], purifier, ensemble=args.ensemble)
+
+            def predict(x, b, d=defended):
+                purified = d.purify(x, StepNoise(args.seed).child(b))  # one purification, every classifier
+                return {n: combine_draws(c(purified).view(args.ensemble, len(x), -1)).argmax(-1)
+                        for n, c in classifiers.items()}
+
+            correct, per_image = accuracy(predict)
             settings = (f"rounds {cfg.rounds}, {cfg.sampler}" + (
                 f", r_a {cfg.amp_radius:g}, r_p {cfg.phase_radius:g}, delta {cfg.delta:g}, {cfg.mode}, "
                 f"ref {cfg.reference}" if cfg.method == "freqpure" else ""))
-            print(f"| {name} | {settings} | {correct / args.n:.2%} | {100 * (base - correct) / args.n:+.1f} | "
-                  f"[{lo:.1%}, {hi:.1%}] | {per_image:.4f} |", flush=True)
+            for name in names:
+                lo, hi = wilson(correct[name], args.n)
+                print(f"| {row} | {name} | {settings} | {correct[name] / args.n:.2%} | "
+                      f"{100 * (base[name] - correct[name]) / args.n:+.1f} | [{lo:.1%}, {hi:.1%}] | "
+                      f"{per_image:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

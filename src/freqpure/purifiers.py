@@ -23,7 +23,7 @@ from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, 
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
 
-__all__ = ["Purifier", "DiffPure", "FreqPure", "PurifiedClassifier", "Sampler", "Reference"]
+__all__ = ["Purifier", "DiffPure", "FreqPure", "PurifiedClassifier", "combine_draws", "Sampler", "Reference"]
 
 Sampler = Literal["ddpm", "ddim", "sde"]
 Reference = Literal["input", "denoised"]
@@ -323,12 +323,19 @@ class PurifiedClassifier(nn.Module):
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """``x`` ``[B, C, H, W]`` in [0, 1] → scores ``[B, K]`` (argmax = the defended prediction)."""
-        logits = self.logits_per_draw(x, noise)
-        if self.vote == "logits":
-            return logits.mean(0)
-        probs = F.softmax(logits.float(), dim=-1).mean(0)
-        if self.vote == "softmax":
-            return probs.clamp_min(1e-12).log()
-        votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype).mean(0)
-        value = votes + 1e-3 * probs  # the vote share; the mean softmax only breaks ties
-        return value.detach() + (probs - probs.detach())
+        return combine_draws(self.logits_per_draw(x, noise), self.vote)
+
+
+def combine_draws(logits: Tensor, vote: Vote = "majority") -> Tensor:
+    """Combine the logits of several purification runs ``[E, B, K]`` into scores ``[B, K]``.
+
+    See :class:`PurifiedClassifier` for the three ``vote`` rules and their gradients.
+    """
+    if vote == "logits":
+        return logits.mean(0)
+    probs = F.softmax(logits.float(), dim=-1).mean(0)
+    if vote == "softmax":
+        return probs.clamp_min(1e-12).log()
+    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype).mean(0)
+    value = votes + 1e-3 * probs  # the vote share; the mean softmax only breaks ties
+    return value.detach() + (probs - probs.detach())

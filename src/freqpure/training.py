@@ -100,7 +100,13 @@ class DiffusionTrainConfig:
 
 @dataclass
 class ClassifierTrainConfig:
-    """Fast CIFAR-10 classifier: label smoothing, Nesterov SGD, linear warm-up/decay, flip + translate."""
+    """Fast CIFAR-10 classifier: label smoothing, Nesterov SGD, linear warm-up/decay, flip + translate.
+
+    Purifier-aware fine-tuning: ``init_from`` (a bundled classifier name or a ``.safetensors`` path)
+    starts from trained weights, and ``purified_data`` (a :func:`freqpure.purified_data.purify_split`
+    file of the train split) swaps each training image for its purified copy with probability
+    ``purified_frac`` before augmentation, so the classifier learns the detail a purifier re-draws.
+    """
 
     name: str = "cifar10-resnet-small"
     arch: str = "fast-resnet"
@@ -120,6 +126,9 @@ class ClassifierTrainConfig:
     eval_every_epoch: bool = True
     tta: bool = True
     data_dir: str | None = None
+    init_from: str | None = None
+    purified_data: str | None = None
+    purified_frac: float = 0.5
 
 
 def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
@@ -521,6 +530,23 @@ def evaluate_classifier(
     return correct / len(x)
 
 
+def _load_initial_classifier(model: nn.Module, config: ClassifierTrainConfig) -> None:
+    """Load the weights named by ``config.init_from`` (bundled name or path) into ``model``.
+
+    The file must hold a classifier of ``config.arch`` whose tensors fit ``model`` exactly.
+    """
+    from freqpure.models.bundled import BUNDLED, build_from_file, weights_path
+
+    path = weights_path(config.init_from) if config.init_from in BUNDLED else Path(config.init_from)
+    net, meta = build_from_file(path, kind="classifier", arch=config.arch)
+    try:
+        model.load_state_dict(net.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"init_from {path}: its weights ({meta['freqpure_config']}) do not fit model {config.model}: {err}"
+        ) from None
+
+
 def _classifier_lr(config: ClassifierTrainConfig, step: int, total: int) -> float:
     """Linear warm-up to ``lr`` over ``warmup_frac`` of training, then linear decay to 0."""
     w = max(1, int(config.warmup_frac * total))
@@ -577,13 +603,26 @@ def train_classifier(
         opt.load_state_dict(ckpt["optimizer"])
         _set_rng_state(gen, ckpt["rng"])
         step = int(ckpt["step"])
+    elif config.init_from:
+        _load_initial_classifier(model, config)
     metrics = _Metrics(run_dir / "metrics.jsonl", step)
 
     x_tr, y_tr = load_cifar10("train", config.data_dir)
+    purified = None
+    if config.purified_data:
+        if not 0.0 < config.purified_frac <= 1.0:
+            raise ValueError(f"purified_frac must be in (0, 1], got {config.purified_frac}")
+        from freqpure.purified_data import load_purified
+
+        x_pur, purified_info = load_purified(config.purified_data, expect_labels=np.asarray(y_tr))
     if max_train_images is not None:
         keep = np.sort(np.random.Generator(np.random.PCG64(config.seed)).permutation(len(y_tr))[:max_train_images])
         x_tr, y_tr = x_tr[keep], y_tr[keep]
+        if config.purified_data:
+            x_pur = x_pur[keep]
     data = torch.from_numpy(np.ascontiguousarray(x_tr.transpose(0, 3, 1, 2)))
+    if config.purified_data:
+        purified = torch.from_numpy(np.ascontiguousarray(x_pur.transpose(0, 3, 1, 2)))
     labels = torch.from_numpy(np.array(y_tr, dtype=np.int64))
     x_te, y_te = load_cifar10("test", config.data_dir)
     x_test = torch.from_numpy(x_te.transpose(0, 3, 1, 2).copy()).float().div_(255)
@@ -620,7 +659,11 @@ def train_classifier(
         model.train()
         while step < end and not flag.stop:
             _, idx = next(batches)
-            xb = data[idx].to(dev).float().div_(255)
+            xb = data[idx]
+            if purified is not None:
+                swap = torch.rand(len(idx), generator=gen) < config.purified_frac
+                xb = torch.where(swap[:, None, None, None], purified[idx], xb)
+            xb = xb.to(dev).float().div_(255)
             xb = augment_batch(xb, gen, hflip=True, translate=config.translate)
             xb = xb.contiguous(memory_format=torch.channels_last)
             lr = _classifier_lr(config, step, total)
@@ -651,7 +694,12 @@ def train_classifier(
         acc32 = evaluate_classifier(model, x_test, y_test, tta=config.tta, amp="none")
         acc_plain = evaluate_classifier(model, x_test, y_test, tta=False, amp="none")
         metrics.write(step=step, final_test_acc=acc32, final_test_acc_no_tta=acc_plain, tta=config.tta)
-        extra = {"test_accuracy_no_tta": round(acc_plain, 4), "test_accuracy_flip_tta": round(acc32, 4)}
+        extra: dict[str, Any] = {"test_accuracy_no_tta": round(acc_plain, 4), "test_accuracy_flip_tta": round(acc32, 4)}
+        if config.init_from:
+            extra["init_from"] = config.init_from
+        if config.purified_data:
+            extra["purified_data"] = json.dumps(purified_info, sort_keys=True)
+            extra["purified_frac"] = config.purified_frac
         targets = [run_dir / "export" / f"{config.name}.safetensors"]
         if export_to:
             targets.append(Path(export_to))

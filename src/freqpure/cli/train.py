@@ -92,6 +92,27 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_purify_data(args: argparse.Namespace) -> int:
+    from freqpure.purified_data import PurifySplitConfig, purify_split
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = PurifySplitConfig(
+        split=args.split,
+        diffusion=args.diffusion,
+        t_star=args.t_star,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        amp=args.amp,
+    )
+    out = purify_split(cfg, args.out, data_dir=args.data_dir, limit=args.limit, progress=not args.no_progress)
+    print(f"purified {cfg.split} split -> {out}")
+    return 0
+
+
 def _run_summary(args: argparse.Namespace) -> int:
     import json
 
@@ -129,6 +150,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("run_dir", help="run directory holding checkpoint.pt")
     e.add_argument("out", help="output .safetensors path (e.g. src/freqpure/weights/cifar10-ddpm-small.safetensors)")
     e.set_defaults(func=_run_export)
+
+    q = sub.add_parser(
+        "purify-data",
+        help="write DiffPure-purified copies of a CIFAR-10 split (for purifier-aware classifier fine-tuning)",
+    )
+    q.add_argument("out", help="output .safetensors file (resumes from <out>.partial)")
+    q.add_argument("--split", default="train", choices=["train", "test"])
+    q.add_argument("--diffusion", default="cifar10-ddpm-small", help="bundled diffusion model or .safetensors path")
+    q.add_argument("--t-star", dest="t_star", type=int, default=100)
+    q.add_argument("--steps", type=int, default=5)
+    q.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "sde"])
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--amp", default="bf16", choices=["bf16", "none"])
+    q.add_argument("--limit", type=int, help="only the first N images (tests)")
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--data-dir", dest="data_dir")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(func=_run_purify_data)
 
     s = sub.add_parser("summary", help="print a run's key numbers (and optionally plot its curves)")
     s.add_argument("run_dir", help="run directory holding metrics.jsonl")

@@ -66,6 +66,18 @@ BUNDLED: dict[str, dict[str, Any]] = {
         "description": "Fast ResNet-9-style CIFAR-10 classifier (normalisation inside), trained on CPU. "
         "See docs/models.md for its test accuracy.",
     },
+    "cifar10-resnet-small-pa": {
+        "kind": "classifier",
+        "file": "cifar10-resnet-small-pa.safetensors",
+        "arch": "fast-resnet",
+        "dataset": "cifar10",
+        "image_size": 32,
+        "num_classes": 10,
+        "input_range": "[0, 1]",
+        "description": "Purifier-aware cifar10-resnet-small: fine-tuned on train images half of which were "
+        "DiffPure-purified by cifar10-ddpm-small (t* = 100). Keeps more accuracy after purification; "
+        "see docs/models.md.",
+    },
 }
 
 

@@ -212,6 +212,9 @@ class FastResNet(nn.Module):
         num_classes: number of output classes.
         scale: logits are multiplied by this (a temperature that stabilises early training).
         mean, std: per-channel input normalisation applied inside the model.
+        flip_tta: in eval mode, return the mean logits of ``x`` and its horizontal mirror (flip
+            test-time augmentation as part of the network, so every attack differentiates through
+            it); training mode sees single images.
 
     ``forward(x [B,3,H,W] in [0,1]) -> logits [B, num_classes]``.
     """
@@ -224,8 +227,10 @@ class FastResNet(nn.Module):
         scale: float = 0.125,
         mean: Sequence[float] = CIFAR10_MEAN,
         std: Sequence[float] = CIFAR10_STD,
+        flip_tta: bool = False,
     ) -> None:
         super().__init__()
+        self.flip_tta = flip_tta
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.stem = ConvBN(len(mean), stem)
@@ -235,7 +240,11 @@ class FastResNet(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
         self.scale = scale
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = (x - self.mean) / self.std
-        h = self.groups(self.stem(h))
+    def _logits(self, x: Tensor) -> Tensor:
+        h = self.groups(self.stem((x - self.mean) / self.std))
         return self.head(self.pool(h).flatten(1)) * self.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.flip_tta and not self.training:
+            return self._logits(torch.cat([x, x.flip(3)])).view(2, len(x), -1).mean(0)
+        return self._logits(x)
