@@ -12,7 +12,6 @@ copy, so a classifier is never trained on misaligned pairs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from freqpure.data import load_cifar10
+from freqpure.models.checkpoint import CheckpointError, read_safetensors, sha256_of, write_safetensors
 
 __all__ = ["PurifySplitConfig", "purify_split", "load_purified"]
 
@@ -47,23 +45,13 @@ class PurifySplitConfig:
     amp: str = "bf16"  # "bf16" autocast for the ε-model on CPU, or "none"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _diffusion(name_or_path: str) -> tuple[Any, Path]:
-    from freqpure.models.adapters import EpsModel
-    from freqpure.models.bundled import BUNDLED, build_from_file, load_bundled_diffusion, weights_path
+    """The ε-model (via the registry) and the file its weights came from (hashed into the metadata)."""
+    from freqpure.models.bundled import BUNDLED, weights_path
+    from freqpure.models.registry import load_diffusion
 
-    if name_or_path in BUNDLED:
-        return load_bundled_diffusion(name_or_path), weights_path(name_or_path)
-    path = Path(name_or_path)
-    net, _ = build_from_file(path, kind="diffusion")
-    return EpsModel(net, image_size=32, channels=3, name=path.stem).eval(), path
+    path = weights_path(name_or_path) if name_or_path in BUNDLED else Path(name_or_path)
+    return load_diffusion(name_or_path), path
 
 
 def _metadata(config: PurifySplitConfig, weights_sha256: str, n: int, done: int) -> dict[str, str]:
@@ -77,18 +65,14 @@ def _metadata(config: PurifySplitConfig, weights_sha256: str, n: int, done: int)
 
 
 def _save(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_safetensors(path, {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, meta)
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        tensors, meta = read_safetensors(path)
+    except CheckpointError as err:
+        raise ValueError(str(err)) from None
     if meta.get("format") != FORMAT or not {"images", "labels"} <= set(tensors):
         raise ValueError(f"{path}: not a freqpure purified-split file (format {meta.get('format')!r})")
     return tensors, meta
@@ -120,7 +104,7 @@ def purify_split(
     n = len(labels)
     eps_model, weights = _diffusion(config.diffusion)
     purifier = DiffPure(eps_model, t_star=config.t_star, steps=config.steps, sampler=config.sampler)
-    sha = _sha256(weights)
+    sha = sha256_of(weights)
     meta = _metadata(config, sha, n, 0)
 
     images = np.zeros((n, *x_u8.shape[1:]), dtype=np.uint8)
