@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from freqpure.errors import UsageError
+
 __all__ = ["check_images"]
 
 
@@ -25,19 +27,19 @@ def check_images(
     ``clamp`` is set.
     """
     if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise UsageError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
+        raise UsageError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+        raise UsageError(f"{name} is an empty batch (shape {tuple(x.shape)})")
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+        raise UsageError(f"{name} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        raise UsageError(f"{name} must have {channels} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     if size is not None:
         want = (size, size) if isinstance(size, int) else tuple(size)
         if tuple(x.shape[-2:]) != want:
-            raise ValueError(
+            raise UsageError(
                 f"{name} must be {want[0]}x{want[1]} for this model, got {x.shape[-2]}x{x.shape[-1]}; "
                 "resize it first (see PurifiedClassifier's preprocess)"
             )
@@ -45,12 +47,12 @@ def check_images(
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             bad = int((~finite).sum())
-            raise ValueError(f"{name} contains {bad} NaN/Inf values")
+            raise UsageError(f"{name} contains {bad} NaN/Inf values")
         if value_range is not None:
             lo, hi = value_range
             xmin, xmax = float(x.min()), float(x.max())
             if (xmin < lo - tolerance or xmax > hi + tolerance) and not clamp:
-                raise ValueError(
+                raise UsageError(
                     f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]; images must be "
                     f"scaled to [{lo}, {hi}] (pass clamp=True to clip them)"
                 )

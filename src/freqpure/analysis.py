@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from freqpure.errors import UsageError
 from freqpure.spectral import centred_spectrum, radial_mask, wrap_phase
 
 __all__ = [
@@ -82,18 +83,18 @@ class RadialBands:
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
-            raise ValueError(f"spectrum size must be positive, got {self.height}x{self.width}")
+            raise UsageError(f"spectrum size must be positive, got {self.height}x{self.width}")
         edges = tuple(float(e) for e in self.edges)
         object.__setattr__(self, "edges", edges)
         if not edges:
-            raise ValueError("band edges are empty: need at least one edge")
+            raise UsageError("band edges are empty: need at least one edge")
         if any(not math.isfinite(e) or e < 0 for e in edges):
-            raise ValueError(f"band edges must be finite and >= 0, got {list(edges)}")
+            raise UsageError(f"band edges must be finite and >= 0, got {list(edges)}")
         if any(b <= a for a, b in zip(edges, edges[1:])):
-            raise ValueError(f"band edges must be strictly increasing, got {list(edges)}")
+            raise UsageError(f"band edges must be strictly increasing, got {list(edges)}")
         empty = [k for k, c in enumerate(self.counts().tolist()) if c == 0]
         if empty:
-            raise ValueError(
+            raise UsageError(
                 f"bands {empty} of edges {list(edges)} contain no bin of the {self.height}x{self.width} spectrum; "
                 "widen them (bins sit at integer offsets u, v from DC, radius sqrt(u^2 + v^2))"
             )
@@ -108,7 +109,7 @@ class RadialBands:
         corner = math.hypot(height // 2, width // 2)
         top = corner if max_radius is None else float(max_radius)
         if not 0 <= top:
-            raise ValueError(f"max_radius must be >= 0, got {max_radius}")
+            raise UsageError(f"max_radius must be >= 0, got {max_radius}")
         return cls(height, width, tuple(float(k) for k in range(int(math.ceil(top - 1e-9)) + 1)))
 
     @property
@@ -153,13 +154,13 @@ def _check_batch(x: Tensor, clean: Tensor) -> None:
     for name, t in (("x", x), ("clean", clean)):
         if not isinstance(t, Tensor) or t.ndim != 4 or not t.is_floating_point():
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a floating-point [B, C, H, W] tensor, got {shape}")
+            raise UsageError(f"{name} must be a floating-point [B, C, H, W] tensor, got {shape}")
         if t.shape[0] == 0:
-            raise ValueError(f"{name} is an empty batch")
+            raise UsageError(f"{name} is an empty batch")
         if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
+            raise UsageError(f"{name} contains NaN or Inf")
     if x.shape != clean.shape:
-        raise ValueError(f"x and clean must have the same shape, got {tuple(x.shape)} and {tuple(clean.shape)}")
+        raise UsageError(f"x and clean must have the same shape, got {tuple(x.shape)} and {tuple(clean.shape)}")
 
 
 def amplitude_floor(amp_clean: Tensor, amp_floor: float) -> Tensor:
@@ -187,7 +188,7 @@ def spectral_errors(x: Tensor, clean: Tensor, amp_floor: float = 1e-3) -> tuple[
     """
     _check_batch(x, clean)
     if not amp_floor > 0:
-        raise ValueError(f"amp_floor must be > 0, got {amp_floor}")
+        raise UsageError(f"amp_floor must be > 0, got {amp_floor}")
     f_x = centred_spectrum(x.detach().to(torch.float64))
     f_c = centred_spectrum(clean.detach().to(torch.float64))
     a_x, a_c = f_x.abs(), f_c.abs()
@@ -205,7 +206,7 @@ def band_means(values: Tensor, bands: RadialBands, valid: Tensor | None = None) 
     valid bin in an image gives NaN for that image.
     """
     if tuple(values.shape[-2:]) != (bands.height, bands.width):
-        raise ValueError(
+        raise UsageError(
             f"bands are for a {bands.height}x{bands.width} spectrum, values are {values.shape[-2]}x{values.shape[-1]}"
         )
     masks = bands.masks(values.device).flatten(1).to(torch.float64)  # [K, HW]
@@ -236,9 +237,9 @@ class BandDamage:
     def concat(parts: Sequence[BandDamage]) -> BandDamage:
         """Join the damage of several batches measured with the same bands."""
         if not parts:
-            raise ValueError("nothing to concatenate")
+            raise UsageError("nothing to concatenate")
         if any(p.bands != parts[0].bands for p in parts):
-            raise ValueError("cannot concatenate damage measured with different bands")
+            raise UsageError("cannot concatenate damage measured with different bands")
         return BandDamage(torch.cat([p.amplitude for p in parts]), torch.cat([p.phase for p in parts]), parts[0].bands)
 
 
@@ -284,19 +285,19 @@ class BandSummary:
 def _check_values(values: Tensor, name: str = "values") -> Tensor:
     if not isinstance(values, Tensor) or values.ndim != 2 or values.shape[0] == 0:
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"{name} must be a non-empty [B, K] tensor (images × bands), got {shape}")
+        raise UsageError(f"{name} must be a non-empty [B, K] tensor (images × bands), got {shape}")
     return values.double()
 
 
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
-        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+        raise UsageError(f"confidence level must be in (0, 1), got {level}")
 
 
 def _resample_counts(n: int, n_boot: int, seed: int, device: torch.device) -> Tensor:
     """Bootstrap multiplicities ``[n_boot, n]`` (float64): row ``b`` counts how often each image was drawn."""
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise UsageError(f"n_boot must be >= 1, got {n_boot}")
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randint(0, n, (n_boot, n), generator=gen)
     ones = torch.ones(n_boot, n, dtype=torch.float64)
@@ -358,7 +359,7 @@ def summarise(
         half = z * (var / n.clamp_min(1)).sqrt()
         lo, hi = mean - half, mean + half
     else:
-        raise ValueError(f"CI method must be 'bootstrap' or 'normal', got {method!r}")
+        raise UsageError(f"CI method must be 'bootstrap' or 'normal', got {method!r}")
     return BandSummary(mean, lo, hi, n, level, method)
 
 
@@ -381,7 +382,7 @@ def ratio_summary(
     """
     num, den = _check_values(num, "num"), _check_values(den, "den")
     if num.shape != den.shape:
-        raise ValueError(f"num and den must have the same shape, got {tuple(num.shape)} and {tuple(den.shape)}")
+        raise UsageError(f"num and den must have the same shape, got {tuple(num.shape)} and {tuple(den.shape)}")
     _check_level(level)
     both = torch.isfinite(num) & torch.isfinite(den)
     nan = torch.full_like(num, math.nan)
@@ -399,7 +400,7 @@ def ratio_summary(
         half = NormalDist().inv_cdf(0.5 + level / 2) * var.clamp_min(0).sqrt()
         lo, hi = ratio - half, ratio + half
     else:
-        raise ValueError(f"CI method must be 'bootstrap' or 'normal', got {method!r}")
+        raise UsageError(f"CI method must be 'bootstrap' or 'normal', got {method!r}")
     return BandSummary(ratio, lo, hi, n, level, method)
 
 
@@ -410,7 +411,7 @@ def rankdata(v: Tensor) -> Tensor:
     """1-based ranks of a 1-D tensor, ties getting the average of their ranks (float64 ``[N]``)."""
     v = torch.as_tensor(v)
     if v.ndim != 1:
-        raise ValueError(f"rankdata takes a 1-D tensor, got shape {tuple(v.shape)}")
+        raise UsageError(f"rankdata takes a 1-D tensor, got shape {tuple(v.shape)}")
     order = torch.argsort(v, stable=True)
     sorted_v = v[order]
     _, inverse, counts = torch.unique_consecutive(sorted_v, return_inverse=True, return_counts=True)
@@ -429,7 +430,7 @@ def spearman(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor) -> float:
     xt = torch.as_tensor(x, dtype=torch.float64).flatten()
     yt = torch.as_tensor(y, dtype=torch.float64).flatten()
     if xt.shape != yt.shape:
-        raise ValueError(f"x and y must have the same length, got {xt.numel()} and {yt.numel()}")
+        raise UsageError(f"x and y must have the same length, got {xt.numel()} and {yt.numel()}")
     ok = torch.isfinite(xt) & torch.isfinite(yt)
     xt, yt = xt[ok], yt[ok]
     if xt.numel() < 2:
@@ -468,12 +469,12 @@ def summarise_cases(
         "ratios": {"num/den": {"bands": [...], "amplitude": {...}, "phase": {...}}}}``.
     """
     if not cases:
-        raise ValueError("no cases to summarise")
+        raise UsageError("no cases to summarise")
     first = next(iter(cases.values()))
     bands = first.bands
     for name, dmg in cases.items():
         if dmg.bands != bands or len(dmg) != len(first):
-            raise ValueError(f"case {name!r} was measured on other bands or another number of images")
+            raise UsageError(f"case {name!r} was measured on other bands or another number of images")
     ci = {"method": method, "level": level, "n_boot": n_boot if method == "bootstrap" else None,
           "seed": seed if method == "bootstrap" else None}
     kw = dict(method=method, level=level, n_boot=n_boot, seed=seed)
@@ -490,7 +491,7 @@ def summarise_cases(
     for num_name, den_name in ratios:
         missing = [c for c in (num_name, den_name) if c not in cases]
         if missing:
-            raise ValueError(f"ratio {num_name}/{den_name}: unknown case(s) {missing}; have {list(cases)}")
+            raise UsageError(f"ratio {num_name}/{den_name}: unknown case(s) {missing}; have {list(cases)}")
         widest = max((r for r in radii.values() if r is not None), default=None)
         entry: dict[str, Any] = {"bands": bands.within(widest), "radius": widest}
         for quantity in ("amplitude", "phase"):

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from freqpure.errors import NotFoundError, UsageError
+
 __all__ = [
     "PurifierConfig",
     "build_purifier",
@@ -55,7 +57,7 @@ class PurifierConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("freqpure", "diffpure", "none"):
-            raise ValueError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
+            raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
 
 
 def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
@@ -99,7 +101,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if is_dataclass(annotation):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
+            raise UsageError(f"{where} must be a mapping, got {value!r}")
         return from_dict(annotation, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
@@ -112,29 +114,29 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except (TypeError, ValueError):
                 continue
-        raise ValueError(f"{where}: cannot interpret {value!r} as {annotation}")
+        raise UsageError(f"{where}: cannot interpret {value!r} as {annotation}")
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(annotation) or (Any,)
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            raise UsageError(f"{where} must be a list, got {value!r}")
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if annotation is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"{where} must be true or false, got {value!r}")
+        raise UsageError(f"{where} must be true or false, got {value!r}")
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise UsageError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise UsageError(f"{where} must be a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str | int | float):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise UsageError(f"{where} must be a string, got {value!r}")
         return str(value)
     return value
 
@@ -148,11 +150,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
     if unknown:
         hints = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
         hint = "; ".join(f"{where}.{k}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
-        raise ValueError(f"unknown config key(s): {hint}. Valid keys of {where}: {', '.join(valid)}")
+        raise UsageError(f"unknown config key(s): {hint}. Valid keys of {where}: {', '.join(valid)}")
     try:
         kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
     except TypeError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise UsageError(f"{where}: {err}") from None
     return cls(**kwargs)
 
 
@@ -170,24 +172,24 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key.sub=value")
+            raise UsageError(f"override {item!r} must look like key.sub=value")
         node: Any = data
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):  # list of sections: index it, e.g. attacks.0.eps=...
                 if not (part.isdigit() and int(part) < len(node)):
                     prefix = ".".join(parts[:i])
-                    raise ValueError(f"{prefix} has {len(node)} entries; {part!r} in override {item!r} is not an index")
+                    raise UsageError(f"{prefix} has {len(node)} entries; {part!r} in override {item!r} is not an index")
                 node = node[int(part)]
                 continue
             if not isinstance(node.get(part), dict | list):
                 prefix = ".".join(parts[: i + 1])
-                raise ValueError(f"unknown config section {prefix!r} in override {item!r}; valid: {', '.join(node)}")
+                raise UsageError(f"unknown config section {prefix!r} in override {item!r}; valid: {', '.join(node)}")
             node = node[part]
         if isinstance(node, list) or parts[-1] not in node:
             where = ".".join(parts[:-1]) or "config"
             valid = ", ".join(node) if isinstance(node, dict) else "an index and a key, e.g. 0.eps"
-            raise ValueError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {valid}")
+            raise UsageError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {valid}")
         value = yaml.safe_load(raw)
         if ":" in raw and isinstance(value, int | float) and not isinstance(value, bool):
             value = raw.strip()  # YAML 1.1 reads "100:20" as a base-60 number; keep round plans as text
@@ -199,13 +201,13 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     """Load a YAML file strictly into dataclass ``cls``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise NotFoundError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+        raise UsageError(f"config file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping at the top level")
+        raise UsageError(f"config file {path} must hold a mapping at the top level")
     return from_dict(cls, data)
 
 

@@ -33,6 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from freqpure.errors import NotFoundError, UsageError
+
 __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_URL",
@@ -115,7 +117,7 @@ def find_cifar10_dir(data_dir: str | os.PathLike | None = None, split: str = "te
     An explicit ``data_dir`` that does not exist is an error (no silent fallback).
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"CIFAR-10 data folder {data_dir} does not exist")
+        raise NotFoundError(f"CIFAR-10 data folder {data_dir} does not exist")
     if data_dir is not None and Path(data_dir, "data_batch_1").is_file():
         return Path(data_dir).expanduser().parent  # pointed at cifar-10-batches-py itself
     candidates = cifar10_search_paths(data_dir)
@@ -125,7 +127,7 @@ def find_cifar10_dir(data_dir: str | os.PathLike | None = None, split: str = "te
         if folder.is_dir() and _has_split(folder, split):
             return folder
     looked = "\n  ".join(str(p) for p in candidates)
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"CIFAR-10 ({split} split) not found. Looked for {split}.tar, cifar-10-batches-py/ or {split}/<class>/ "
         f"in:\n  {looked}\nSet FREQPURE_DATA or pass a data dir (--data-dir); "
         "`freqpure.data.download_cifar10(dir)` fetches the official archive when online."
@@ -141,21 +143,21 @@ def _decode(data: bytes, where: str, size: int | None) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             arr = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{where}: cannot decode image ({err})") from None
+        raise UsageError(f"{where}: cannot decode image ({err})") from None
     if size is not None and arr.shape[:2] != (size, size):
-        raise ValueError(f"{where}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")
+        raise UsageError(f"{where}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")
     return arr
 
 
 def _class_of(name: str, classes: Sequence[str], where: str) -> int:
     parts = Path(name).parts
     if len(parts) < 2:
-        raise ValueError(f"{where}: member {name!r} is not inside a class folder")
+        raise UsageError(f"{where}: member {name!r} is not inside a class folder")
     cls = parts[-2]
     try:
         return classes.index(cls)
     except ValueError:
-        raise ValueError(
+        raise UsageError(
             f"{where}: member {name!r} has unknown class {cls!r}; expected one of {list(classes)}"
         ) from None
 
@@ -164,7 +166,7 @@ def _check_classes(labels: np.ndarray, classes: Sequence[str], where: str) -> No
     counts = np.bincount(labels, minlength=len(classes))
     missing = [c for c, k in zip(classes, counts) if k == 0]
     if missing:
-        raise ValueError(f"{where}: no images for classes {missing}")
+        raise UsageError(f"{where}: no images for classes {missing}")
 
 
 def _cached(path: Path, loader: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +191,7 @@ def load_cifar10_tar(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 archive {path} does not exist")
+        raise NotFoundError(f"CIFAR-10 archive {path} does not exist")
 
     def load() -> tuple[np.ndarray, np.ndarray]:
         images: list[np.ndarray] = []
@@ -204,19 +206,19 @@ def load_cifar10_tar(
                     where = f"{path}:{m.name}"
                     data = tar.extractfile(m).read()
                     if len(data) != m.size:
-                        raise ValueError(f"{where}: truncated member ({len(data)} of {m.size} bytes)")
+                        raise UsageError(f"{where}: truncated member ({len(data)} of {m.size} bytes)")
                     labels.append(_class_of(m.name, classes, str(path)))
                     images.append(_decode(data, where, image_size))
                 end = tar.offset  # where the end-of-archive marker (zero blocks) must start
         except (tarfile.TarError, EOFError, OSError) as err:
-            raise ValueError(f"{path}: corrupt or truncated tar archive near member {member!r} ({err})") from None
+            raise UsageError(f"{path}: corrupt or truncated tar archive near member {member!r} ({err})") from None
         with open(path, "rb") as f:  # tarfile stops silently at a truncated header: check the marker
             f.seek(end)
             marker = f.read(512)
         if len(marker) < 512 or any(marker):
-            raise ValueError(f"{path}: truncated or corrupt tar archive after member {member!r}")
+            raise UsageError(f"{path}: truncated or corrupt tar archive after member {member!r}")
         if not images:
-            raise ValueError(f"{path}: no images found in the archive")
+            raise UsageError(f"{path}: no images found in the archive")
         y = np.asarray(labels, dtype=np.int64)
         _check_classes(y, classes, str(path))
         return np.stack(images), y
@@ -232,16 +234,16 @@ def load_cifar10_batches(folder: str | os.PathLike, split: str = "test") -> tupl
     for name in names:
         file = folder / name
         if not file.is_file():
-            raise FileNotFoundError(f"CIFAR-10 batch file {file} does not exist")
+            raise NotFoundError(f"CIFAR-10 batch file {file} does not exist")
         try:
             with open(file, "rb") as f:
                 batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the official format is pickle
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = np.asarray(batch[b"labels"], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
-            raise ValueError(f"{file}: corrupt CIFAR-10 batch file ({err!r})") from None
+            raise UsageError(f"{file}: corrupt CIFAR-10 batch file ({err!r})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-            raise ValueError(f"{file}: unexpected data shape {data.shape}, expected [N, 3072]")
+            raise UsageError(f"{file}: unexpected data shape {data.shape}, expected [N, 3072]")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(labels)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
@@ -261,7 +263,7 @@ def load_image_folder(
     images = [_decode(f.read_bytes(), str(f), image_size) for f in files]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise ValueError(f"{root}: images have different sizes {sorted(shapes)}; pass image_size or resize")
+        raise UsageError(f"{root}: images have different sizes {sorted(shapes)}; pass image_size or resize")
     return np.stack(images), np.asarray(labels, dtype=np.int64), list(classes)
 
 
@@ -270,21 +272,21 @@ def _list_image_folder(
 ) -> tuple[list[Path], list[int], list[str]]:
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise NotFoundError(f"image folder {root} does not exist")
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     if classes is None:
         classes = found
         if not classes:
-            raise ValueError(f"{root}: no class sub-folders found")
+            raise UsageError(f"{root}: no class sub-folders found")
     missing = [c for c in classes if c not in found]
     if missing:
-        raise ValueError(f"{root}: missing class folders {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        raise UsageError(f"{root}: missing class folders {missing[:10]}{' ...' if len(missing) > 10 else ''}")
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
         members = sorted(p for p in (root / cls).iterdir() if p.is_file() and p.name.endswith(IMAGE_EXTENSIONS))
         if not members:
-            raise ValueError(f"{root / cls}: class folder holds no images")
+            raise UsageError(f"{root / cls}: class folder holds no images")
         files += members
         labels += [label] * len(members)
     return files, labels, list(classes)
@@ -320,7 +322,7 @@ def download_cifar10(dest: str | os.PathLike, url: str = CIFAR10_URL, md5: str =
                 shutil.copyfileobj(resp, out)
             got = _md5(Path(tmp))
             if got != md5:
-                raise ValueError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
+                raise UsageError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
             os.replace(tmp, archive)
         finally:
             if os.path.exists(tmp):
@@ -351,7 +353,7 @@ def load_cifar10(
     ``~/.cache/freqpure/cifar10``).
     """
     if split not in _SPLITS:
-        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+        raise UsageError(f"split must be one of {_SPLITS}, got {split!r}")
     try:
         folder = find_cifar10_dir(data_dir, split)
     except FileNotFoundError:
@@ -388,7 +390,7 @@ def to_float(x: np.ndarray | Tensor) -> Tensor:
             arr = arr.copy()  # torch warns about read-only arrays (the cached splits are read-only)
         t = torch.from_numpy(arr)
     if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[-1] != 3:
-        raise ValueError(f"expected uint8 [N, H, W, 3], got {t.dtype} {tuple(t.shape)}")
+        raise UsageError(f"expected uint8 [N, H, W, 3], got {t.dtype} {tuple(t.shape)}")
     return t.permute(0, 3, 1, 2).float().div_(255.0).contiguous()
 
 
@@ -408,7 +410,7 @@ def eval_subset_indices(labels: np.ndarray | Tensor, n: int = 512, seed: int = 0
     classes = np.unique(y)
     c = len(classes)
     if not 0 < n <= len(y):
-        raise ValueError(f"n must be in 1..{len(y)}, got {n}")
+        raise UsageError(f"n must be in 1..{len(y)}, got {n}")
     rng = np.random.Generator(np.random.PCG64(seed))
     extra = set(rng.permutation(c)[: n % c].tolist())
     chosen = []
@@ -416,7 +418,7 @@ def eval_subset_indices(labels: np.ndarray | Tensor, n: int = 512, seed: int = 0
         members = np.flatnonzero(y == cls)
         k = n // c + (1 if i in extra else 0)
         if k > len(members):
-            raise ValueError(f"class {int(cls)} has {len(members)} images, need {k} for a balanced subset of {n}")
+            raise UsageError(f"class {int(cls)} has {len(members)} images, need {k} for a balanced subset of {n}")
         chosen.append(members[rng.permutation(len(members))[:k]])
     return np.sort(np.concatenate(chosen))
 
@@ -453,7 +455,7 @@ class ArrayDataset(Dataset):
 
     def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
         if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            raise UsageError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
 
@@ -494,7 +496,7 @@ class ImageFolderDataset(Dataset):
         self, root: str | os.PathLike, classes: Sequence[str] | None = None, resize: int = 256, crop: int = 256
     ) -> None:
         if crop > resize:
-            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+            raise UsageError(f"crop ({crop}) must not exceed resize ({resize})")
         self.files, labels, self.classes = _list_image_folder(root, classes)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.resize, self.crop = resize, crop
@@ -509,7 +511,7 @@ class ImageFolderDataset(Dataset):
             with Image.open(f) as img:
                 return resize_center_crop(img, self.resize, self.crop)
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ValueError(f"{f}: cannot decode image ({err})") from None
+            raise UsageError(f"{f}: cannot decode image ({err})") from None
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         return to_float(self.load_uint8(i)[None])[0], int(self.labels[i])
@@ -531,5 +533,5 @@ def stack_dataset(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tupl
     """Gather items of a dataset into float ``[n, 3, H, W]`` and int64 ``[n]`` tensors."""
     items = [dataset[int(i)] for i in indices]
     if not items:
-        raise ValueError("no indices given")
+        raise UsageError("no indices given")
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)

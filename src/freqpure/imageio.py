@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from freqpure._fileio import atomic_path
+from freqpure.errors import NotFoundError, UsageError
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "read_image", "read_images", "write_png"]
 
@@ -28,20 +29,20 @@ def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise ValueError(f"no PNG/JPEG images found in folder {path}")
+                raise UsageError(f"no PNG/JPEG images found in folder {path}")
             found += [(p, p.relative_to(path).with_suffix(".png")) for p in files]
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"{path} is not a PNG or JPEG file (suffix {path.suffix!r})")
+                raise UsageError(f"{path} is not a PNG or JPEG file (suffix {path.suffix!r})")
             found.append((path, Path(path.stem + ".png")))
         else:
-            raise FileNotFoundError(f"input not found: {path}")
+            raise NotFoundError(f"input not found: {path}")
     if not found:
-        raise ValueError("no input images given")
+        raise UsageError("no input images given")
     names = [name for _, name in found]
     if len(set(names)) != len(names):
         dupes = sorted({str(n) for n in names if names.count(n) > 1})
-        raise ValueError(f"several inputs would be written to the same output name: {', '.join(dupes[:5])}")
+        raise UsageError(f"several inputs would be written to the same output name: {', '.join(dupes[:5])}")
     return found
 
 
@@ -52,7 +53,7 @@ def read_image(path: str | Path) -> Tensor:
             img.load()
             array = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from None
+        raise UsageError(f"cannot read image {path}: {err}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
 
 
@@ -68,7 +69,7 @@ def read_images(paths: Sequence[str | Path], size: int | None = None) -> Tensor:
         images.append(img)
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) > 1:
-        raise ValueError(f"images in one batch differ in size: {sorted(shapes)}; pass a size to resize them")
+        raise UsageError(f"images in one batch differ in size: {sorted(shapes)}; pass a size to resize them")
     return torch.stack(images)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from freqpure.errors import DependencyError, UsageError
+
 __all__ = ["damage_plot", "ratio_plot", "CASE_STYLE"]
 
 # Colour and label per case name; unknown cases get matplotlib's colour cycle.
@@ -33,7 +35,7 @@ def _figure(width: float = 7.0, height: float = 4.2):
     try:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise RuntimeError("plots need matplotlib: pip install 'freqpure[plots]'") from err
+        raise DependencyError("plots need matplotlib: pip install 'freqpure[plots]'") from err
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     return fig, fig.add_subplot()
 
@@ -67,7 +69,7 @@ def damage_plot(
         title: plot title.
     """
     if quantity not in _YLABEL:
-        raise ValueError(f"quantity must be 'amplitude' or 'phase', got {quantity!r}")
+        raise UsageError(f"quantity must be 'amplitude' or 'phase', got {quantity!r}")
     fig, ax = _figure()
     ci = summary.get("ci", {})
     level = ci.get("level", 0.95)

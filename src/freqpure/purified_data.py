@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from freqpure.data import load_cifar10
+from freqpure.errors import NotFoundError, UsageError
 from freqpure.models.checkpoint import CheckpointError, read_safetensors, sha256_of, write_safetensors
 
 __all__ = ["PurifySplitConfig", "purify_split", "load_purified"]
@@ -72,9 +73,9 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         tensors, meta = read_safetensors(path)
     except CheckpointError as err:
-        raise ValueError(str(err)) from None
+        raise UsageError(str(err)) from None
     if meta.get("format") != FORMAT or not {"images", "labels"} <= set(tensors):
-        raise ValueError(f"{path}: not a freqpure purified-split file (format {meta.get('format')!r})")
+        raise UsageError(f"{path}: not a freqpure purified-split file (format {meta.get('format')!r})")
     return tensors, meta
 
 
@@ -114,7 +115,7 @@ def purify_split(
         if {k: old.get(k) for k in ("config", "diffusion_sha256", "n")} != {
             k: meta[k] for k in ("config", "diffusion_sha256", "n")
         }:
-            raise ValueError(f"{partial}: was made with other settings or weights; delete it to start over")
+            raise UsageError(f"{partial}: was made with other settings or weights; delete it to start over")
         images = tensors["images"].numpy().copy()
         done = int(old["done"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,14 +151,14 @@ def load_purified(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"purified data file {path} does not exist (make it with `freqpure train purify-data`)")
+        raise NotFoundError(f"purified data file {path} does not exist (make it with `freqpure train purify-data`)")
     tensors, meta = _read(path)
     if meta.get("done") != meta.get("n"):
-        raise ValueError(f"{path}: incomplete ({meta.get('done')} of {meta.get('n')} images purified)")
+        raise UsageError(f"{path}: incomplete ({meta.get('done')} of {meta.get('n')} images purified)")
     images, labels = tensors["images"].numpy(), tensors["labels"].numpy()
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise ValueError(f"{path}: images must be [N,H,W,3] uint8 matching {len(labels)} labels, got {images.shape}")
+        raise UsageError(f"{path}: images must be [N,H,W,3] uint8 matching {len(labels)} labels, got {images.shape}")
     if expect_labels is not None and not np.array_equal(labels, np.asarray(expect_labels, dtype=np.int64)):
-        raise ValueError(f"{path}: its labels do not match the training split (another split, subset or order)")
+        raise UsageError(f"{path}: its labels do not match the training split (another split, subset or order)")
     info = {"config": json.loads(meta["config"]), "diffusion_sha256": meta["diffusion_sha256"], "n": len(labels)}
     return images, info

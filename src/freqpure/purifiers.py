@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from freqpure._checks import check_images
+from freqpure.errors import UsageError
 from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
@@ -63,14 +64,14 @@ class Purifier(nn.Module):
     ) -> None:
         super().__init__()
         if sampler not in ("ddpm", "ddim", "sde"):
-            raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
+            raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
         self.eps_model = eps_model
         self.rounds = parse_rounds(rounds)
         self.sampler = sampler
         self.schedule = schedule or LinearBetaSchedule()
         for r in self.rounds:
             if r.t_star > self.schedule.num_steps:
-                raise ValueError(f"t_star={r.t_star} exceeds the schedule's {self.schedule.num_steps} steps")
+                raise UsageError(f"t_star={r.t_star} exceeds the schedule's {self.schedule.num_steps} steps")
         self.clamp_input = clamp_input
         self.clip_x0 = clip_x0
         self.checkpoint = checkpoint
@@ -202,16 +203,16 @@ class FreqPure(Purifier):
     ) -> None:
         super().__init__(eps_model, rounds or [PurificationRound(t_start, steps)], **kwargs)
         if reference not in ("input", "denoised"):
-            raise ValueError(f"reference must be 'input' or 'denoised', got {reference!r}")
+            raise UsageError(f"reference must be 'input' or 'denoised', got {reference!r}")
         if mode not in ("paper", "reference"):
-            raise ValueError(f"mode must be 'paper' or 'reference', got {mode!r}")
+            raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
         if not (delta >= 0 and math.isfinite(delta)):
-            raise ValueError(f"delta must be a finite number >= 0 (radians), got {delta}")
+            raise UsageError(f"delta must be a finite number >= 0 (radians), got {delta}")
         if not 0 <= reference_t < self.schedule.num_steps:
-            raise ValueError(f"reference_t must be a step index in 0..{self.schedule.num_steps - 1}, got {reference_t}")
+            raise UsageError(f"reference_t must be a step index in 0..{self.schedule.num_steps - 1}, got {reference_t}")
         for r, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius")):
             if r is not None and (r < 0 or not math.isfinite(r)):
-                raise ValueError(f"{name} must be a finite number >= 0 or None, got {r}")
+                raise UsageError(f"{name} must be a finite number >= 0 or None, got {r}")
         self.amp_radius = amp_radius
         self.phase_radius = phase_radius
         self.delta = delta
@@ -288,9 +289,9 @@ class PurifiedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if ensemble < 1:
-            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+            raise UsageError(f"ensemble must be >= 1, got {ensemble}")
         if vote not in ("majority", "logits", "softmax"):
-            raise ValueError(f"vote must be 'majority', 'logits' or 'softmax', got {vote!r}")
+            raise UsageError(f"vote must be 'majority', 'logits' or 'softmax', got {vote!r}")
         self.classifier = classifier
         self.purifier = purifier
         self.ensemble = ensemble

@@ -41,6 +41,7 @@ import torch
 import yaml
 from PIL import Image
 
+from freqpure.errors import NotFoundError, UsageError
 from freqpure.spectral import centred_spectrum, wrap_phase
 
 __all__ = ["write_report", "ReportInputs", "load_run", "DEFENCE_ORDER", "REPORT_NAME"]
@@ -60,7 +61,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ---------------------------------------------------------------------------------------------
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found ({what})")
+        raise NotFoundError(f"{path}: file not found ({what})")
     return path
 
 
@@ -68,14 +69,14 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read as UTF-8 text ({err})") from None
+        raise UsageError(f"{path}: cannot read as UTF-8 text ({err})") from None
 
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise UsageError(f"{path}: not valid JSON ({err})") from None
 
 
 def _read_yaml(path: Path) -> tuple[str, Any]:
@@ -83,7 +84,7 @@ def _read_yaml(path: Path) -> tuple[str, Any]:
     try:
         return text, yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from None
+        raise UsageError(f"{path}: not valid YAML ({err})") from None
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -94,7 +95,7 @@ def _read_jsonl(path: Path) -> list[Any]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from None
+            raise UsageError(f"{path}: line {number} is not valid JSON ({err})") from None
     return records
 
 
@@ -102,14 +103,14 @@ def _read_png(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise ValueError(f"{path}: cannot read ({err})") from None
+        raise UsageError(f"{path}: cannot read ({err})") from None
     if not data.startswith(_PNG_MAGIC):
-        raise ValueError(f"{path}: not a PNG file")
+        raise UsageError(f"{path}: not a PNG file")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
     except Exception as err:  # PIL raises many exception types for corrupt files
-        raise ValueError(f"{path}: corrupt PNG ({err})") from None
+        raise UsageError(f"{path}: corrupt PNG ({err})") from None
     return data
 
 
@@ -119,32 +120,32 @@ def _read_examples(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     except ValueError as err:
-        raise ValueError(f"{path}: cannot read ({err}); arrays must be numeric or str, not objects") from None
+        raise UsageError(f"{path}: cannot read ({err}); arrays must be numeric or str, not objects") from None
     except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+        raise UsageError(f"{path}: not a readable .npz archive ({err})") from None
     missing = [k for k in ("clean", "adversarial", "labels") if k not in data]
     if missing:
-        raise ValueError(f"{path}: missing key(s) {missing}; has {sorted(data)}")
+        raise UsageError(f"{path}: missing key(s) {missing}; has {sorted(data)}")
     clean = data["clean"]
     if clean.ndim != 4 or clean.shape[0] == 0:
-        raise ValueError(f"{path}: 'clean' must be [N, C, H, W], got shape {clean.shape}")
+        raise UsageError(f"{path}: 'clean' must be [N, C, H, W], got shape {clean.shape}")
     n = clean.shape[0]
     for key in ("adversarial", "purified"):
         if key in data and data[key].shape != clean.shape:
-            raise ValueError(f"{path}: {key!r} has shape {data[key].shape}, 'clean' has {clean.shape}")
+            raise UsageError(f"{path}: {key!r} has shape {data[key].shape}, 'clean' has {clean.shape}")
     for key in ("clean", "adversarial", "purified"):
         if key in data:
             if not np.issubdtype(data[key].dtype, np.floating) or not np.isfinite(data[key]).all():
-                raise ValueError(f"{path}: {key!r} must be finite floats in [0, 1], got {data[key].dtype}")
+                raise UsageError(f"{path}: {key!r} must be finite floats in [0, 1], got {data[key].dtype}")
     for key in ("labels", "pred_clean", "pred_adversarial", "pred_purified"):
         if key in data:
             arr = data[key]
             if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"{path}: {key!r} must be int [N={n}], got {arr.dtype} {arr.shape}")
+                raise UsageError(f"{path}: {key!r} must be int [N={n}], got {arr.dtype} {arr.shape}")
     if "class_names" in data:
         names = data["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US":
-            raise ValueError(f"{path}: 'class_names' must be a 1-D str array, got {names.dtype} {names.shape}")
+            raise UsageError(f"{path}: 'class_names' must be a 1-D str array, got {names.dtype} {names.shape}")
     return data
 
 
@@ -177,15 +178,15 @@ def _load_analysis(directory: Path) -> AnalysisData | None:
         return None
     data = _read_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
+        raise UsageError(f"{path}: expected a JSON object at the top level")
     plots: dict[str, bytes] = {}
     listed = data.get("plots") or {}
     if not isinstance(listed, dict):
-        raise ValueError(f"{path}: 'plots' must map names to PNG file names")
+        raise UsageError(f"{path}: 'plots' must map names to PNG file names")
     for name, rel in listed.items():
         file = directory / str(rel)
         if Path(str(rel)).is_absolute() or ".." in Path(str(rel)).parts:
-            raise ValueError(f"{path}: plot {name!r} must be a file name inside the directory, got {rel!r}")
+            raise UsageError(f"{path}: plot {name!r} must be a file name inside the directory, got {rel!r}")
         plots[str(name)] = _read_png(_require(file, f"plot {name!r} listed in {path.name}"))
     return AnalysisData(path, data, plots)
 
@@ -197,7 +198,7 @@ def load_run(directory: str | Path, name: str | None = None) -> RunData:
     config_text, _ = _read_yaml(_require(directory / "config.yaml", what))
     results = _read_json(_require(directory / "results.json", what))
     if not isinstance(results, dict):
-        raise ValueError(f"{directory / 'results.json'}: expected a JSON object at the top level")
+        raise UsageError(f"{directory / 'results.json'}: expected a JSON object at the top level")
     examples = _read_examples(_require(directory / "examples.npz", what))
     md = directory / "results.md"
     samples = directory / "samples.jsonl"
@@ -238,13 +239,13 @@ class ReportInputs:
     def read(cls, directory: str | Path) -> ReportInputs:
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: not a directory (expected a run, demo or analysis dir)")
+            raise NotFoundError(f"{directory}: not a directory (expected a run, demo or analysis dir)")
         subs = _sub_runs(directory)
         analysis = _load_analysis(directory)
         if subs:
             results = _read_json(_require(directory / "results.json", "a demo dir holds a top-level results.json"))
             if not isinstance(results, dict):
-                raise ValueError(f"{directory / 'results.json'}: expected a JSON object at the top level")
+                raise UsageError(f"{directory / 'results.json'}: expected a JSON object at the top level")
             grid = directory / "grid.png"
             return cls("demo", directory, [load_run(p) for p in subs], results,
                        _read_png(grid) if grid.exists() else None, analysis)
@@ -254,7 +255,7 @@ class ReportInputs:
             return cls("run", directory, [run], analysis=analysis)
         if analysis is not None:
             return cls("analysis", directory, [], analysis=analysis)
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{directory}: nothing to report: expected config.yaml, results.json and examples.npz (a run dir), "
             f"sub-directories {', '.join(DEFENCE_ORDER)} holding run dirs (a demo dir), or analysis.json"
         )
@@ -797,7 +798,7 @@ def write_report(
         ValueError: a file is unreadable or malformed (the message names it).
     """
     if max_examples < 0 or max_spectra < 0:
-        raise ValueError("max_examples and max_spectra must be >= 0")
+        raise UsageError("max_examples and max_spectra must be >= 0")
     inputs = ReportInputs.read(run_dir)
     page = render_html(inputs, max_examples=max_examples, max_spectra=max_spectra)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME

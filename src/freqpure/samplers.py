@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from freqpure.errors import UsageError
 from freqpure.schedules import VPSDE, LinearBetaSchedule, validate_timesteps
 
 __all__ = [
@@ -45,6 +46,11 @@ __all__ = [
     "vpsde_noise",
     "vpsde_reverse_drift",
 ]
+
+# Name of the scheme that derives noise streams from seeds (StepNoise keys and children, the
+# evaluation's per-batch seeds). Written into every results file; change it whenever the derivation
+# changes, so old results say which scheme made them.
+NOISE_SCHEME = "linear-v1"
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 X0Hook = Callable[[Tensor, int], Tensor]
@@ -90,7 +96,7 @@ def split_model_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor | Non
         return out, None
     if out.shape[1] == 2 * channels:
         return out[:, :channels], out[:, channels:]
-    raise ValueError(
+    raise UsageError(
         f"eps_model returned {out.shape[1]} channels for a {channels}-channel input; expected {channels} "
         f"(eps) or {2 * channels} (eps + learned variance)"
     )
@@ -143,14 +149,14 @@ def reverse_step(
         coef_xt = (1.0 - beta) ** 0.5 * (1.0 - alpha_bar_s) / (1.0 - alpha_bar_t)
         mean = coef_x0 * x0 + coef_xt * x_t
         if noise is None:
-            raise ValueError("a stochastic step needs noise")
+            raise UsageError("a stochastic step needs noise")
         return mean + torch.exp(0.5 * log_var) * noise
     sigma = eta * posterior_var**0.5
     direction = max(1.0 - alpha_bar_s - sigma**2, 0.0) ** 0.5
     x_s = sqrt_ab_s * x0 + direction * eps
     if sigma > 0:
         if noise is None:
-            raise ValueError("a stochastic step (eta > 0) needs noise")
+            raise UsageError("a stochastic step (eta > 0) needs noise")
         x_s = x_s + sigma * noise
     return x_s
 
@@ -191,7 +197,7 @@ def sample_ddpm(
     schedule = schedule or LinearBetaSchedule()
     ts = validate_timesteps(timesteps, schedule.num_steps)
     if eta > 0 and noise is None:
-        raise ValueError("sample_ddpm with eta > 0 needs a noise source (e.g. StepNoise(seed))")
+        raise UsageError("sample_ddpm with eta > 0 needs a noise source (e.g. StepNoise(seed))")
     alpha_bars = schedule.alpha_bar(ts + [-1]).tolist()
     channels = x.shape[1]
 
@@ -273,11 +279,11 @@ def sample_vpsde_euler(
     """
     sde = sde or VPSDE()
     if not 0 < t_start <= 1 or not 0 <= t_end < t_start:
-        raise ValueError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+        raise UsageError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UsageError(f"steps must be >= 1, got {steps}")
     if noise is None:
-        raise ValueError("sample_vpsde_euler needs a noise source (e.g. StepNoise(seed))")
+        raise UsageError("sample_vpsde_euler needs a noise source (e.g. StepNoise(seed))")
     times = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
 
     def step(x_t: Tensor, i: int) -> Tensor:

@@ -18,6 +18,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from freqpure.errors import UsageError
+
 __all__ = [
     "LinearBetaSchedule",
     "VPSDE",
@@ -38,11 +40,11 @@ class LinearBetaSchedule:
 
     def __post_init__(self) -> None:
         if not (0 < self.beta_start < self.beta_end < 1):
-            raise ValueError(
+            raise UsageError(
                 f"need 0 < beta_start < beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}"
             )
         if self.num_steps < 2:
-            raise ValueError(f"num_steps must be >= 2, got {self.num_steps}")
+            raise UsageError(f"num_steps must be >= 2, got {self.num_steps}")
 
     @cached_property
     def betas(self) -> Tensor:
@@ -120,9 +122,9 @@ class PurificationRound:
 
     def __post_init__(self) -> None:
         if not 1 <= self.t_star <= 1000:
-            raise ValueError(f"t_star must be in 1..1000 diffusion steps, got {self.t_star}")
+            raise UsageError(f"t_star must be in 1..1000 diffusion steps, got {self.t_star}")
         if not 1 <= self.steps <= self.t_star:
-            raise ValueError(f"steps must be in 1..t_star={self.t_star}, got {self.steps}")
+            raise UsageError(f"steps must be in 1..t_star={self.t_star}, got {self.steps}")
 
     def timesteps(self) -> list[int]:
         """Decreasing step indices, from ``t_star − 1`` down to 0 (see :func:`respaced_timesteps`)."""
@@ -136,7 +138,7 @@ def respaced_timesteps(t_star: int, steps: int) -> list[int]:
     [19, 14, 10, 5, 0]
     """
     if steps < 1 or steps > t_star:
-        raise ValueError(f"steps must be in 1..t_star={t_star}, got {steps}")
+        raise UsageError(f"steps must be in 1..t_star={t_star}, got {steps}")
     if steps == 1:
         return [t_star - 1]
     stride = (t_star - 1) / (steps - 1)
@@ -147,14 +149,14 @@ def validate_timesteps(timesteps: Sequence[int], num_steps: int = 1000) -> list[
     """Check a reverse schedule: integers in ``0..num_steps−1``, strictly decreasing, non-empty."""
     ts = [int(t) for t in timesteps]
     if not ts:
-        raise ValueError("timesteps is empty: need at least one step index")
+        raise UsageError("timesteps is empty: need at least one step index")
     if any(t != float(orig) for t, orig in zip(ts, timesteps)):
-        raise ValueError(f"timesteps must be integers, got {list(timesteps)}")
+        raise UsageError(f"timesteps must be integers, got {list(timesteps)}")
     bad = [t for t in ts if not 0 <= t < num_steps]
     if bad:
-        raise ValueError(f"timesteps must lie in 0..{num_steps - 1}; out of range: {bad}")
+        raise UsageError(f"timesteps must lie in 0..{num_steps - 1}; out of range: {bad}")
     if any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+        raise UsageError(f"timesteps must be strictly decreasing, got {ts}")
     return ts
 
 
@@ -176,15 +178,15 @@ def parse_rounds(spec: str | Sequence[PurificationRound] | Sequence[Sequence[int
                 r = PurificationRound(int(t_star), int(steps))
                 k = int(repeat) if repeat else 1
             except ValueError as err:
-                raise ValueError(f"cannot parse round {raw!r} in {spec!r}: expected T:STEPS[*REPEAT]; {err}") from None
+                raise UsageError(f"cannot parse round {raw!r} in {spec!r}: expected T:STEPS[*REPEAT]; {err}") from None
             rounds.extend([r] * k)
         if not rounds:
-            raise ValueError(f"no rounds in {spec!r}")
+            raise UsageError(f"no rounds in {spec!r}")
         return rounds
     out = []
     for r in spec:
         out.append(r if isinstance(r, PurificationRound) else PurificationRound(int(r[0]), int(r[1])))
     if not out:
-        raise ValueError("no rounds given")
+        raise UsageError("no rounds given")
     return out
 

@@ -40,6 +40,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from freqpure.errors import UsageError
+
 __all__ = [
     "radial_mask",
     "self_conjugate_mask",
@@ -116,7 +118,7 @@ def self_conjugate_mask(height: int, width: int, device: torch.device | str | No
 def relative_radius(fraction: float, height: int, width: int) -> float:
     """Convert a fraction of the spectrum's half-size (``min(H, W) / 2``) to a radius in index units."""
     if not 0 <= fraction <= 1:
-        raise ValueError(f"relative radius must be in [0, 1], got {fraction}")
+        raise UsageError(f"relative radius must be in [0, 1], got {fraction}")
     return fraction * min(height, width) / 2
 
 
@@ -124,9 +126,9 @@ def check_radius(radius: float, height: int, width: int, name: str = "radius") -
     """Raise if ``radius`` is negative, not finite, or beyond the spectrum's corner (rounded up)."""
     corner = math.hypot(height // 2, width // 2)
     if not math.isfinite(radius) or radius < 0:
-        raise ValueError(f"{name} must be a finite non-negative number, got {radius}")
+        raise UsageError(f"{name} must be a finite non-negative number, got {radius}")
     if radius > math.ceil(corner):  # a radius of ceil(corner) already covers the whole spectrum
-        raise ValueError(
+        raise UsageError(
             f"{name}={radius} is larger than the {height}x{width} spectrum (its corner is at {corner:.2f} "
             "frequency-index units); radii are absolute, see freqpure.spectral.relative_radius"
         )
@@ -154,11 +156,11 @@ def _unit(z: Tensor) -> Tensor:
 
 def _check_pair(est: Tensor, ref: Tensor) -> None:
     if est.ndim != 4:
-        raise ValueError(f"est must be 4-D [B, C, H, W], got shape {tuple(est.shape)}")
+        raise UsageError(f"est must be 4-D [B, C, H, W], got shape {tuple(est.shape)}")
     if ref.shape != est.shape and not (ref.ndim == 4 and ref.shape[0] == 1 and ref.shape[1:] == est.shape[1:]):
-        raise ValueError(f"ref must have est's shape {tuple(est.shape)} (or batch 1), got {tuple(ref.shape)}")
+        raise UsageError(f"ref must have est's shape {tuple(est.shape)} (or batch 1), got {tuple(ref.shape)}")
     if not est.is_floating_point() or not ref.is_floating_point():
-        raise ValueError(f"est and ref must be floating point, got {est.dtype} and {ref.dtype}")
+        raise UsageError(f"est and ref must be floating point, got {est.dtype} and {ref.dtype}")
 
 
 def _edit_spectrum(
@@ -198,7 +200,7 @@ def exchange_spectrum(
     _check_pair(est, ref)
     height, width = est.shape[-2:]
     if not delta >= 0:
-        raise ValueError(f"delta must be >= 0 radians, got {delta}")
+        raise UsageError(f"delta must be >= 0 radians, got {delta}")
     masks = []
     for radius, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius")):
         if radius is None:
@@ -248,7 +250,7 @@ def freq_exchange(
         return torch.fft.ifft2(exchange_spectrum(est, ref, amp_radius, phase_radius, delta)).real.to(est.dtype)
     if mode == "reference":
         return _reference_exchange(est, ref, amp_radius, phase_radius, delta)
-    raise ValueError(f"mode must be 'paper' or 'reference', got {mode!r}")
+    raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
 
 
 def _reference_exchange(

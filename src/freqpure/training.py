@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from freqpure.data import load_cifar10
+from freqpure.errors import NotFoundError, UsageError
 from freqpure.models.bundled import ARCHITECTURES
 from freqpure.schedules import LinearBetaSchedule
 
@@ -88,6 +90,10 @@ class DiffusionTrainConfig:
     ema_decay: float = 0.999
     t_low_frac: float = 0.5
     t_low_max: int = 400
+    t_max: int = 1000  # train step indices 0..t_max-1 only (a purification-range model: t_max=200)
+    lr_schedule: str = "constant"  # "constant" after warm-up, or "cosine" decay to lr_min at `steps`
+    lr_min: float = 0.0
+    init_from: str | None = None  # start from a bundled diffusion model's (or a .safetensors file's) weights
     hflip: bool = True
     amp: str = "bf16"  # "bf16" autocast or "none"
     seed: int = 0
@@ -136,7 +142,7 @@ def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise UsageError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
     return cls(**d)
 
 
@@ -147,7 +153,7 @@ def _autocast(amp: str, device: torch.device) -> contextlib.AbstractContextManag
     if amp == "none":
         return contextlib.nullcontext()
     if amp != "bf16":
-        raise ValueError(f"amp must be 'bf16' or 'none', got {amp!r}")
+        raise UsageError(f"amp must be 'bf16' or 'none', got {amp!r}")
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
@@ -265,13 +271,13 @@ def _prepare_run_dir(run_dir: Path, config: Any, resume: bool | None) -> dict[st
         ignore = {"log_every", "ckpt_every", "export_every", "steps", "data_dir", "eval_images"}
         diff = {k: (old.get(k), v) for k, v in cfg.items() if k not in ignore and old.get(k) != v}
         if diff:
-            raise ValueError(f"{run_dir} holds a run with a different config {diff}; use a new --out dir")
+            raise UsageError(f"{run_dir} holds a run with a different config {diff}; use a new --out dir")
         _atomic_write_text(json.dumps(cfg, indent=2) + "\n", cfg_path)
         return ckpt
     if resume:
-        raise FileNotFoundError(f"--resume given but {ckpt_path} does not exist")
+        raise NotFoundError(f"--resume given but {ckpt_path} does not exist")
     if ckpt_path.exists():
-        raise ValueError(f"{run_dir} already holds a checkpoint; resume it or choose another --out dir")
+        raise UsageError(f"{run_dir} already holds a checkpoint; resume it or choose another --out dir")
     _atomic_write_text(json.dumps(cfg, indent=2) + "\n", cfg_path)
     return None
 
@@ -290,7 +296,7 @@ def _batches(seed: int, n: int, batch_size: int, start_step: int) -> Iterator[tu
     """Endless (step, indices) stream: epochs of ``n // batch_size`` full batches, resumable at any step."""
     per_epoch = n // batch_size
     if per_epoch < 1:
-        raise ValueError(f"batch size {batch_size} exceeds the {n} training images")
+        raise UsageError(f"batch size {batch_size} exceeds the {n} training images")
     step = start_step
     while True:
         epoch, i = divmod(step, per_epoch)
@@ -390,6 +396,7 @@ def export_diffusion(ckpt: dict[str, Any], out: Path, **extra: Any) -> Path:
         cfg["model"],
         train_step=ckpt["step"],
         schedule="linear-beta 1e-4..2e-2 x1000",
+        t_max=cfg.get("t_max", 1000),
         **extra,
     )
     save_safetensors(ckpt["ema"], out, meta)
@@ -418,6 +425,13 @@ def train_diffusion(
     gen = torch.Generator().manual_seed(config.seed)
     model = ARCHS[config.arch](**config.model).to(dev)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+    if not 1 <= config.t_max <= 1000:
+        raise UsageError(f"t_max must be in 1..1000, got {config.t_max}")
+    if config.init_from and ckpt is None:
+        _load_initial_weights(model, config.init_from, "diffusion", config.arch)
+        ema.load_state_dict(model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     step = 0
     if ckpt is not None:
@@ -477,11 +491,11 @@ def train_diffusion(
             _, idx = next(batches)
             x0 = data[idx].to(dev).float() / 127.5 - 1.0
             x0 = augment_batch(x0, gen, hflip=config.hflip) if config.hflip else x0
-            t = sample_steps(x0.shape[0], gen, schedule.num_steps, config.t_low_frac, config.t_low_max).to(dev)
+            t = sample_steps(x0.shape[0], gen, config.t_max, config.t_low_frac, config.t_low_max).to(dev)
             noise = torch.randn(x0.shape, generator=gen).to(dev)
             a = abar[t][:, None, None, None]
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+            lr = _diffusion_lr(config, step)
             for group in opt.param_groups:
                 group["lr"] = lr
             with _autocast(config.amp, dev):
@@ -530,6 +544,30 @@ def evaluate_classifier(
     return correct / len(x)
 
 
+def _diffusion_lr(config: DiffusionTrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr``; then constant, or cosine decay to ``lr_min`` at ``config.steps``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / max(1, config.warmup)
+    if config.lr_schedule == "constant":
+        return config.lr
+    frac = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + math.cos(math.pi * frac))
+
+
+def _load_initial_weights(model: nn.Module, init_from: str, kind: str, arch: str) -> None:
+    """Load the weights named by ``init_from`` (bundled name or ``.safetensors`` path) into ``model``."""
+    from freqpure.models.bundled import BUNDLED, build_from_file, weights_path
+
+    path = weights_path(init_from) if init_from in BUNDLED else Path(init_from)
+    net, meta = build_from_file(path, kind=kind, arch=arch)
+    try:
+        model.load_state_dict(net.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise UsageError(
+            f"init_from {path}: its weights ({meta['freqpure_config']}) do not fit the model: {err}"
+        ) from None
+
+
 def _load_initial_classifier(model: nn.Module, config: ClassifierTrainConfig) -> None:
     """Load the weights named by ``config.init_from`` (bundled name or path) into ``model``.
 
@@ -542,7 +580,7 @@ def _load_initial_classifier(model: nn.Module, config: ClassifierTrainConfig) ->
     try:
         model.load_state_dict(net.state_dict(), strict=True)
     except RuntimeError as err:
-        raise ValueError(
+        raise UsageError(
             f"init_from {path}: its weights ({meta['freqpure_config']}) do not fit model {config.model}: {err}"
         ) from None
 
@@ -611,7 +649,7 @@ def train_classifier(
     purified = None
     if config.purified_data:
         if not 0.0 < config.purified_frac <= 1.0:
-            raise ValueError(f"purified_frac must be in (0, 1], got {config.purified_frac}")
+            raise UsageError(f"purified_frac must be in (0, 1], got {config.purified_frac}")
         from freqpure.purified_data import load_purified
 
         x_pur, purified_info = load_purified(config.purified_data, expect_labels=np.asarray(y_tr))
@@ -712,7 +750,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Export the latest checkpoint of a run (diffusion: EMA weights) to a bundled safetensors file."""
     ckpt_path = Path(run_dir) / CHECKPOINT
     if not ckpt_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
+        raise NotFoundError(f"no checkpoint at {ckpt_path}")
     ckpt = load_checkpoint(ckpt_path)
     if "ema" in ckpt:
         return export_diffusion(ckpt, Path(out))
@@ -735,7 +773,7 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
+        raise NotFoundError(f"no metrics.jsonl in {run_dir}")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 

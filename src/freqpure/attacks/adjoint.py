@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from freqpure.errors import UsageError
 from freqpure.purifiers import _FORWARD_KEY, Purifier
 from freqpure.samplers import EpsFn, NoiseFn, X0Hook, add_noise, vpsde_reverse_drift
 from freqpure.schedules import VPSDE
@@ -55,10 +56,10 @@ def _step_brownian(noise: NoiseFn, like: Tensor):
 
         def __call__(self, ta, tb=None, return_U=False, return_A=False):  # noqa: N803 - torchsde's names
             if tb is None or return_U or return_A:
-                raise ValueError("StepBrownian only gives increments over [i, i+1] (use method='euler')")
+                raise UsageError("StepBrownian only gives increments over [i, i+1] (use method='euler')")
             i = int(round(float(ta)))
             if abs(float(tb) - float(ta) - 1.0) > 1e-4 or abs(float(ta) - i) > 1e-4:
-                raise ValueError(f"StepBrownian needs unit steps on integer times, got [{float(ta)}, {float(tb)}]")
+                raise UsageError(f"StepBrownian needs unit steps on integer times, got [{float(ta)}, {float(tb)}]")
             return noise(i, like).reshape(self._shape)
 
         def __repr__(self) -> str:
@@ -141,7 +142,7 @@ def sdeint_vpsde_adjoint(
     """
     torchsde = _torchsde()
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UsageError(f"steps must be >= 1, got {steps}")
     func = _ReverseVPSDE(eps_model, sde, t_start, steps, x.shape, hook_factory, hook_inputs)
     if store_states:
         ts = torch.arange(steps + 1, dtype=x.dtype, device=x.device)
@@ -165,7 +166,7 @@ class AdjointSDEPurifier(nn.Module):
         super().__init__()
         self.store_states = store_states
         if getattr(purifier, "sampler", None) != "sde":
-            raise ValueError(
+            raise UsageError(
                 "gradient mode 'adjoint' needs a purifier with sampler='sde' (the VP-SDE); this one uses "
                 f"sampler={getattr(purifier, 'sampler', None)!r}: set purifier.sampler=sde or use full/surrogate"
             )

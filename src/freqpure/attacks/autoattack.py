@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.attacks.types import Norm, parse_enum
+from freqpure.errors import UsageError
 
 __all__ = ["run_autoattack", "AUTOATTACK_VERSIONS"]
 
@@ -62,13 +63,13 @@ def run_autoattack(
     """
     norm = parse_enum(Norm, norm, "norm")
     if version not in AUTOATTACK_VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
+        raise UsageError(f"unknown AutoAttack version {version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
     AutoAttack = _import()
     adversary = AutoAttack(model, norm=norm.autoattack_name, eps=float(eps), version=version, seed=int(seed),
                            device=x.device)
     if eot_iter is not None:
         if version != "rand":
-            raise ValueError("eot_iter applies to AutoAttack's 'rand' version only")
+            raise UsageError("eot_iter applies to AutoAttack's 'rand' version only")
         adversary.apgd.eot_iter = int(eot_iter)
     logger = logging.getLogger("auto-attack")
     level = logger.level
@@ -101,7 +102,7 @@ def _run_one(adversary, name: str, x: Tensor, y: Tensor) -> Tensor:
     if name == "square":
         adversary.square.seed = adversary.get_seed()
         return adversary.square.perturb(x, y)
-    raise ValueError(f"unknown AutoAttack attack {name!r}")
+    raise UsageError(f"unknown AutoAttack attack {name!r}")
 
 
 def _judged(adversary, x: Tensor, y: Tensor, judge: Judge) -> Tensor:

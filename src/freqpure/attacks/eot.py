@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from freqpure.attacks.losses import attack_loss
 from freqpure.attacks.types import Loss, parse_enum
+from freqpure.errors import UsageError
 from freqpure.samplers import StepNoise
 
 __all__ = ["DrawNoise", "EOTGradient"]
@@ -29,7 +30,7 @@ class DrawNoise:
 
     def __init__(self, streams: Sequence[StepNoise]) -> None:
         if not streams:
-            raise ValueError("DrawNoise needs at least one stream")
+            raise UsageError("DrawNoise needs at least one stream")
         self.streams = list(streams)
 
     @classmethod
@@ -44,7 +45,7 @@ class DrawNoise:
     def __call__(self, key: int, like: Tensor) -> Tensor:
         k = len(self.streams)
         if like.shape[0] % k:
-            raise ValueError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
+            raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
         part = like[: like.shape[0] // k]
         return torch.cat([s(key, part) for s in self.streams]) if k > 1 else self.streams[0](key, part)
 
@@ -80,9 +81,9 @@ class EOTGradient:
     def __init__(self, model: nn.Module, *, eot: int = 1, loss: Loss | str = Loss.CE, seed: int = 0,
                  max_batch: int | None = None) -> None:
         if eot < 1:
-            raise ValueError(f"eot must be >= 1, got {eot}")
+            raise UsageError(f"eot must be >= 1, got {eot}")
         if max_batch is not None and max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+            raise UsageError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.model = model
         self.stochastic = bool(getattr(model, "stochastic", False))
         self.eot = eot if self.stochastic else 1

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.attacks.types import GradientMode, parse_enum
+from freqpure.errors import UsageError
 
 __all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier"]
 
@@ -55,9 +56,9 @@ def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rou
         return AdjointSDEPurifier(purifier)
     if mode is GradientMode.SURROGATE:
         if not surrogate_rounds:
-            raise ValueError("gradient mode 'surrogate' needs surrogate_rounds, e.g. '100:1'")
+            raise UsageError("gradient mode 'surrogate' needs surrogate_rounds, e.g. '100:1'")
         if not hasattr(purifier, "with_rounds"):
-            raise ValueError(f"{type(purifier).__name__} has no with_rounds(): cannot build a surrogate")
+            raise UsageError(f"{type(purifier).__name__} has no with_rounds(): cannot build a surrogate")
         clone = purifier.with_rounds(surrogate_rounds)
         _check_same_noise(purifier, clone)
     else:
@@ -72,7 +73,7 @@ def _check_same_noise(purifier: nn.Module, surrogate: nn.Module) -> None:
     a = [r.t_star for r in getattr(purifier, "rounds", [])]
     b = [r.t_star for r in getattr(surrogate, "rounds", [])]
     if a != b:
-        raise ValueError(
+        raise UsageError(
             f"surrogate rounds must keep the defence's noise levels t* = {a} (only fewer steps per round); got {b}"
         )
 

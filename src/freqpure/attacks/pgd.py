@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from freqpure.attacks.types import Norm, parse_enum
+from freqpure.errors import UsageError
 
 __all__ = ["LossAndGrad", "PGDResult", "pgd", "project", "random_start", "default_step_size"]
 
@@ -98,11 +99,11 @@ def pgd(
     """
     norm = parse_enum(Norm, norm, "norm")
     if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+        raise UsageError(f"eps must be a finite number > 0, got {eps}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise UsageError(f"steps must be >= 1, got {steps}")
     if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+        raise UsageError(f"keep must be 'best' or 'last', got {keep!r}")
     alpha = default_step_size(norm, eps, steps) if step_size is None else float(step_size)
     x = x.detach()
     x_adv = random_start(x, norm, eps, generator) if random_init else x.clone()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
+from freqpure.errors import UsageError
+
 __all__ = ["Norm", "GradientMode", "Loss", "parse_enum"]
 
 E = TypeVar("E", bound=Enum)
@@ -60,4 +62,4 @@ def parse_enum(cls: type[E], value: str | E, what: str) -> E:
             if member.value == key:
                 return member
     valid = ", ".join(m.value for m in cls)
-    raise ValueError(f"unknown {what} {value!r}; valid: {valid}")
+    raise UsageError(f"unknown {what} {value!r}; valid: {valid}")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.analysis import BandDamage, RadialBands, band_damage, summarise_cases
+from freqpure.errors import UsageError
 from freqpure.samplers import StepNoise
 
 __all__ = [
@@ -122,7 +123,7 @@ def measure(
     images (cases ``clean_<name>``: what purification alone does to the spectrum).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else x.device
     bands = bands or RadialBands.integer(x.shape[-2], x.shape[-1])
     parts: dict[str, list[BandDamage]] = {}
@@ -327,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1 or args.batch_size < 1:
-        raise ValueError("--n and --batch-size must be >= 1")
+        raise UsageError("--n and --batch-size must be >= 1")
     device = resolve_device(args.device)
     t0 = time.perf_counter()
     subset = eval_subset(args.n, args.seed, data_dir=args.data_dir)

@@ -5,11 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["add_dataclass_flags", "dataclass_overrides", "resolve_device", "parse_optional_float"]
+from freqpure.errors import UsageError
+
+__all__ = [
+    "add_config_args",
+    "add_dataclass_flags",
+    "add_runtime_args",
+    "apply_runtime_args",
+    "dataclass_overrides",
+    "load_command_config",
+    "parse_optional_float",
+    "resolve_device",
+]
 
 
 def parse_optional_float(text: str) -> float | None:
@@ -64,5 +76,61 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} requested but no CUDA device is available")
+        raise UsageError(f"--device {name} requested but no CUDA device is available")
     return device
+
+
+# ------------------------------------------------------------------------------ one CLI vocabulary
+# Every command spells the same thing the same way: --config FILE and --set KEY=VALUE for its settings
+# dataclass (strict: unknown keys are refused), --diffusion / --classifier for models, --data-dir,
+# --threads, --device, --seed, --no-progress.
+
+
+def add_config_args(parser: argparse.ArgumentParser, what: str = "the command's") -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (checked strictly against the settings dataclass)."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help=f"YAML file of {what} settings (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set rounds=100:5 (repeatable; unknown keys are refused)")
+
+
+def load_command_config(cls: type, args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Any:
+    """Settings of type ``cls``: defaults ← ``--config`` file ← ``--set`` overrides ← explicit ``flags``.
+
+    A key given both by ``--set`` and by its own flag is an error (no silent precedence).
+    """
+    from freqpure.config import apply_overrides, from_dict, load_yaml, to_dict
+
+    cfg = load_yaml(cls, args.config) if getattr(args, "config", None) else cls()
+    overrides = list(getattr(args, "overrides", None) or [])
+    cfg = apply_overrides(cfg, overrides)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if flags:
+        set_keys = {item.partition("=")[0].strip() for item in overrides}
+        clash = sorted(set_keys & set(flags))
+        if clash:
+            raise UsageError(f"{', '.join(clash)} given both by --set and by its own flag; give it once")
+        cfg = from_dict(cls, {**to_dict(cfg), **flags})
+    return cfg
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, device: bool = True, threads: bool = True,
+                     seed: bool = True, progress: bool = True) -> None:
+    """The shared run flags: ``--device``, ``--threads``, ``--seed``, ``--no-progress``."""
+    if device:
+        parser.add_argument("--device", default="auto", metavar="DEVICE",
+                            help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="CPU threads (default: $FREQPURE_THREADS, else the project's thread policy)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=None, metavar="N",
+                            help="seed of every random draw (default: the config's, else 0)")
+    if progress:
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def apply_runtime_args(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (through :func:`freqpure.runtime.configure_threads`)."""
+    from freqpure.runtime import configure_threads
+
+    configure_threads(getattr(args, "threads", None))

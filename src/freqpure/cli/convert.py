@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from freqpure.errors import UsageError
+
 __all__ = ["register"]
 
 
@@ -48,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             config = json.loads(args.config)
         except json.JSONDecodeError as err:
-            raise ValueError(f"--config is not valid JSON: {err}") from None
+            raise UsageError(f"--config is not valid JSON: {err}") from None
         if not isinstance(config, dict):
-            raise ValueError("--config must be a JSON object of constructor kwargs")
+            raise UsageError("--config must be a JSON object of constructor kwargs")
     if args.trust_pickle:
         print(f"warning: --trust-pickle: fully unpickling {args.checkpoint} (can run code from the file)",
               file=sys.stderr)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         out, meta = convert_checkpoint(args.checkpoint, args.output, arch=args.arch, config=config,
                                        trust_pickle=args.trust_pickle, overwrite=args.force)
     except FileExistsError as err:
-        raise ValueError(str(err)) from None
+        raise UsageError(str(err)) from None
     loader = "load_diffusion" if meta["freqpure_kind"] == "diffusion" else "load_classifier"
     print(f"wrote {out}")
     print(f"  model: {meta['freqpure_name']} ({meta['freqpure_kind']}, arch {meta['freqpure_arch']})")

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     from freqpure import __version__
 
     parser.add_argument("--version", action="version", version=f"freqpure {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="print the full traceback for user errors too (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli_pkg.__path__), key=lambda m: m.name):
         if info.name in {"main", "common"} or info.name.startswith("_"):
@@ -40,12 +42,31 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from freqpure.errors import FreqpureError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, PermissionError) as err:
-        # Known user-facing errors: one clear line, no stack trace.
-        print(f"freqpure {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        hint = "; resume with --resume" if getattr(args, "resume", None) is not None else ""
+        print(f"freqpure {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except (FreqpureError, OSError) as err:
+        # User-facing errors (bad input, missing or unwritable files, a full disk): one line.
+        # Anything else is a bug and keeps its traceback.
+        if args.traceback:
+            raise
+        text = str(err) if isinstance(err, FreqpureError) else _os_error_line(err)
+        print(f"freqpure {args.command}: error: {text}", file=sys.stderr)
         return 2
+
+
+def _os_error_line(err: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` → ``x: No space left on device``."""
+    if err.filename is not None and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return str(err)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from freqpure.cli.common import add_dataclass_flags, dataclass_overrides, resolve_device
 from freqpure.config import PurifierConfig, build_purifier, from_dict, load_yaml, to_dict
+from freqpure.errors import UsageError
 from freqpure.imageio import collect_images, read_images, write_png
 from freqpure.provenance import environment, write_json_atomic
 
@@ -42,19 +43,19 @@ def _settings(args: argparse.Namespace) -> PurifierConfig:
     base = to_dict(load_yaml(PurifierConfig, args.config)) if args.config else to_dict(PurifierConfig())
     base.update(dataclass_overrides(args, PurifierConfig))
     if (args.t_start is None) != (args.steps is None):
-        raise ValueError("--t-start and --steps go together (or use --rounds T:STEPS,...)")
+        raise UsageError("--t-start and --steps go together (or use --rounds T:STEPS,...)")
     if args.t_start is not None:
         base["rounds"] = f"{args.t_start}:{args.steps}"
     cfg = from_dict(PurifierConfig, base, "purifier")
     if cfg.method == "none":
-        raise ValueError("--method must be freqpure or diffpure for purify")
+        raise UsageError("--method must be freqpure or diffpure for purify")
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     files = collect_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             images = read_images([path for path, _ in chunk], size=size).to(device)
             want = getattr(eps_model, "image_size", None)
             if want is not None and tuple(images.shape[-2:]) != (want, want):
-                raise ValueError(
+                raise UsageError(
                     f"{chunk[0][0]} is {images.shape[-2]}x{images.shape[-1]} but model {cfg.diffusion!r} takes "
                     f"{want}x{want} images; pass --resize to resize inputs"
                 )

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from freqpure.errors import UsageError
+
 __all__ = ["register"]
 
 
@@ -24,7 +26,7 @@ def _load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
+            raise UsageError(f"{path}: expected a mapping of config keys")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return config_from_dict(cls, values)
 
@@ -57,7 +59,7 @@ def _setup(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda given but CUDA is not available")
+        raise UsageError("--device cuda given but CUDA is not available")
 
 
 def _run_diffusion(args: argparse.Namespace) -> int:

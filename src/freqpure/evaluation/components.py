@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from freqpure.attacks.gradients import AttackModel, attack_purifier
 from freqpure.config import build_purifier
+from freqpure.errors import UsageError
 from freqpure.evaluation.config import AttackConfig, DataConfig, EvalConfig
 from freqpure.purifiers import PurifiedClassifier
 from freqpure.transforms import Resize, imagenet_classifier_input
@@ -40,7 +41,7 @@ def load_eval_data(cfg: DataConfig) -> EvalData:
         return EvalData(np.asarray(sub.indices), sub.y, list(data.CIFAR10_CLASSES),
                         lambda pos: sub.x[pos], f"cifar10/{cfg.split} at {folder}")
     if not cfg.data_dir:
-        raise ValueError("data.dataset=imagenet needs data.data_dir (an ImageFolder of the validation set)")
+        raise UsageError("data.dataset=imagenet needs data.data_dir (an ImageFolder of the validation set)")
     ds = data.imagenet_val(cfg.data_dir, resize=cfg.image_size, crop=cfg.image_size)
     idx = data.eval_subset_indices(ds.labels, cfg.n, cfg.subset_seed)
     labels = torch.as_tensor(ds.labels[idx], dtype=torch.int64)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from freqpure.attacks.types import GradientMode, Loss, Norm, parse_enum
 from freqpure.config import PurifierConfig, apply_overrides, load_yaml
+from freqpure.errors import UsageError
 
 __all__ = [
     "AttackConfig",
@@ -36,13 +37,13 @@ EPS_LIMITS = {Norm.LINF: 0.5, Norm.L2: 50.0}
 def parse_number(value: float | int | str, where: str) -> float:
     """``0.031``, ``8/255`` or ``"8/255"`` → float; clear error otherwise."""
     if isinstance(value, bool):
-        raise ValueError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
+        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
     if isinstance(value, int | float):
         return float(value)
     try:
         return float(Fraction(str(value).replace(" ", "")))
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"{where} must be a number or a fraction like 8/255, got {value!r}") from None
+        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}") from None
 
 
 def eps_text(eps: float) -> str:
@@ -70,9 +71,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in ("cifar10", "imagenet"):
-            raise ValueError(f"data.dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
+            raise UsageError(f"data.dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
         if self.n < 1:
-            raise ValueError(f"data.n must be >= 1, got {self.n}")
+            raise UsageError(f"data.n must be >= 1, got {self.n}")
 
 
 @dataclass
@@ -101,11 +102,11 @@ class DefenceConfig:
 
     def __post_init__(self) -> None:
         if self.ensemble < 1:
-            raise ValueError(f"defence.ensemble must be >= 1, got {self.ensemble}")
+            raise UsageError(f"defence.ensemble must be >= 1, got {self.ensemble}")
         if self.vote not in ("majority", "softmax", "logits"):
-            raise ValueError(f"defence.vote must be 'majority', 'softmax' or 'logits', got {self.vote!r}")
+            raise UsageError(f"defence.vote must be 'majority', 'softmax' or 'logits', got {self.vote!r}")
         if self.classifier_input not in ("as_is", "imagenet224"):
-            raise ValueError(
+            raise UsageError(
                 f"defence.classifier_input must be 'as_is' or 'imagenet224', got {self.classifier_input!r}"
             )
 
@@ -139,35 +140,35 @@ class AttackConfig:
 
     def __post_init__(self) -> None:
         if self.name not in ATTACK_NAMES:
-            raise ValueError(f"unknown attack {self.name!r}; valid: {', '.join(ATTACK_NAMES)}")
+            raise UsageError(f"unknown attack {self.name!r}; valid: {', '.join(ATTACK_NAMES)}")
         norm = parse_enum(Norm, self.norm, "norm (attacks.norm)")
         self.norm = norm.value
         self.eps = parse_number(self.eps, "attack eps")
         limit = EPS_LIMITS[norm]
         if not (0 < self.eps <= limit and math.isfinite(self.eps)):
-            raise ValueError(f"attack eps={self.eps:g} is out of range for {norm.value}: need 0 < eps <= {limit:g} "
+            raise UsageError(f"attack eps={self.eps:g} is out of range for {norm.value}: need 0 < eps <= {limit:g} "
                              "(pixel units of [0, 1] images; e.g. 8/255 for L-inf, 0.5 for L2)")
         if self.step_size is not None:
             self.step_size = parse_number(self.step_size, "attack step_size")
             if not self.step_size > 0:
-                raise ValueError(f"attack step_size must be > 0, got {self.step_size}")
+                raise UsageError(f"attack step_size must be > 0, got {self.step_size}")
         for key in ("steps", "eot", "restarts"):
             if getattr(self, key) < 1:
-                raise ValueError(f"attack {key} must be >= 1, got {getattr(self, key)}")
+                raise UsageError(f"attack {key} must be >= 1, got {getattr(self, key)}")
         self.loss = parse_enum(Loss, self.loss, "loss (attacks.loss)").value
         self.gradient = parse_enum(GradientMode, self.gradient, "gradient mode (attacks.gradient)").value
         if self.name == "bpda":
             if self.gradient not in (GradientMode.BPDA.value, GradientMode.FULL.value):
-                raise ValueError(f"attack 'bpda' uses gradient 'bpda', got gradient={self.gradient!r}")
+                raise UsageError(f"attack 'bpda' uses gradient 'bpda', got gradient={self.gradient!r}")
             self.gradient = GradientMode.BPDA.value
         if self.gradient == GradientMode.SURROGATE.value and not self.surrogate_rounds:
-            raise ValueError("gradient 'surrogate' needs surrogate_rounds (e.g. '100:1': same t*, 1 step)")
+            raise UsageError("gradient 'surrogate' needs surrogate_rounds (e.g. '100:1': same t*, 1 step)")
         if self.keep not in ("best", "last"):
-            raise ValueError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
+            raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
         if self.version not in ("standard", "rand"):
-            raise ValueError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
+            raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
         if self.eot_batch is not None and self.eot_batch < 1:
-            raise ValueError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
+            raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
 
     @property
     def norm_enum(self) -> Norm:
@@ -221,23 +222,23 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.attacks:
-            raise ValueError("attacks is empty: give at least one attack")
+            raise UsageError("attacks is empty: give at least one attack")
         labels = [a.display() for a in self.attacks]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
-            raise ValueError(f"attack labels must be unique, repeated: {dupes}; set attacks.N.label")
+            raise UsageError(f"attack labels must be unique, repeated: {dupes}; set attacks.N.label")
         if self.purifier.method != "none":
             defence_t = [r.t_star for r in _rounds(self.purifier.rounds, "purifier.rounds")]
             for a in self.attacks:
                 if a.gradient == GradientMode.SURROGATE.value:
                     surrogate_t = [r.t_star for r in _rounds(a.surrogate_rounds, "surrogate_rounds")]
                     if surrogate_t != defence_t:
-                        raise ValueError(f"attack {a.display()}: surrogate_rounds {a.surrogate_rounds!r} must keep the "
+                        raise UsageError(f"attack {a.display()}: surrogate_rounds {a.surrogate_rounds!r} must keep the "
                                          f"defence's noise levels t* = {defence_t} (only fewer steps per round)")
                 if a.gradient == GradientMode.ADJOINT.value and self.purifier.sampler != "sde":
-                    raise ValueError(f"attack {a.display()}: gradient 'adjoint' needs purifier.sampler=sde, "
+                    raise UsageError(f"attack {a.display()}: gradient 'adjoint' needs purifier.sampler=sde, "
                                      f"got {self.purifier.sampler!r}")
 
 
@@ -250,7 +251,7 @@ def _rounds(spec: str | None, where: str):
         hint = ""
         if spec and str(spec).isdigit():
             hint = " (YAML 1.1 reads an unquoted 100:20 as the base-60 number 6020: quote it, e.g. rounds: \"100:20\")"
-        raise ValueError(f"{where}: {err}{hint}") from None
+        raise UsageError(f"{where}: {err}{hint}") from None
 
 
 def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EvalConfig:

@@ -33,6 +33,7 @@ from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel, SeededModel
 from freqpure.attacks.pgd import pgd
 from freqpure.config import config_diff, dump_yaml, from_dict, to_dict
+from freqpure.errors import UsageError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
@@ -87,19 +88,19 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
         try:
             saved = to_dict(from_dict(EvalConfig, yaml.safe_load(saved_path.read_text()) or {}))
         except (ValueError, yaml.YAMLError) as err:
-            raise ValueError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
+            raise UsageError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
         diff = config_diff(saved, to_dict(cfg))
         if diff:
-            raise ValueError(
+            raise UsageError(
                 f"{out} holds a run with a different config; refusing to "
                 f"{'resume' if resume else 'reuse'} it. Differences (saved -> requested):\n  " + "\n  ".join(diff)
             )
         done = len(store.load())
         if done and not resume:
-            raise ValueError(f"{out} already holds {done} finished samples of this config; pass --resume to "
+            raise UsageError(f"{out} already holds {done} finished samples of this config; pass --resume to "
                              "continue it, or choose a new --out")
     elif resume and store.path.exists():
-        raise ValueError(f"{out} has samples.jsonl but no config.yaml: cannot check what it was run with")
+        raise UsageError(f"{out} has samples.jsonl but no config.yaml: cannot check what it was run with")
     if write and not saved_path.exists():
         tmp = saved_path.with_suffix(".tmp")
         tmp.write_text(dump_yaml(cfg))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from freqpure.attacks import default_step_size
+from freqpure.errors import NotFoundError, UsageError
 
 __all__ = ["load_results", "defence_settings", "attack_settings", "render_table"]
 
@@ -21,14 +22,14 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         hint = " (the run is unfinished: resume it with --resume)" if (Path(run_dir) / "samples.jsonl").exists() else ""
-        raise FileNotFoundError(f"{path} does not exist{hint}")
+        raise NotFoundError(f"{path} does not exist{hint}")
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); re-run the evaluation") from None
+        raise UsageError(f"{path} is not valid JSON ({err}); re-run the evaluation") from None
     missing = [k for k in ("config", "clean", "robust", "per_attack", "n") if k not in results]
     if missing:
-        raise ValueError(f"{path} lacks {missing}: not a freqpure evaluate results file")
+        raise UsageError(f"{path} lacks {missing}: not a freqpure evaluate results file")
     return results
 
 
@@ -80,7 +81,7 @@ def _minutes(seconds: float | None) -> str:
 def render_table(results_list: list[dict[str, Any]]) -> str:
     """Markdown: the accuracy table (percent, 95% Wilson interval), then the settings and time of every run."""
     if not results_list:
-        raise ValueError("no runs given")
+        raise UsageError("no runs given")
     columns: list[str] = []
     for res in results_list:
         columns += [k for k in res["per_attack"] if k not in columns]

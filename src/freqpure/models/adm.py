@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from freqpure.errors import UsageError
+
 __all__ = ["ADMUNet", "adm_kwargs_from_config", "build_adm"]
 
 
@@ -155,7 +157,7 @@ class AttentionBlock(nn.Module):
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ValueError(f"{channels} channels are not divisible by {num_head_channels} per head")
+                raise UsageError(f"{channels} channels are not divisible by {num_head_channels} per head")
             self.num_heads = channels // num_head_channels
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
@@ -225,7 +227,7 @@ class ADMUNet(nn.Module):
     ) -> None:
         super().__init__()
         if dims != 2:
-            raise ValueError(f"only 2-D ADM U-Nets are supported, got dims={dims}")
+            raise UsageError(f"only 2-D ADM U-Nets are supported, got dims={dims}")
         del use_fp16  # float32 weights; see class docstring
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
@@ -283,7 +285,7 @@ class ADMUNet(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if self.num_classes is not None:
             if y is None:
-                raise ValueError("this ADM U-Net is class-conditional: pass labels y")
+                raise UsageError("this ADM U-Net is class-conditional: pass labels y")
             emb = emb + self.label_emb(y)
         hs, h = [], x
         for block in self.input_blocks:
@@ -310,7 +312,7 @@ def adm_kwargs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     mult = config.get("channel_mult", "")
     if isinstance(mult, str) and mult == "":
         if size not in _CHANNEL_MULT_BY_SIZE:
-            raise ValueError(f"no default channel_mult for image_size={size}; set channel_mult")
+            raise UsageError(f"no default channel_mult for image_size={size}; set channel_mult")
         channel_mult = _CHANNEL_MULT_BY_SIZE[size]
     elif isinstance(mult, str):
         channel_mult = tuple(float(m) if "." in m else int(m) for m in mult.split(","))

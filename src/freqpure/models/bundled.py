@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from freqpure.errors import NotFoundError, UnknownNameError, UsageError
 from freqpure.models.adapters import EpsModel
 from freqpure.models.small import FastResNet, SmallUNet
 
@@ -84,17 +85,17 @@ BUNDLED: dict[str, dict[str, Any]] = {
 def _entry(name: str, kind: str) -> dict[str, Any]:
     if name not in BUNDLED:
         known = ", ".join(sorted(BUNDLED))
-        raise KeyError(f"unknown bundled model {name!r}; known bundled models: {known}")
+        raise UnknownNameError(f"unknown bundled model {name!r}; known bundled models: {known}")
     entry = BUNDLED[name]
     if entry["kind"] != kind:
-        raise ValueError(f"bundled model {name!r} is a {entry['kind']} model, not a {kind} model")
+        raise UsageError(f"bundled model {name!r} is a {entry['kind']} model, not a {kind} model")
     return entry
 
 
 def weights_path(name: str) -> Path:
     """Path of a bundled model's weights file (which may not exist yet)."""
     if name not in BUNDLED:
-        raise KeyError(f"unknown bundled model {name!r}; known bundled models: {', '.join(sorted(BUNDLED))}")
+        raise UnknownNameError(f"unknown bundled model {name!r}; known bundled models: {', '.join(sorted(BUNDLED))}")
     return WEIGHTS_DIR / BUNDLED[name]["file"]
 
 
@@ -102,12 +103,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     """The safetensors metadata of a weights file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise NotFoundError(f"weights file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+        raise UsageError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def build_from_file(
@@ -121,23 +122,23 @@ def build_from_file(
     meta = read_metadata(path)
     for key in ("freqpure_kind", "freqpure_arch", "freqpure_config"):
         if key not in meta:
-            raise ValueError(f"{path}: metadata lacks {key!r}; not a freqpure weights file")
+            raise UsageError(f"{path}: metadata lacks {key!r}; not a freqpure weights file")
     if kind is not None and meta["freqpure_kind"] != kind:
-        raise ValueError(f"{path}: holds a {meta['freqpure_kind']} model, expected {kind}")
+        raise UsageError(f"{path}: holds a {meta['freqpure_kind']} model, expected {kind}")
     if arch is not None and meta["freqpure_arch"] != arch:
-        raise ValueError(f"{path}: holds architecture {meta['freqpure_arch']!r}, expected {arch!r}")
+        raise UsageError(f"{path}: holds architecture {meta['freqpure_arch']!r}, expected {arch!r}")
     if meta["freqpure_arch"] not in ARCHITECTURES:
-        raise ValueError(f"{path}: unknown architecture {meta['freqpure_arch']!r}; known: {sorted(ARCHITECTURES)}")
+        raise UsageError(f"{path}: unknown architecture {meta['freqpure_arch']!r}; known: {sorted(ARCHITECTURES)}")
     try:
         kwargs = json.loads(meta["freqpure_config"])
         net = ARCHITECTURES[meta["freqpure_arch"]](**kwargs)
     except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path}: cannot build {meta['freqpure_arch']} from its config ({err})") from None
+        raise UsageError(f"{path}: cannot build {meta['freqpure_arch']} from its config ({err})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match {meta['freqpure_arch']}({kwargs}): {err}") from None
+        raise UsageError(f"{path}: weights do not match {meta['freqpure_arch']}({kwargs}): {err}") from None
     net = net.float().eval()
     if device is not None:
         net = net.to(device)
@@ -149,7 +150,7 @@ def load_bundled_diffusion(name: str = "cifar10-ddpm-small", device: torch.devic
     entry = _entry(name, "diffusion")
     path = weights_path(name)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"weights of {name!r} not found at {path}; train and export them with "
             f"`freqpure train diffusion` / `freqpure train export work/train/{name} {path}` (see docs/models.md)"
         )
@@ -162,7 +163,7 @@ def load_bundled_classifier(name: str = "cifar10-resnet-small", device: torch.de
     entry = _entry(name, "classifier")
     path = weights_path(name)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"weights of {name!r} not found at {path}; train them with `freqpure train classifier "
             f"--config configs/train_classifier_small.yaml --export-to {path}` (see docs/models.md)"
         )

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from freqpure.errors import CheckpointError, NotFoundError
+
 __all__ = [
     "ArchitectureMismatchError",
     "CheckpointError",
@@ -46,10 +48,6 @@ __all__ = [
 ]
 
 _SHOW = 5  # keys listed per category in a mismatch report
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be used (base class of the errors below)."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -114,7 +112,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise NotFoundError(f"checkpoint not found: {path}")
     if is_safetensors(path) or path.suffix == ".safetensors":
         return SafetensorsFile(*read_safetensors(path))
     try:

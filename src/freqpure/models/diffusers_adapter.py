@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from freqpure.errors import DependencyError, NotFoundError
 from freqpure.models.adapters import EpsModel
 from freqpure.models.checkpoint import CheckpointError, find_state_dict, load_weights, read_checkpoint
 
@@ -21,7 +22,7 @@ __all__ = ["DiffusersUNet", "MissingDependencyError", "load_diffusers_unet"]
 _WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(DependencyError):
     """An optional dependency is not installed."""
 
 
@@ -49,13 +50,13 @@ def load_diffusers_unet(path: str | os.PathLike[str]) -> EpsModel:
     if not (root / "config.json").is_file() and (root / "unet" / "config.json").is_file():
         root = root / "unet"
     if not (root / "config.json").is_file():
-        raise FileNotFoundError(f"{root}: no config.json (not a diffusers UNet2DModel directory)")
+        raise NotFoundError(f"{root}: no config.json (not a diffusers UNet2DModel directory)")
     config = UNet2DModel.load_config(root)
     if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
         raise CheckpointError(f"{root}: a {config['_class_name']}, only UNet2DModel is supported")
     weights = next((root / f for f in _WEIGHT_FILES if (root / f).is_file()), None)
     if weights is None:
-        raise FileNotFoundError(f"{root}: none of {', '.join(_WEIGHT_FILES)} found")
+        raise NotFoundError(f"{root}: none of {', '.join(_WEIGHT_FILES)} found")
     unet = load_weights(UNet2DModel.from_config(config), find_state_dict(read_checkpoint(weights)),
                         what=str(root))
     in_ch, out_ch = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))

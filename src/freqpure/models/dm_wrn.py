@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from freqpure.errors import UsageError
+
 __all__ = ["DMWideResNet", "build_dm_wrn"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -29,7 +31,7 @@ class _Block(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int, act: type[nn.Module]) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"unsupported stride {stride}")
+            raise UsageError(f"unsupported stride {stride}")
         self.batchnorm_0 = nn.BatchNorm2d(in_planes, momentum=0.01)
         self.relu_0 = act()
         self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=0, bias=False)
@@ -77,7 +79,7 @@ class DMWideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6:
-            raise ValueError(f"depth must be 6n+4, got {depth}")
+            raise UsageError(f"depth must be 6n+4, got {depth}")
         act = _ACTIVATIONS[activation]
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from freqpure.errors import UsageError
+
 __all__ = ["NCSNpp", "build_ncsnpp", "ncsnpp_kwargs_from_config", "ncsnpp_sigmas"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -292,7 +294,7 @@ def ncsnpp_kwargs_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     data, model = config.get("data", {}), config["model"]
     for key, wanted in _SUPPORTED.items():
         if key in model and model[key] != wanted:
-            raise ValueError(f"NCSN++ option model.{key}={model[key]!r} is not supported (only {wanted!r})")
+            raise UsageError(f"NCSN++ option model.{key}={model[key]!r} is not supported (only {wanted!r})")
     kwargs = {key: model[key] for key in _MODEL_KWARGS if key in model}
     for key in ("ch_mult", "attn_resolutions"):
         if key in kwargs:

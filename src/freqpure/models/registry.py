@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from freqpure.errors import NotFoundError, OutputExistsError, UsageError
 from freqpure.models._archs import ARCHS, wrap_classifier, wrap_diffusion
 from freqpure.models._specs import PUBLISHED, ModelSpec
 from freqpure.models.adapters import EpsModel
@@ -55,7 +56,7 @@ FORMAT_VERSION = "1"
 DeviceLike = str | torch.device | None
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UsageError):
     """A model name that is neither published, bundled, nor an existing path."""
 
 
@@ -122,7 +123,7 @@ def _find_file(spec: ModelSpec, directory: str | os.PathLike[str] | None) -> Pat
         if (root / rel).is_file():
             return root / rel
     where = "; ".join([spec.source, *spec.urls])
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"model {spec.name!r} needs the file {spec.files[0]!r} (also accepted: "
         f"{', '.join(repr(c) for c in candidates if c != spec.files[0])}), not found in {root} "
         f"[{origin}]. Obtain it from: {where}. See docs/checkpoints.md."
@@ -161,7 +162,7 @@ def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, met
         archs = getattr(module, "ARCHITECTURES", {}) if module is not None else {}
         if arch_name not in archs:
             known = sorted(ARCHS) + sorted(archs)
-            raise ValueError(f"unknown architecture {arch_name!r}; known: {', '.join(known)}")
+            raise UsageError(f"unknown architecture {arch_name!r}; known: {', '.join(known)}")
         bundled_builder = archs[arch_name]
 
         def builder(cfg: Mapping[str, Any]) -> nn.Module:
@@ -180,7 +181,7 @@ def _kind_of(arch_name: str, metadata: Mapping[str, str]) -> str:
 def _check_kind(found: str, wanted: str | None, what: str) -> None:
     if wanted and found and found != wanted:
         other = "load_classifier" if found == "classifier" else "load_diffusion"
-        raise ValueError(f"{what} is a {found} model, not a {wanted} model; use freqpure.{other}()")
+        raise UsageError(f"{what} is a {found} model, not a {wanted} model; use freqpure.{other}()")
 
 
 def _instantiate(
@@ -282,14 +283,14 @@ def _load(name_or_path: str | os.PathLike[str], kind: str, device: DeviceLike,
     path = Path(key).expanduser()
     if path.is_dir():
         if kind != "diffusion":
-            raise ValueError(f"{path} is a directory; only diffusers UNet2DModel directories are supported")
+            raise UsageError(f"{path} is a directory; only diffusers UNet2DModel directories are supported")
         from freqpure.models.diffusers_adapter import load_diffusers_unet
 
         return _finish(load_diffusers_unet(path), device)
     if path.is_file():
         return _finish(_load_path(path, kind=kind, spec=None, device=device), device)
     if os.sep in key or path.suffix in {".pt", ".pth", ".safetensors", ".bin", ".ckpt"}:
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise NotFoundError(f"checkpoint not found: {path}")
     raise _unknown(key)
 
 
@@ -307,7 +308,7 @@ def load_diffusion(
     """
     model = _load(name_or_path, "diffusion", device, checkpoint_dir)
     if not isinstance(model, EpsModel):
-        raise TypeError(f"{name_or_path!r} did not load as an EpsModel (got {type(model).__name__})")
+        raise CheckpointError(f"{name_or_path!r} did not load as an EpsModel (got {type(model).__name__})")
     return model
 
 
@@ -350,7 +351,7 @@ def convert_checkpoint(
     """
     src = Path(src).expanduser()
     if dst is not None and Path(dst).expanduser().exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists (pass --force to overwrite)")
+        raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
     obj = read_checkpoint(src, trust_pickle=trust_pickle)
     if arch in PUBLISHED:
         spec: ModelSpec | None = PUBLISHED[arch]
@@ -358,11 +359,11 @@ def convert_checkpoint(
         spec = _spec_for_file(src) if config is None else None
         spec = spec or (_guess_spec(obj, None, src) if config is None else None)
         if spec is None:
-            raise ValueError("--config needs --arch (which architecture the config is for)")
+            raise UsageError("--config needs --arch (which architecture the config is for)")
     elif arch in ARCHS:
         spec = None
     else:
-        raise ValueError(
+        raise UsageError(
             f"unknown --arch {arch!r}; use a model name ({', '.join(PUBLISHED)}) "
             f"or an architecture ({', '.join(ARCHS)})"
         )
@@ -391,7 +392,7 @@ def convert_checkpoint(
         dst = src.parent / (f"{spec.name}.safetensors" if spec and config is None else f"{src.stem}.safetensors")
     dst = Path(dst).expanduser()
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} exists (pass --force to overwrite)")
+        raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
     if dst.resolve() == src.resolve():
-        raise ValueError("the output would overwrite the input checkpoint")
+        raise UsageError("the output would overwrite the input checkpoint")
     return write_safetensors(dst, sd, metadata), metadata
