@@ -45,7 +45,7 @@ class RunFolderError(FreqpureError, RuntimeError):
     """A run folder is held by another process or holds records of another configuration."""
 
 
-class DependencyError(FreqpureError, ImportError):
+class DependencyError(FreqpureError, RuntimeError):
     """An optional dependency is missing (the message says which extra to install)."""
 
 
