@@ -220,8 +220,8 @@ def make_grid(examples: Mapping[str, str | Path | Mapping[str, Any]], path: str 
                loc="outside lower center", ncol=2, fontsize=7, frameon=False,
                title="clean / adversarial: the defence's decision; purified: the classifier on that one purification",
                title_fontsize=7)
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=80)
+    path = Path(path) if isinstance(path, str | Path) else path  # a file object works too
+    fig.savefig(path, format="png", dpi=100)
     return path
 
 
@@ -239,6 +239,6 @@ def accuracy_plot(rows: list[tuple[str, str, float, float, float]], path: str | 
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%) with 95% Wilson interval", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
-    path = Path(path)
+    path = Path(path) if isinstance(path, str | Path) else path  # a file object works too
     fig.savefig(path, format="png", dpi=90)
     return path
