@@ -136,21 +136,29 @@ def read_demo(out: str | Path) -> tuple[DemoSummary, dict[str, Results]]:
 # ---------------------------------------------------------------------------------------------
 # Time estimate
 # ---------------------------------------------------------------------------------------------
-def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_model: nn.Module) -> float:
+def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_model: nn.Module | None) -> float:
     """Seconds the demo will take, from a 1-batch timing.
 
-    Times, on one batch of ``batch_size`` images, one attack gradient (EOT draws included) and one defended
-    prediction of each defence, then scales: per batch, ``steps + 1`` gradients (the steps and the loss of the
-    kept iterate) and 3 predictions (clean, the attack's final image, one example purification), plus the
-    sanity PGD on the bare classifier (``undefended_steps`` classifier gradients, counted with the undefended
-    gradient). The timing itself is included. Shapes only, no data: random images of the dataset's size.
+    For each defence, times on one batch of ``batch_size`` random images (the shapes matter, not the data) one
+    attack gradient (its EOT draws included) and one defended prediction, and once one gradient of the bare
+    classifier. Per batch a run makes ``steps + 1`` attack gradients (the steps, and the loss that picks the
+    kept iterate), 3 defended predictions (clean, the final adversarial image, the example purification) and,
+    when the sanity check is on, ``undefended_steps`` bare-classifier gradients. The estimate is the sum over
+    defences of ``batches x per-batch cost``, plus the timing itself.
     """
     from freqpure.attacks.eot import EOTGradient
+    from freqpure.attacks.gradients import AttackModel
     from freqpure.evaluation.components import build_defence
     from freqpure.samplers import StepNoise
 
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
     t_begin = time.perf_counter()
     total = 0.0
+    t_bare = None
     for method, cfg in cfgs.items():
         b = min(cfg.batch_size, cfg.data.n)
         gen = torch.Generator().manual_seed(0)
@@ -159,21 +167,16 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
         defence = build_defence(cfg, classifier, eps_model if method != "none" else None)
         attack = cfg.attacks[0]
         oracle = EOTGradient(defence.attack_model(attack), eot=attack.eot, loss=attack.loss, seed=0)
-        t0 = time.perf_counter()
-        oracle(x, y)
-        t_grad = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t_grad = timed(lambda oracle=oracle, x=x, y=y: oracle(x, y))
         with torch.no_grad():
-            defence.predict(x, StepNoise(0))
-        t_pred = time.perf_counter() - t0
-        batches = math.ceil(cfg.data.n / cfg.batch_size)
+            t_pred = timed(lambda defence=defence, x=x: defence.predict(x, StepNoise(0)))
         per_batch = (attack.steps + 1) * t_grad + 3 * t_pred
-        if method == "none" and cfg.sanity.enabled and cfg.sanity.undefended:
-            per_batch *= 1 + cfg.sanity.undefended_steps / (attack.steps + 1) / max(attack.eot, 1)
-        if method == "none":  # every defence's run repeats the sanity PGD on the bare classifier
-            sanity = per_batch - (attack.steps + 1) * t_grad - 3 * t_pred
-            total += batches * sanity * (len(cfgs) - 1)
-        total += batches * per_batch
+        if cfg.sanity.enabled and cfg.sanity.undefended:
+            if t_bare is None:
+                bare = EOTGradient(AttackModel(classifier, None), eot=1, loss="ce", seed=0)
+                t_bare = timed(lambda bare=bare, x=x, y=y: bare(x, y))
+            per_batch += cfg.sanity.undefended_steps * t_bare
+        total += math.ceil(cfg.data.n / cfg.batch_size) * per_batch
     return total + (time.perf_counter() - t_begin)
 
 
