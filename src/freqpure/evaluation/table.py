@@ -112,7 +112,8 @@ class Column:
     heading: str
     label: str
     key: dict[str, Any]
-    settings: str  # in words, from the first run that has it
+    settings: str  # in words, from the first defended run that has it
+    defended: bool = False
 
 
 def table_columns(results_list: list[Results]) -> tuple[list[Column], list[dict[str, int]]]:
@@ -128,13 +129,13 @@ def table_columns(results_list: list[Results]) -> tuple[list[Column], list[dict[
             if match is None:
                 same_label = sum(c.label == label for c in columns)
                 heading = f"`{label}`" + (f" ({same_label + 1})" if same_label else "")
-                columns.append(Column(heading, label, key, attack_settings(attack)))
+                columns.append(Column(heading, label, key, attack_settings(attack), res.defence != "none"))
                 match = len(columns) - 1
             else:
-                columns[match].key = _merge(columns[match].key, key)
-                if res.defence != "none":
-                    columns[match].settings = columns[match].settings if columns[match].key == key else \
-                        attack_settings(attack)
+                column = columns[match]
+                column.key = _merge(column.key, key)
+                if not column.defended and res.defence != "none":  # a defended run's words name every setting
+                    column.settings, column.defended = attack_settings(attack), True
             mine[label] = match
         placement.append(mine)
     return columns, placement
