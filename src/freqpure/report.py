@@ -484,7 +484,7 @@ def _paired(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     with_samples = [r for r in runs if r.samples]
     pairs = list(combinations(with_samples, 2))
     defended = [(a, b) for a, b in pairs if a.method != "none" and b.method != "none"]
-    pairs = defended + [(a, b) for a, b in pairs if (a, b) not in defended]
+    pairs = defended or pairs  # against the bare classifier the comparison says little when defences can be paired
     out = []
     for a, b in pairs:
         try:
