@@ -343,8 +343,8 @@ def test_analyze_command_end_to_end(shared_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "analysis"
     with one_thread():
         code = main(["analyze", "--out", str(out), "--n", "10", "--classifier", str(clf), "--diffusion", str(unet),
-                     "--set", "attack_steps=2", "--eps", "4/255", "--rounds", "100:2", "--n-boot", "100", "--device", "cpu",
-                     "--no-progress", "--report"])
+                     "--set", "attack_steps=2", "--eps", "4/255", "--rounds", "100:2", "--n-boot", "100",
+                     "--device", "cpu", "--no-progress", "--report"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "adversarial_amplitude_spearman" in printed and "report.html" in printed

@@ -141,10 +141,11 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
 
     For each defence, times on one batch of ``batch_size`` random images (the shapes matter, not the data) one
     attack gradient (its EOT draws included) and one defended prediction, and once one gradient of the bare
-    classifier. Per batch a run makes ``steps + 1`` attack gradients (the steps, and the loss that picks the
-    kept iterate), 3 defended predictions (clean, the final adversarial image, the example purification) and,
-    when the sanity check is on, ``undefended_steps`` bare-classifier gradients. The estimate is the sum over
-    defences of ``batches x per-batch cost``, plus the timing itself.
+    classifier (each after a warm-up call on one image). Per batch a run makes ``steps + 1`` attack
+    gradients (the steps, and the loss that picks the kept iterate), 3 defended predictions (clean, the final
+    adversarial image, the example purification) and, when the sanity check is on, ``undefended_steps``
+    bare-classifier gradients. The estimate is the sum over defences of ``batches x per-batch cost``, plus the
+    timing itself.
     """
     from freqpure.attacks.eot import EOTGradient
     from freqpure.attacks.gradients import AttackModel
@@ -167,6 +168,7 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
         defence = build_defence(cfg, classifier, eps_model if method != "none" else None)
         attack = cfg.attacks[0]
         oracle = EOTGradient(defence.attack_model(attack), eot=attack.eot, loss=attack.loss, seed=0)
+        oracle(x[:1], y[:1])  # warm-up on one image: the first call pays one-off allocation costs
         t_grad = timed(lambda oracle=oracle, x=x, y=y: oracle(x, y))
         with torch.no_grad():
             t_pred = timed(lambda defence=defence, x=x: defence.predict(x, StepNoise(0)))
