@@ -183,9 +183,6 @@ def test_report_escapes_all_text(tiny_demo, tmp_path) -> None:
 
 def _break(run: Path, what: str) -> str:
     """Damage one input of a copied run dir; returns the file name the error must mention."""
-    if what == "missing examples":
-        (run / "examples.npz").unlink()
-        return "examples.npz"
     if what == "missing results":
         (run / "results.json").unlink()
         return "results.json"
@@ -202,7 +199,7 @@ def _break(run: Path, what: str) -> str:
     raise AssertionError(what)
 
 
-@pytest.mark.parametrize("what", ["missing examples", "missing results", "corrupt results", "corrupt config",
+@pytest.mark.parametrize("what", ["missing results", "corrupt results", "corrupt config",
                                   "truncated examples"])
 def test_missing_or_corrupt_files_are_named(tiny_demo, tmp_path, what) -> None:
     out, _, _ = tiny_demo
@@ -211,6 +208,17 @@ def test_missing_or_corrupt_files_are_named(tiny_demo, tmp_path, what) -> None:
     expected = _break(run, what)
     with pytest.raises((FileNotFoundError, ValueError), match=expected.replace(".", r"\.")):
         write_report(run)
+
+
+def test_report_of_the_recorded_schema0_runs(tmp_path) -> None:
+    """The n = 512 runs in benchmarks/results (schema 0, no config.yaml or examples.npz): table and paired
+    comparison, no grid."""
+    runs = [REPO / "benchmarks" / "results" / f"cifar10-{d}-table-bundled" for d in DEFENCES]
+    page = write_report(runs, tmp_path / "recorded.html").read_text()
+    assert "DiffPure (A) vs FreqPure (B), 512 common images" in page and ">Examples</h2>" not in page
+    assert "DiffPure keeps 100 of 512 test images correct" in page and "19.5%" in page
+    assert "exact McNemar p = " in page and "noise scheme linear-v1" in page
+    _check_images(page)
 
 
 def test_report_command(tiny_demo, tmp_path, capsys) -> None:
@@ -298,6 +306,7 @@ def _dom_attr(proc: subprocess.CompletedProcess, attr: str) -> dict:
     return json.loads(html_lib.unescape(proc.stdout[start:].split('"', 2)[1]))
 
 
+@pytest.mark.slow
 def test_report_in_chromium_at_desktop_and_phone_width(tiny_demo, tmp_path) -> None:
     exe = _chromium()
     out, _, _ = tiny_demo

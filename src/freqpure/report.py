@@ -186,7 +186,7 @@ class RunData:
     path: Path
     results: Results
     config_text: str
-    examples: dict[str, np.ndarray]
+    examples: dict[str, np.ndarray] | None
     samples: dict[int, SampleRecord] | None = None
 
     @property
@@ -203,14 +203,20 @@ class RunData:
 
 
 def load_run(directory: str | Path) -> RunData:
-    """Read a run directory (``config.yaml``, ``results.json``, ``examples.npz`` required)."""
+    """Read a run directory: ``results.json`` (required, any schema version), ``config.yaml`` (else the config
+    stored in results.json is shown), ``examples.npz`` (else no images) and ``samples.jsonl`` (else no
+    paired comparison). A file that exists but cannot be read is an error naming it."""
     directory = Path(directory)
-    what = "an evaluation run dir holds config.yaml, results.json and examples.npz"
-    config_path = _require(directory / "config.yaml", what)
-    config_text, _ = _read_yaml(config_path)
-    _require(directory / "results.json", what)
+    _require(directory / "results.json", "an evaluation run dir holds results.json")
     results = read_results(directory)
-    examples = _read_examples(_require(directory / "examples.npz", what))
+    config_path = directory / "config.yaml"
+    if config_path.exists():
+        config_text, _ = _read_yaml(config_path)
+    else:
+        config_text = "# from results.json (no config.yaml in the run dir)\n" + yaml.safe_dump(results.config,
+                                                                                            sort_keys=False)
+    examples_path = directory / "examples.npz"
+    examples = _read_examples(examples_path) if examples_path.exists() else None
     samples = read_samples(directory) if (directory / "samples.jsonl").is_file() else None
     return RunData(directory, results, config_text, examples, samples)
 
@@ -431,7 +437,7 @@ def _grid_png(runs: Sequence[RunData], rows: int) -> bytes:
     from freqpure.plots import make_grid
 
     buf = io.BytesIO()
-    make_grid({run.title: run.examples for run in runs}, buf, rows=rows)
+    make_grid({run.title: run.examples for run in runs if run.examples is not None}, buf, rows=rows)
     return buf.getvalue()
 
 
@@ -488,7 +494,7 @@ def _paired(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     out = []
     for a, b in pairs:
         try:
-            cmp = compare_samples(a.samples, b.samples)
+            cmp = compare_samples(a.samples, b.samples, ["clean", *a.results.per_attack, "worst case"])
         except FreqpureError:
             continue  # no common images: nothing to pair
         rows = [{"metric": r.metric, "a": _pct(r.accuracy_a), "b": _pct(r.accuracy_b), "only_a": r.only_a,
@@ -582,7 +588,7 @@ def _run_section(run: RunData, spectra_examples: int) -> dict[str, Any]:
              ("time", f"{t.seconds_per_sample:.2f} s per image, {t.sample_seconds_total / 60:.1f} min of batch work on "
                       f"{r.world_size} process(es)" + ("; resumed from an interrupted run" if r.resumed else ""))]
     spectra_blocks = []
-    if run.method != "none":
+    if run.method != "none" and run.examples is not None:
         for i in range(min(spectra_examples, run.examples["clean"].shape[0])):
             rows, scale = _spectra_rows(run.examples, i)
             spectra_blocks.append({"index": i, "rows": rows, "scale": scale})
@@ -655,7 +661,7 @@ def render_html(inputs: ReportInputs, *, max_examples: int = 8, max_spectra: int
         page.update(what=_what_was_run(runs), accuracy=_accuracy_table(runs), paired=paired,
                     reading=_reading(runs, paired), accuracy_plot=_image(_accuracy_png(runs), "accuracy plot"),
                     runs=[_run_section(run, max_spectra) for run in runs])
-        if max_examples > 0:
+        if max_examples > 0 and any(run.examples is not None for run in runs):
             use_saved = inputs.grid_png is not None and max_examples >= 8
             png = inputs.grid_png if use_saved else _grid_png(runs, max_examples)
             page["grid"] = {"image": _image(png, "examples: clean, adversarial and purified images with predictions"),

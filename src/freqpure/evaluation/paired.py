@@ -58,10 +58,12 @@ class PairedComparison:
     rows: list[PairedRow]
 
 
-def compare_samples(a: dict[int, SampleRecord], b: dict[int, SampleRecord]) -> PairedComparison:
+def compare_samples(a: dict[int, SampleRecord], b: dict[int, SampleRecord],
+                    order: list[str] | None = None) -> PairedComparison:
     """Compare runs A and B (``{index: SampleRecord}``) on the images both finished.
 
-    Metrics: ``clean``, every attack label both runs have (in A's order), and ``worst case``.
+    Metrics: ``clean``, every attack label both runs have, and ``worst case``; in the order of ``order``
+    where given (e.g. the run's config order), else as stored.
     Raises :class:`~freqpure.errors.UsageError` when they share no image.
     """
     common = sorted(set(a) & set(b))
@@ -69,6 +71,9 @@ def compare_samples(a: dict[int, SampleRecord], b: dict[int, SampleRecord]) -> P
         raise UsageError("the two runs have no finished test image in common (different data subsets?)")
     first_a, first_b = a[common[0]].outcomes(), b[common[0]].outcomes()
     metrics = [m for m in first_a if m in first_b]
+    if order:
+        rank = {m: i for i, m in enumerate(order)}
+        metrics.sort(key=lambda m: rank.get(m, len(rank)))
     rows = []
     for metric in metrics:
         pa = [a[i].outcomes()[metric] for i in common]
