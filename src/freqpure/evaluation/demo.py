@@ -66,8 +66,8 @@ class DemoSettings:
             raise UsageError(f"demo gradient must be full, surrogate or bpda, got {self.gradient!r}")
 
 
-def demo_configs(s: DemoSettings) -> dict[str, EvalConfig]:
-    """One :class:`EvalConfig` per defence, sharing data, attack and seed."""
+def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]:
+    """One :class:`EvalConfig` per defence, sharing data, attack, seed and device."""
     from freqpure.config import PurifierConfig
     from freqpure.evaluation.config import AttackConfig, ClassifierConfig, DataConfig, DefenceConfig, SanityConfig
 
@@ -80,7 +80,7 @@ def demo_configs(s: DemoSettings) -> dict[str, EvalConfig]:
                               gradient=s.gradient if method != "none" else "full",
                               surrogate_rounds=surrogate if method != "none" else None)
         cfgs[method] = EvalConfig(
-            name=f"demo-{method}", seed=s.seed, batch_size=s.batch_size,
+            name=f"demo-{method}", seed=s.seed, batch_size=s.batch_size, device=device,
             data=DataConfig(dataset="cifar10", n=s.n, data_dir=s.data_dir),
             classifier=ClassifierConfig(name=s.classifier),
             purifier=PurifierConfig(method=method, diffusion=s.diffusion, rounds=s.rounds,
@@ -163,8 +163,9 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
     for method, cfg in cfgs.items():
         b = min(cfg.batch_size, cfg.data.n)
         gen = torch.Generator().manual_seed(0)
-        x = torch.rand(b, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (b,), generator=gen)
+        dev = next(classifier.parameters()).device
+        x = torch.rand(b, 3, 32, 32, generator=gen).to(dev)
+        y = torch.randint(0, 10, (b,), generator=gen).to(dev)
         defence = build_defence(cfg, classifier, eps_model if method != "none" else None)
         attack = cfg.attacks[0]
         oracle = EOTGradient(defence.attack_model(attack), eot=attack.eot, loss=attack.loss, seed=0)
@@ -208,12 +209,12 @@ def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False
     from freqpure.plots import make_grid
 
     out = Path(out)
-    cfgs = demo_configs(settings)
+    device = torch.device(device)
+    cfgs = demo_configs(settings, str(device))
     if overwrite:
         for method in DEFENCES:
             shutil.rmtree(out / method, ignore_errors=True)
     t0 = time.perf_counter()
-    device = torch.device(device)
     classifier, eps_model = _load_models(settings, device)
     eta = None
     if estimate:
