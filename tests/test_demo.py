@@ -127,5 +127,7 @@ def test_demo_default_size_estimate_method(monkeypatch) -> None:
         cfg.sanity.enabled = False
     only_none = {"none": cfgs["none"]}
     seconds = demo_mod.estimate_seconds(only_none, Slow().eval(), None)
-    # 2 batches x ((3 + 1) gradients + 3 predictions) x ~10 ms, plus the timing itself (2 calls)
+    # 2 batches x ((3 + 1) gradients + 3 predictions) x ~10 ms, plus the timing itself (3 calls)
     assert 0.14 <= seconds <= 0.5, seconds
+    resumed = demo_mod.estimate_seconds(only_none, Slow().eval(), None, done={"none": 16})
+    assert resumed < 0.1, "finished samples cost nothing"

@@ -136,7 +136,8 @@ def read_demo(out: str | Path) -> tuple[DemoSummary, dict[str, Results]]:
 # ---------------------------------------------------------------------------------------------
 # Time estimate
 # ---------------------------------------------------------------------------------------------
-def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_model: nn.Module | None) -> float:
+def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_model: nn.Module | None,
+                     done: dict[str, int] | None = None) -> float:
     """Seconds the demo will take, from a 1-batch timing.
 
     For each defence, times on one batch of ``batch_size`` random images (the shapes matter, not the data) one
@@ -145,7 +146,7 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
     gradients (the steps, and the loss that picks the kept iterate), 3 defended predictions (clean, the final
     adversarial image, the example purification) and, when the sanity check is on, ``undefended_steps``
     bare-classifier gradients. The estimate is the sum over defences of ``batches x per-batch cost``, plus the
-    timing itself.
+    timing itself. ``done``: samples already finished per defence (a resumed demo), left out of the count.
     """
     from freqpure.attacks.eot import EOTGradient
     from freqpure.attacks.gradients import AttackModel
@@ -179,7 +180,8 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
                 bare = EOTGradient(AttackModel(classifier, None), eot=1, loss="ce", seed=0)
                 t_bare = timed(lambda bare=bare, x=x, y=y: bare(x, y))
             per_batch += cfg.sanity.undefended_steps * t_bare
-        total += math.ceil(cfg.data.n / cfg.batch_size) * per_batch
+        left = max(0, cfg.data.n - (done or {}).get(method, 0))
+        total += math.ceil(left / cfg.batch_size) * per_batch
     return total + (time.perf_counter() - t_begin)
 
 
@@ -218,7 +220,10 @@ def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False
     classifier, eps_model = _load_models(settings, device)
     eta = None
     if estimate:
-        eta = estimate_seconds(cfgs, classifier, eps_model)
+        from freqpure.evaluation.store import SampleStore
+
+        done = {m: len(SampleStore(out / m / "samples.jsonl").load()) for m in cfgs}
+        eta = estimate_seconds(cfgs, classifier, eps_model, done)
         echo(f"estimated time: about {_minutes(eta)} on {torch.get_num_threads()} thread(s) "
              "(from a 1-batch timing; finished work in --out is reused)")
     results = {}
