@@ -61,3 +61,26 @@ def read_tar_images(tar_path: Path, every: int = 1000, limit: int = 16) -> tuple
 def real_images(cifar_test_tar: Path) -> torch.Tensor:
     """16 real CIFAR-10 test images ``[16, 3, 32, 32]`` in [0, 1], spread over the classes."""
     return read_tar_images(cifar_test_tar, every=625, limit=16)[0]
+
+
+TINY_DEMO_ARGS = ["--n", "3", "--batch-size", "2", "--steps", "2", "--eot", "2", "--ensemble", "1",
+                  "--rounds", "20:2", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory, shared_dir: Path) -> tuple[Path, list[str], str]:
+    """``freqpure demo`` at a tiny size on the bundled models and real CIFAR-10 images (a real evaluate output
+    for three defences): ``(out dir, the CLI arguments, what it printed)``."""
+    import contextlib
+    import io
+
+    from freqpure.cli.main import main
+    from helpers import model_name, one_thread
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    args = ["demo", "--out", str(out), *TINY_DEMO_ARGS, "--classifier", model_name("cifar10-resnet-small"),
+            "--diffusion", model_name("cifar10-ddpm-small")]
+    printed = io.StringIO()
+    with one_thread(), contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return out, args, printed.getvalue()

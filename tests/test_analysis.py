@@ -256,8 +256,8 @@ def real_measurement(shared_dir):
 
 def _measure_real(shared_dir: Path):
     from freqpure import DiffPure, FreqPure
-    from freqpure.cli.analyze import measure, pgd_attack
     from freqpure.data import eval_subset_indices, load_cifar10, to_float
+    from freqpure.evaluation.analyze import measure, pgd_attack
     from freqpure.models.adapters import EpsModel
     from freqpure.models.small import SmallUNet
 
@@ -301,7 +301,7 @@ def test_freqpure_keeps_the_low_band_amplitude(real_measurement):
 
 
 def test_analysis_outputs_and_report(real_measurement, tmp_path):
-    from freqpure.cli.analyze import write_analysis
+    from freqpure.evaluation.analyze import write_analysis
     from freqpure.report import write_report
 
     result = write_analysis(tmp_path, real_measurement, settings={"n": 16, "note": "<tiny models>"},
@@ -343,13 +343,14 @@ def test_analyze_command_end_to_end(shared_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "analysis"
     with one_thread():
         code = main(["analyze", "--out", str(out), "--n", "10", "--classifier", str(clf), "--diffusion", str(unet),
-                     "--attack-steps", "2", "--rounds", "100:2", "--n-boot", "100", "--device", "cpu",
-                     "--no-progress", "--report"])
+                     "--set", "attack_steps=2", "--eps", "4/255", "--rounds", "100:2", "--n-boot", "100",
+                     "--device", "cpu", "--no-progress", "--report"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "adversarial_amplitude_spearman" in printed and "report.html" in printed
     saved = json.loads((out / "analysis.json").read_text())
-    assert saved["settings"]["attack"]["eps"] == pytest.approx(8 / 255)
+    assert saved["settings"]["attack"]["eps"] == pytest.approx(4 / 255)
+    assert saved["settings"]["attack"]["steps"] == 2 and saved["settings"]["noise_scheme"]
     assert saved["settings"]["purifiers"]["freqpure"]["amp_radius"] == 10.0
     assert {c: v["n"] for c, v in saved["summary"]["cases"].items()} == {"adversarial": 10, "diffpure": 10,
                                                                          "freqpure": 10}

@@ -185,6 +185,7 @@ def test_resume_after_a_killed_process(tmp_path: Path, small_cfg, reference: Pat
     assert deterministic(SampleStore(samples).load()) == deterministic(SampleStore(reference / "samples.jsonl").load())
     a, b = (json.loads((d / "results.json").read_text()) for d in (run, reference))
     assert (a["clean"], a["robust"], a["per_attack"]) == (b["clean"], b["robust"], b["per_attack"])
+    assert a["resumed"] is True and b["resumed"] is False, "resumed marks a real resume only"
 
 
 def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, reference: Path) -> None:
@@ -235,10 +236,10 @@ def test_sanity_checks_flag_a_masked_gradient(tmp_path: Path, models) -> None:
     cfg = load_eval_config(None, [*SMALL, "data.n=4", "purifier.method=none", "sanity.sweep_samples=4",
                                   "sanity.eps_sweep=[2.0, 4.0]"])
     res = evaluate(cfg, tmp_path / "run", models=(clf, None), progress=False)
-    assert not res["sanity"]["undefended_falls"]["ok"]
-    assert not res["sanity"]["eps_sweep"]["falls"]
-    assert any("does not fall as eps grows" in w for w in res["warnings"])
-    assert any("undefended classifier keeps" in w for w in res["warnings"])
+    assert not res.sanity["undefended_falls"]["ok"]
+    assert not res.sanity["eps_sweep"]["falls"]
+    assert any("does not fall as eps grows" in w for w in res.warnings)
+    assert any("undefended classifier keeps" in w for w in res.warnings)
 
 
 def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> None:
@@ -248,12 +249,12 @@ def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> N
     res = evaluate(cfg, tmp_path / "run", models=models, progress=False)
     label = cfg.attacks[0].display()
     assert label.startswith("autoattack-rand-linf-8/255")
-    assert res["per_attack"][label]["n"] == 2
-    assert "re-judged" in res["protocol"]["attack_iterate"][label]
-    assert "best-loss" in res["protocol"]["attack_iterate"][label]
+    assert res.per_attack[label].n == 2
+    assert "re-judged" in res.protocol["attack_iterate"][label]
+    assert "best-loss" in res.protocol["attack_iterate"][label]
     rec = next(iter(SampleStore(tmp_path / "run" / "samples.jsonl").load().values()))
     assert rec["attacks"][label]["linf"] <= 8 / 255 + 1e-6
-    assert res["sanity"]["gradients_finite_nonzero"][label]["ok"]
+    assert res.sanity["gradients_finite_nonzero"][label]["ok"]
 
 
 def test_store_cuts_only_the_torn_tail(tmp_path: Path) -> None:

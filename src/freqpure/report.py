@@ -1,38 +1,39 @@
-"""A static, self-contained HTML report of an evaluation run, a demo, or a frequency analysis.
+"""A self-contained HTML report of evaluation runs, a demo, or a frequency analysis, written for a reader.
 
-:func:`write_report` reads a directory and writes one HTML file with inline CSS and every image
-embedded as a base64 PNG ``data:`` URI: no scripts, no external assets, it works offline (a
-Content-Security-Policy in the page forbids anything else, so a stray external reference shows up
-as a console error in a browser).
+:func:`write_report` reads one or more directories and renders ``templates/report.html.j2`` (Jinja2,
+autoescaped) into one HTML file: inline CSS, every image a base64 PNG ``data:`` URI, no scripts, a strict
+Content-Security-Policy (anything external shows up as a console error in a browser).
+
+The page: what was run (defence, plan, attack settings in words), the accuracy table with 95%
+intervals and a plot of it, the paired comparison (exact McNemar) of runs that share test images, a
+short generated reading, the example grid with a legend, one section per defence with only what applies
+to it (no purifier settings for the undefended run), the frequency analysis when present, and the raw
+configuration folded away at the end.
 
 Accepted directories (detected in this order):
 
-* **demo dir** — one sub-directory per defence (``none/``, ``diffpure/``, ``freqpure/``, or any
-  sub-directory that is a run dir), each a normal run dir, plus a top-level ``results.json`` and
-  optionally ``grid.png``;
-* **run dir** — ``config.yaml``, ``results.json`` and ``examples.npz`` (required), ``results.md``
-  and ``samples.jsonl`` (shown when present);
-* **analysis dir** — only ``analysis.json`` (+ its plots), as written by ``freqpure analyze``.
+* **demo dir** — ``results.json`` written by ``freqpure demo`` (:class:`~freqpure.evaluation.demo.DemoSummary`)
+  and one run dir per defence (``none/``, ``diffpure/``, ``freqpure/``), optionally ``grid.png``;
+* **run dir** — ``config.yaml``, ``results.json`` (any schema version, read with
+  :func:`freqpure.evaluation.results.read_results`) and ``examples.npz``; ``samples.jsonl`` when present
+  (for the paired comparison);
+* **analysis dir** — ``analysis.json`` (+ the PNG plots it lists), as written by ``freqpure analyze``.
 
-Any of them may also hold ``analysis.json`` and the PNG plots it lists. ``examples.npz`` holds
-``clean``, ``adversarial`` (required) and ``purified`` (float ``[N, C, H, W]`` in [0, 1]),
-``labels`` (required), ``pred_clean``, ``pred_adversarial`` (int ``[N]``) and ``class_names`` (str
-``[K]``); ``results.json`` is read defensively: every scalar is shown, and values with a sibling
-interval (``{"accuracy": a, "ci95": [lo, hi]}``, ``"x"`` + ``"x_ci95"``, ``lower``/``upper``) are
-shown with it. A missing required file or an unreadable one raises ``FileNotFoundError`` /
-``ValueError`` naming the file. All text is HTML-escaped.
+Several run dirs may be given at once (a comparison). A missing or unreadable file raises
+``FileNotFoundError`` / ``ValueError`` naming the file.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
+import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,18 @@ import yaml
 from PIL import Image
 
 from freqpure.errors import NotFoundError, UsageError
+from freqpure.evaluation.results import Results, SampleRecord, read_results, read_samples
 from freqpure.spectral import centred_spectrum, wrap_phase
 
-__all__ = ["write_report", "ReportInputs", "load_run", "DEFENCE_ORDER", "REPORT_NAME"]
+__all__ = ["write_report", "render_html", "ReportInputs", "RunData", "load_run", "DEFENCE_ORDER", "REPORT_NAME",
+           "MAX_BYTES", "CSP"]
 
 REPORT_NAME = "report.html"
 DEFENCE_ORDER = ("none", "diffpure", "freqpure")
+TITLES = {"none": "no defence", "diffpure": "DiffPure", "freqpure": "FreqPure"}
 RUN_FILES = ("config.yaml", "results.json", "examples.npz")
-_INTERVAL_KEYS = ("ci95", "ci_95", "ci", "interval", "wilson", "wilson95", "wilson_ci", "confidence_interval")
-_VALUE_KEYS = ("value", "accuracy", "acc", "estimate", "mean", "rate")
-_SECTION_KEYS = ("protocol", "sanity", "settings", "versions", "timings", "timing", "environment")
-_NOT_METRICS = (*_SECTION_KEYS, "config", "warnings")  # shown elsewhere (config.yaml, own tables)
+MAX_BYTES = 2_000_000  # the page stays under 2 MB: fewer grid rows and spectra are shown when it would not
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -150,20 +152,6 @@ def _read_examples(path: Path) -> dict[str, np.ndarray]:
 
 
 @dataclass
-class RunData:
-    """One evaluation run directory, read and validated."""
-
-    name: str
-    path: Path
-    config_text: str
-    results: dict[str, Any]
-    examples: dict[str, np.ndarray]
-    results_md: str | None = None
-    samples: list[Any] | None = None
-    analysis: AnalysisData | None = None
-
-
-@dataclass
 class AnalysisData:
     """``analysis.json`` and the PNG plots it lists (name → bytes)."""
 
@@ -191,27 +179,46 @@ def _load_analysis(directory: Path) -> AnalysisData | None:
     return AnalysisData(path, data, plots)
 
 
-def load_run(directory: str | Path, name: str | None = None) -> RunData:
-    """Read a run directory (``config.yaml``, ``results.json``, ``examples.npz`` required)."""
+@dataclass
+class RunData:
+    """One evaluation run directory, read and validated."""
+
+    path: Path
+    results: Results
+    config_text: str
+    examples: dict[str, np.ndarray] | None
+    samples: dict[int, SampleRecord] | None = None
+
+    @property
+    def method(self) -> str:
+        return self.results.defence
+
+    @property
+    def title(self) -> str:
+        """``DiffPure`` / ``FreqPure`` / ``no defence``, plus the run name when that is not just the method."""
+        base = TITLES.get(self.method, self.method)
+        name = self.results.name
+        plain = {self.method, f"demo-{self.method}", self.path.name}
+        return base if name in plain and self.path.name in (self.method, name) else f"{base} ({name})"
+
+
+def load_run(directory: str | Path) -> RunData:
+    """Read a run directory: ``results.json`` (required, any schema version), ``config.yaml`` (else the config
+    stored in results.json is shown), ``examples.npz`` (else no images) and ``samples.jsonl`` (else no
+    paired comparison). A file that exists but cannot be read is an error naming it."""
     directory = Path(directory)
-    what = "an evaluation run dir holds config.yaml, results.json and examples.npz"
-    config_text, _ = _read_yaml(_require(directory / "config.yaml", what))
-    results = _read_json(_require(directory / "results.json", what))
-    if not isinstance(results, dict):
-        raise UsageError(f"{directory / 'results.json'}: expected a JSON object at the top level")
-    examples = _read_examples(_require(directory / "examples.npz", what))
-    md = directory / "results.md"
-    samples = directory / "samples.jsonl"
-    return RunData(
-        name=name or directory.name,
-        path=directory,
-        config_text=config_text,
-        results=results,
-        examples=examples,
-        results_md=_read_text(md) if md.exists() else None,
-        samples=_read_jsonl(samples) if samples.exists() else None,
-        analysis=_load_analysis(directory),
-    )
+    _require(directory / "results.json", "an evaluation run dir holds results.json")
+    results = read_results(directory)
+    config_path = directory / "config.yaml"
+    if config_path.exists():
+        config_text, _ = _read_yaml(config_path)
+    else:
+        config_text = "# from results.json (no config.yaml in the run dir)\n" + yaml.safe_dump(results.config,
+                                                                                            sort_keys=False)
+    examples_path = directory / "examples.npz"
+    examples = _read_examples(examples_path) if examples_path.exists() else None
+    samples = read_samples(directory) if (directory / "samples.jsonl").is_file() else None
+    return RunData(directory, results, config_text, examples, samples)
 
 
 def _is_run_dir(directory: Path) -> bool:
@@ -226,35 +233,42 @@ def _sub_runs(directory: Path) -> list[Path]:
 
 @dataclass
 class ReportInputs:
-    """Everything a report shows: ``kind`` is ``"demo"``, ``"run"`` or ``"analysis"``."""
+    """Everything a report shows: ``kind`` is ``"demo"``, ``"run"``, ``"runs"`` or ``"analysis"``."""
 
     kind: str
-    path: Path
+    paths: list[Path]
     runs: list[RunData]
-    results: dict[str, Any] | None = None  # demo's top-level results.json
+    demo: Any = None  # DemoSummary of a demo dir
     grid_png: bytes | None = None  # demo's grid.png
-    analysis: AnalysisData | None = None  # analysis.json at the top level
+    analysis: AnalysisData | None = None
 
     @classmethod
-    def read(cls, directory: str | Path) -> ReportInputs:
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise NotFoundError(f"{directory}: not a directory (expected a run, demo or analysis dir)")
+    def read(cls, directories: str | Path | Sequence[str | Path]) -> ReportInputs:
+        if isinstance(directories, str | Path):
+            directories = [directories]
+        paths = [Path(d) for d in directories]
+        if not paths:
+            raise UsageError("no directory given")
+        for d in paths:
+            if not d.is_dir():
+                raise NotFoundError(f"{d}: not a directory (expected a run, demo or analysis dir)")
+        if len(paths) > 1:
+            return cls("runs", paths, [load_run(p) for p in paths])
+        directory = paths[0]
         subs = _sub_runs(directory)
         analysis = _load_analysis(directory)
         if subs:
-            results = _read_json(_require(directory / "results.json", "a demo dir holds a top-level results.json"))
-            if not isinstance(results, dict):
-                raise UsageError(f"{directory / 'results.json'}: expected a JSON object at the top level")
+            from freqpure.evaluation.demo import DemoSummary
+
+            summary_path = _require(directory / "results.json", "a demo dir holds a top-level results.json")
+            demo = DemoSummary.from_dict(_read_json(summary_path), str(summary_path))
             grid = directory / "grid.png"
-            return cls("demo", directory, [load_run(p) for p in subs], results,
-                       _read_png(grid) if grid.exists() else None, analysis)
+            return cls("demo", paths, [load_run(p) for p in subs], demo, _read_png(grid) if grid.exists() else None,
+                       analysis)
         if _is_run_dir(directory):
-            run = load_run(directory)
-            run.analysis = None  # shown once, at the top level
-            return cls("run", directory, [run], analysis=analysis)
+            return cls("run", paths, [load_run(directory)], analysis=analysis)
         if analysis is not None:
-            return cls("analysis", directory, [], analysis=analysis)
+            return cls("analysis", paths, [], analysis=analysis)
         raise NotFoundError(
             f"{directory}: nothing to report: expected config.yaml, results.json and examples.npz (a run dir), "
             f"sub-directories {', '.join(DEFENCE_ORDER)} holding run dirs (a demo dir), or analysis.json"
@@ -334,464 +348,345 @@ def spectra(images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]
 
 
 # ---------------------------------------------------------------------------------------------
-# results.json → rows
+# Words
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Metric:
-    """One row of a results table: a dotted name, a value, and an interval if one was found."""
-
-    name: str
-    value: Any
-    interval: tuple[float, float] | None = None
-    key: str = ""  # the key the value was stored under, when the name is its parent's (``{"accuracy": ..}``)
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def _interval(ci: tuple[float, float]) -> str:
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _as_interval(v: Any) -> tuple[float, float] | None:
-    if isinstance(v, list | tuple) and len(v) == 2 and all(_is_number(u) for u in v):
-        return float(v[0]), float(v[1])
-    if isinstance(v, dict):
-        for lo, hi in (("lower", "upper"), ("lo", "hi"), ("low", "high")):
-            if _is_number(v.get(lo)) and _is_number(v.get(hi)):
-                return float(v[lo]), float(v[hi])
-    return None
+def defence_in_words(results: Results) -> str:
+    """The defence as a sentence fragment, e.g. ``DiffPure with cifar10-ddpm-small, plan 100:5 (...)``."""
+    cfg = results.config
+    p, d = cfg["purifier"], cfg["defence"]
+    if p["method"] == "none":
+        return f"the classifier {cfg['classifier']['name']} alone, attacked directly"
+    t_star, _, steps = str(p["rounds"]).partition(":")
+    text = (f"{TITLES.get(p['method'], p['method'])} with the diffusion model {p['diffusion']}: "
+            f"noise to t* = {t_star}, "
+            f"then {steps or '?'} {p['sampler'].upper()} denoising steps (plan {p['rounds']})")
+    if p["method"] == "freqpure":
+        text += (f", keeping the input's amplitude within radius {p['amp_radius']:g} and its phase within "
+                 f"radius {p['phase_radius']:g} (δ = {p['delta']:g}, {p['mode']} mode)")
+    return text + (f"; the classifier {cfg['classifier']['name']} decides by {d['vote']} vote over "
+                   f"{d['ensemble']} purification(s) per image")
 
 
-def _own_interval(d: Mapping[str, Any]) -> tuple[set[str], tuple[float, float] | None]:
-    """The interval stored inside a value dict: ``{"accuracy": a, "ci95": [lo, hi]}`` or ``lower``/``upper``."""
-    for key in _INTERVAL_KEYS:
-        interval = _as_interval(d.get(key))
-        if interval is not None:
-            return {key}, interval
-    for lo, hi in (("lower", "upper"), ("lo", "hi"), ("low", "high")):
-        if _is_number(d.get(lo)) and _is_number(d.get(hi)):
-            return {lo, hi}, (float(d[lo]), float(d[hi]))
-    return set(), None
+def _purifier_facts(results: Results) -> list[tuple[str, str]]:
+    cfg = results.config
+    p, d = cfg["purifier"], cfg["defence"]
+    facts = [("classifier", cfg["classifier"]["name"])]
+    if p["method"] == "none":
+        return facts + [("purifier", "none: the attack and the judgement see the bare classifier")]
+    facts += [("purifier", TITLES.get(p["method"], p["method"])), ("diffusion model", p["diffusion"]),
+              ("plan", f"{p['rounds']} (t*:steps per round), {p['sampler']} sampler")]
+    if p["method"] == "freqpure":
+        facts += [("amplitude kept within radius", f"{p['amp_radius']:g}"),
+                  ("phase kept within radius", f"{p['phase_radius']:g}, projected to within δ = {p['delta']:g}"),
+                  ("mode / reference", f"{p['mode']} / {p['reference']}")]
+    facts.append(("decision", f"{d['vote']} vote over {d['ensemble']} purification(s) per image"))
+    if d.get("purify_size"):
+        facts.append(("purified at", f"{d['purify_size']} px"))
+    return facts
 
 
-def _sibling_interval(d: Mapping[str, Any], base: str) -> tuple[set[str], tuple[float, float] | None]:
-    """The interval of value ``d[base]`` among its siblings: ``base_ci95``, ``base.ci``, ``base_lower`` …"""
-    for sep in ("_", "."):
-        for key in _INTERVAL_KEYS:
-            interval = _as_interval(d.get(f"{base}{sep}{key}"))
-            if interval is not None:
-                return {f"{base}{sep}{key}"}, interval
-        for lo, hi in (("lower", "upper"), ("lo", "hi")):
-            lo_key, hi_key = f"{base}{sep}{lo}", f"{base}{sep}{hi}"
-            if _is_number(d.get(lo_key)) and _is_number(d.get(hi_key)):
-                return {lo_key, hi_key}, (float(d[lo_key]), float(d[hi_key]))
-    return set(), None
-
-
-def metric_rows(obj: Any, prefix: str = "", skip: Iterable[str] = _NOT_METRICS) -> list[Metric]:
-    """Flatten a results dict into rows, pairing values with their intervals (see the module docstring).
-
-    Top-level keys in ``skip`` (config, protocol, versions, timings, ...) are left out: they get
-    their own tables. Lists of objects become one group of rows per item, labelled by the item's
-    ``defence`` / ``name`` / ``label`` (else its index).
-    """
-    if not isinstance(obj, dict):
-        return [Metric(prefix or "value", obj)]
-    rows: list[Metric] = []
-    consumed: set[str] = set()
-    value_key = next((k for k in _VALUE_KEYS if _is_number(obj.get(k))), None)
-    if value_key is not None:
-        keys, interval = _own_interval(obj)
-        if interval is not None:
-            rows.append(Metric(prefix or value_key, obj[value_key], interval, value_key))
-            consumed |= keys | {value_key}
-    paired: dict[str, tuple[float, float]] = {}
-    for key, value in obj.items():
-        if key not in consumed and _is_number(value):
-            keys, interval = _sibling_interval(obj, key)
-            if interval is not None:
-                paired[key] = interval
-                consumed |= keys
-    skip = set(skip) if not prefix else set()
-    for key, value in obj.items():
-        if key in consumed or key in skip:
-            continue
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            rows.extend(metric_rows(value, name, ()))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for i, item in enumerate(value):
-                label = next((item[k] for k in ("defence", "name", "label") if isinstance(item.get(k), str)), i)
-                rows.extend(metric_rows(item, f"{name}[{label}]", ()))
-        else:
-            rows.append(Metric(name, value, paired.get(key)))
+def _sanity_rows(results: Results) -> list[dict[str, Any]]:
+    s = results.sanity
+    rows = []
+    falls = s.get("undefended_falls")
+    if falls:
+        accs = ", ".join(f"{k}: {_pct(v.accuracy)}" for k, v in results.undefended.items())
+        rows.append({"check": "the bare classifier falls to a plain PGD",
+                     "result": f"{accs} correct (must be <= {_pct(falls['threshold'])})", "ok": falls["ok"]})
+    for label, g in (s.get("gradients_finite_nonzero") or {}).items():
+        median = g.get("median_norm")
+        median_text = f", median norm {median:.3g}" if isinstance(median, int | float) and math.isfinite(median) else ""
+        bad = g.get("samples_with_zero_or_nonfinite_gradient", 0)
+        rows.append({"check": f"{label}: gradient through the purifier is finite and non-zero",
+                     "result": f"{bad} image(s) with a zero or non-finite gradient{median_text}", "ok": g["ok"]})
+    sweep = s.get("eps_sweep")
+    if sweep:
+        points = ", ".join(f"ε = {e * 255:.3g}/255: {_pct(a)}" for e, a in zip(sweep["eps"], sweep["accuracy"]))
+        rows.append({"check": f"accuracy falls as ε grows ({sweep['attack']}, {sweep['samples']} images)",
+                     "result": points, "ok": sweep["falls"]})
     return rows
 
 
-def _is_fraction_metric(m: Metric) -> bool:
-    """An accuracy-like fraction (shown in %): a float in [0, 1] whose own name says accuracy or rate."""
-    last = (m.key or m.name.rsplit(".", 1)[-1]).lower()
-    in_unit = isinstance(m.value, float) and 0 <= m.value <= 1
-    ok_interval = m.interval is None or all(0 <= v <= 1 for v in m.interval)
-    return ("acc" in last or "rate" in last) and in_unit and ok_interval
-
-
-def _fmt_number(v: Any, percent: bool = False) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int) and not percent:
-        return str(v)
-    if _is_number(v):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{100 * v:.1f}%" if percent else f"{v:.4g}"
-    if isinstance(v, str):
-        return v
-    text = json.dumps(v, default=str)
-    return text if len(text) <= 400 else text[:397] + "..."
-
-
-def _fmt_metric(m: Metric) -> tuple[str, str]:
-    percent = _is_fraction_metric(m)
-    value = _fmt_number(m.value, percent)
-    interval = ""
-    if m.interval is not None:
-        interval = f"[{_fmt_number(m.interval[0], percent)}, {_fmt_number(m.interval[1], percent)}]"
-    return value, interval
-
-
-# ---------------------------------------------------------------------------------------------
-# HTML pieces
-# ---------------------------------------------------------------------------------------------
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
-main{max-width:1180px;margin:0 auto;padding:20px 28px 60px}
-h1{font-size:1.6em;margin:.2em 0 .1em} h2{font-size:1.3em;margin-top:1.8em;border-bottom:2px solid #dde2e8}
-h3{font-size:1.08em;margin-top:1.4em} .muted{color:#66707a;font-size:.9em}
-nav a{margin-right:14px} section.run{background:#fff;border:1px solid #dde2e8;border-radius:8px;padding:4px 18px 18px;
-margin-top:22px}
-table{border-collapse:collapse;margin:8px 0;font-size:.92em;background:#fff}
-th,td{border:1px solid #d5dbe1;padding:4px 9px;text-align:left;vertical-align:top} td.num{white-space:nowrap}
-th{background:#eef1f5} td.num{font-variant-numeric:tabular-nums;text-align:right}
-pre{background:#f0f2f5;border:1px solid #dde2e8;padding:10px;overflow:auto;font-size:.85em;max-height:420px}
-.grid td{text-align:center;padding:4px} .grid img,.spec img{image-rendering:pixelated;display:block;margin:0 auto}
-figure{margin:0} figcaption{font-size:.8em;line-height:1.25;margin-top:2px}
-.ok{color:#17803d;font-weight:600} .bad{color:#c2261b;font-weight:600}
-.plot img{max-width:100%;border:1px solid #dde2e8;background:#fff;margin:6px 0}
-.pass{color:#17803d;font-weight:600} .fail{color:#c2261b;font-weight:600}
-details{margin:8px 0} summary{cursor:pointer;color:#2f5d8a} ul.warn li{color:#8a5a00}
-"""
-
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-
-
-def _img(png: bytes, alt: str, cls: str = "") -> str:
-    width, height = Image.open(io.BytesIO(png)).size
-    class_attr = f' class="{_e(cls)}"' if cls else ""
-    return f'<img src="{data_uri(png)}" alt="{_e(alt)}" width="{width}" height="{height}"{class_attr}>'
-
-
-def _kv_table(rows: Sequence[tuple[Any, Any]], head: tuple[str, str] = ("key", "value")) -> str:
-    if not rows:
-        return '<p class="muted">(none)</p>'
-    body = "".join(f"<tr><td>{_e(k)}</td><td>{_e(_fmt_number(v))}</td></tr>" for k, v in rows)
-    return f"<table><tr><th>{_e(head[0])}</th><th>{_e(head[1])}</th></tr>{body}</table>"
-
-
-def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(obj, dict):
-        out: list[tuple[str, Any]] = []
-        for k, v in obj.items():
-            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [(prefix or "value", obj)]
-
-
-def _results_table(results: Mapping[str, Any]) -> str:
-    rows = metric_rows(dict(results))
-    if not rows:
-        return '<p class="muted">results.json holds no values.</p>'
-    body = []
-    for m in rows:
-        value, interval = _fmt_metric(m)
-        cls = ' class="num"' if _is_number(m.value) else ""
-        body.append(f'<tr><td>{_e(m.name)}</td><td{cls}>{_e(value)}</td><td class="num">{_e(interval)}</td></tr>')
-    return ("<table><tr><th>metric</th><th>value</th><th>95% interval</th></tr>" + "".join(body) + "</table>")
-
-
-def _sections_tables(results: Mapping[str, Any]) -> str:
-    parts = []
-    warnings = results.get("warnings")
-    if warnings:
-        items = warnings if isinstance(warnings, list) else [warnings]
-        parts.append('<h3>Warnings</h3><ul class="warn">' + "".join(f"<li>{_e(w)}</li>" for w in items) + "</ul>")
-    for key in _SECTION_KEYS:
-        if key in results:
-            parts.append(f"<h3>{_e(key.capitalize())}</h3>" + _kv_table(_flatten(results[key])))
-    return "".join(parts)
-
-
-def _class_name(names: np.ndarray | None, k: int) -> str:
-    if names is not None and 0 <= k < len(names):
-        return str(names[k])
-    return str(k)
-
-
-def _pred_caption(names: np.ndarray | None, pred: int, label: int, what: str) -> str:
-    ok = pred == label
-    mark = "&#10003;" if ok else "&#10007;"  # check mark / ballot x
-    verdict = "correct" if ok else "wrong"
-    return (f'<span class="{"ok" if ok else "bad"}" title="{_e(verdict)}">{_e(what)}: '
-            f'{_e(_class_name(names, pred))} {mark}</span>')
-
-
-def _grid(run: RunData, max_examples: int) -> str:
-    ex = run.examples
-    n = min(max_examples, ex["clean"].shape[0])
-    names = ex.get("class_names")
-    columns = [("clean", "clean", "pred_clean", "prediction"), ("adversarial", "adversarial", None, None),
-               ("purified", "purified (from adversarial)", "pred_adversarial", "defended prediction")]
-    columns = [c for c in columns if c[0] in ex]
-    head = "".join(f"<th>{_e(title)}</th>" for _, title, _, _ in columns)
+def _protocol_rows(results: Results) -> list[tuple[str, str]]:
     rows = []
-    for i in range(n):
-        label = int(ex["labels"][i])
-        cells = [f"<td>#{i}<br>true: <b>{_e(_class_name(names, label))}</b></td>"]
-        for key, title, pred_key, pred_what in columns:
-            caption = ""
-            if pred_key and pred_key in ex:
-                caption = _pred_caption(names, int(ex[pred_key][i]), label, pred_what)
-            elif key == "adversarial":
-                linf = float(np.abs(ex["adversarial"][i] - ex["clean"][i]).max()) * 255
-                caption = f"L&#8734; = {_e(f'{linf:.2f}')}/255"
-            png = image_png(ex[key][i])
-            cells.append(f"<td><figure>{_img(png, f'{title} #{i}')}<figcaption>{caption}</figcaption></figure></td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    shown = f"first {n} of {ex['clean'].shape[0]}" if n < ex["clean"].shape[0] else f"all {n}"
-    legend = ('<p class="muted">Predictions are the defended classifier\'s (as stored in examples.npz): '
-              '<span class="ok">&#10003; correct</span>, <span class="bad">&#10007; wrong</span>. '
-              f'Showing {_e(shown)} examples.</p>')
-    return f'{legend}<table class="grid"><tr><th>example</th>{head}</tr>{"".join(rows)}</table>'
+    for key, value in results.protocol.items():
+        name = key.replace("_", " ")
+        if isinstance(value, dict):
+            value = "; ".join(f"{k}: {v}" for k, v in value.items())
+        rows.append((name, str(value)))
+    return rows
 
 
-def _spectra_block(run: RunData, max_spectra: int) -> str:
-    ex = run.examples
+# ---------------------------------------------------------------------------------------------
+# Images and plots
+# ---------------------------------------------------------------------------------------------
+def _image(png: bytes, alt: str) -> dict[str, Any]:
+    width, height = Image.open(io.BytesIO(png)).size
+    return {"uri": data_uri(png), "alt": alt, "width": width, "height": height}
+
+
+def _grid_png(runs: Sequence[RunData], rows: int) -> bytes:
+    from freqpure.plots import make_grid
+
+    buf = io.BytesIO()
+    make_grid({run.title: run.examples for run in runs if run.examples is not None}, buf, rows=rows)
+    return buf.getvalue()
+
+
+def _accuracy_png(runs: Sequence[RunData]) -> bytes:
+    from freqpure.plots import accuracy_plot
+
+    rows = []
+    for run in runs:
+        r = run.results
+        rows.append((run.title, "clean", r.clean.accuracy, *r.clean.ci95))
+        rows.append((run.title, "robust", r.robust.accuracy, *r.robust.ci95))
+    buf = io.BytesIO()
+    accuracy_plot(rows, buf)
+    return buf.getvalue()
+
+
+def _spectra_rows(ex: dict[str, np.ndarray], i: int) -> tuple[list[dict[str, Any]], str]:
     keys = [k for k in ("clean", "adversarial", "purified") if k in ex]
-    n = min(max_spectra, ex["clean"].shape[0])
-    if n == 0:
-        return ""
-    out = ['<p class="muted">Centred 2-D spectrum of the luminance (DC in the middle, frequency grows outwards): '
-           'log(1 + |F|) on a common scale per example, phase on a cyclic scale, and the change from the clean '
-           'image (|&#916; log amplitude|, |wrap(&#916; phase)| in [0, &#960;]).</p>']
-    for i in range(n):
-        specs = spectra([ex[k][i] for k in keys])
-        amp_max = max(float(a.max()) for a, _ in specs) or 1.0
-        diffs = [(np.abs(a - specs[0][0]), np.abs(wrap_phase(torch.from_numpy(p - specs[0][1])).numpy()))
-                 for a, p in specs]
-        damp_max = max(float(d.max()) for d, _ in diffs) or 1.0
-        rows = []
-        for j, key in enumerate(keys):
-            amp, phase = specs[j]
-            cells = [f"<th>{_e(key)}</th>", f"<td>{_img(image_png(ex[key][i]), f'{key} image')}</td>",
-                     f"<td>{_img(_map_png(amp / amp_max, _SEQUENTIAL), f'{key} log amplitude')}</td>",
-                     f"<td>{_img(_map_png((phase + math.pi) / (2 * math.pi), _CYCLIC), f'{key} phase')}</td>"]
-            if j == 0:
-                cells += ['<td class="muted">reference</td>', '<td class="muted">reference</td>']
-            else:
-                da, dp = diffs[j]
-                cells += [f"<td>{_img(_map_png(da / damp_max, _SEQUENTIAL), f'{key} amplitude change')}</td>",
-                          f"<td>{_img(_map_png(dp / math.pi, _SEQUENTIAL), f'{key} phase change')}</td>"]
-            rows.append("<tr>" + "".join(cells) + "</tr>")
-        head = ("<tr><th></th><th>image</th><th>log amplitude</th><th>phase</th>"
-                "<th>|&#916; log amplitude|</th><th>|&#916; phase|</th></tr>")
-        scale = _e(f"{damp_max:.3g}")
-        out.append(f"<h4>Example #{i}</h4><table class=\"spec\">{head}{''.join(rows)}</table>"
-                   f'<p class="muted">amplitude change scale: 0 to {scale} (log units); '
-                   "phase change: 0 to &#960;</p>")
-    return "".join(out)
+    if "purified" in ex and np.array_equal(ex["purified"], ex["adversarial"]):
+        keys.remove("purified")
+    specs = spectra([ex[k][i] for k in keys])
+    amp_max = max(float(a.max()) for a, _ in specs) or 1.0
+    diffs = [(np.abs(a - specs[0][0]), np.abs(wrap_phase(torch.from_numpy(p - specs[0][1])).numpy())) for a, p in specs]
+    damp_max = max(float(d.max()) for d, _ in diffs) or 1.0
+    rows = []
+    for j, key in enumerate(keys):
+        amp, phase = specs[j]
+        cells = [_image(image_png(ex[key][i]), f"{key} image"),
+                 _image(_map_png(amp / amp_max, _SEQUENTIAL), f"{key} log amplitude"),
+                 _image(_map_png((phase + math.pi) / (2 * math.pi), _CYCLIC), f"{key} phase")]
+        if j > 0:
+            da, dp = diffs[j]
+            cells += [_image(_map_png(da / damp_max, _SEQUENTIAL), f"{key} amplitude change"),
+                      _image(_map_png(dp / math.pi, _SEQUENTIAL), f"{key} phase change")]
+        rows.append({"name": key, "cells": cells})
+    return rows, f"{damp_max:.3g}"
 
 
-def _samples_block(samples: list[Any] | None, limit: int = 10) -> str:
-    if samples is None:
-        return '<p class="muted">No samples.jsonl.</p>'
-    scalar_keys: list[str] = []
-    for rec in samples[:limit]:
-        if isinstance(rec, dict):
-            for k, v in rec.items():
-                if (v is None or isinstance(v, str | int | float | bool)) and k not in scalar_keys:
-                    scalar_keys.append(k)
-    scalar_keys = scalar_keys[:12]
-    out = f"<p>{len(samples)} per-sample records.</p>"
-    if scalar_keys:
-        head = "".join(f"<th>{_e(k)}</th>" for k in scalar_keys)
-        rows = []
-        for rec in samples[:limit]:
-            rec = rec if isinstance(rec, dict) else {}
-            rows.append("<tr>" + "".join(f"<td>{_e(_fmt_number(rec.get(k, '')))}</td>" for k in scalar_keys) + "</tr>")
-        out += (f"<details><summary>first {min(limit, len(samples))} records (scalar fields)</summary>"
-                f"<table><tr>{head}</tr>{''.join(rows)}</table></details>")
+# ---------------------------------------------------------------------------------------------
+# The page
+# ---------------------------------------------------------------------------------------------
+def _anchor(text: str) -> str:
+    return "run-" + re.sub(r"[^a-zA-Z0-9_-]+", "-", text).strip("-").lower()
+
+
+def _paired(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    from freqpure.errors import FreqpureError
+    from freqpure.evaluation.paired import compare_samples
+
+    with_samples = [r for r in runs if r.samples]
+    pairs = list(combinations(with_samples, 2))
+    defended = [(a, b) for a, b in pairs if a.method != "none" and b.method != "none"]
+    pairs = defended or pairs  # against the bare classifier the comparison says little when defences can be paired
+    out = []
+    for a, b in pairs:
+        try:
+            cmp = compare_samples(a.samples, b.samples, ["clean", *a.results.per_attack, "worst case"])
+        except FreqpureError:
+            continue  # no common images: nothing to pair
+        rows = [{"metric": r.metric, "a": _pct(r.accuracy_a), "b": _pct(r.accuracy_b), "only_a": r.only_a,
+                 "only_b": r.only_b, "p": f"{r.p:.3g}", "significant": r.p < 0.05} for r in cmp.rows]
+        worst = cmp.rows[-1]
+        out.append({"a": a.title, "b": b.title, "n": len(cmp.common), "rows": rows, "worst": worst,
+                    "both_defended": a.method != "none" and b.method != "none"})
     return out
 
 
-def _interval_text(stats: Mapping[str, Any] | None, k: int) -> tuple[str, str]:
-    if not stats:
-        return "", ""
-    try:
-        mean, lo, hi = stats["mean"][k], stats["lower"][k], stats["upper"][k]
-    except (KeyError, IndexError, TypeError):
-        return "", ""
-    if mean is None:
-        return "n/a", ""  # undefined, e.g. a 0/0 ratio
-    if lo is None or hi is None:
-        return _fmt_number(mean), ""
-    return _fmt_number(mean), f"[{_fmt_number(lo)}, {_fmt_number(hi)}]"
+def _reading(runs: Sequence[RunData], paired: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for run in runs:
+        r = run.results
+        attacks = len(r.per_attack)
+        if run.method == "none":
+            lines.append(f"Without a defence, the attack{'s' if attacks > 1 else ''} leave{'' if attacks > 1 else 's'} "
+                         f"{r.robust.correct} of {r.n} test images correctly classified ({_pct(r.robust.accuracy)}, "
+                         f"clean accuracy {_pct(r.clean.accuracy)}): "
+                         + ("the attack works on the bare classifier, so whatever a defence keeps is the defence's "
+                            "doing." if r.robust.accuracy <= 0.1 else "the attack is weak even without a defence; "
+                            "read the defended numbers with care."))
+        else:
+            lines.append(f"{run.title} keeps {r.robust.correct} of {r.n} test images correct under the worst case of "
+                         f"{attacks} adaptive attack{'s' if attacks > 1 else ''} (robust accuracy "
+                         f"{_pct(r.robust.accuracy)}, 95% interval {_interval(r.robust.ci95)}), against "
+                         f"{_pct(r.clean.accuracy)} on clean images.")
+    shown = [p for p in paired if p["both_defended"]] or paired[:1]
+    for p in shown:
+        w = p["worst"]
+        verdict = ("a difference larger than chance explains (p < 0.05)" if w.p < 0.05
+                   else "not distinguishable from chance at this n (p >= 0.05)")
+        lines.append(f"On the {p['n']} images both runs attacked, {p['a']} is robust where {p['b']} is not on "
+                     f"{w.only_a} image(s), the reverse on {w.only_b} (exact McNemar p = {w.p:.3g}): {verdict}.")
+    warned = [run.title for run in runs if run.results.warnings]
+    if warned:
+        lines.append(f"Warnings were raised for {', '.join(warned)}: see the section of that defence before trusting "
+                     "its numbers.")
+    return lines
 
 
-def _analysis_block(analysis: AnalysisData) -> str:
+def _what_was_run(runs: Sequence[RunData]) -> dict[str, Any]:
+    from freqpure.evaluation.table import attack_settings
+
+    defences = [{"title": run.title, "text": defence_in_words(run.results)} for run in runs]
+    attacks: list[str] = []
+    for run in runs:
+        for label, attack in run.results.attacks():
+            text = f"{label}: {attack_settings(attack)}"
+            if run.method != "none" and text not in attacks:
+                attacks.append(text)
+    if not attacks:
+        attacks = [f"{label}: {attack_settings(a)}" for label, a in runs[0].results.attacks()]
+    first = runs[0].results
+    data = f"{first.n} test images ({first.data}), seed {first.seed}, noise scheme {first.noise_scheme}"
+    return {"defences": defences, "attacks": attacks, "data": data}
+
+
+def _accuracy_table(runs: Sequence[RunData]) -> dict[str, Any]:
+    from freqpure.evaluation.table import table_columns
+
+    columns, placement = table_columns([run.results for run in runs])
+
+    def cell(acc):
+        if acc is None:
+            return None
+        return {"value": _pct(acc.accuracy), "interval": _interval(acc.ci95), "count": f"{acc.correct}/{acc.n}"}
+
+    rows = []
+    for run, mine in zip(runs, placement):
+        r = run.results
+        by_col = {i: r.per_attack[label] for label, i in mine.items()}
+        rows.append({"title": run.title, "anchor": _anchor(run.title), "n": r.n, "clean": cell(r.clean),
+                     "attacks": [cell(by_col.get(i)) for i in range(len(columns))], "robust": cell(r.robust)})
+    return {"columns": [{"heading": c.heading.strip("`"), "settings": c.settings} for c in columns], "rows": rows}
+
+
+def _run_section(run: RunData, spectra_examples: int) -> dict[str, Any]:
+    from freqpure.evaluation.table import attack_settings
+
+    r = run.results
+    attacks = []
+    for label, attack in r.attacks():
+        secs = r.timings.per_attack_seconds_per_sample.get(label)
+        acc = r.per_attack[label]
+        attacks.append({"label": label, "settings": attack_settings(attack),
+                        "accuracy": f"{_pct(acc.accuracy)} {_interval(acc.ci95)}",
+                        "time": "" if secs is None else f"{secs:.2f} s per image"})
+    t = r.timings
+    facts = [*_purifier_facts(r), ("images", f"{r.n} ({r.data})"), ("seed", str(r.seed)),
+             ("time", f"{t.seconds_per_sample:.2f} s per image, {t.sample_seconds_total / 60:.1f} min of batch work on "
+                      f"{r.world_size} process(es)" + ("; resumed from an interrupted run" if r.resumed else ""))]
+    spectra_blocks = []
+    if run.method != "none" and run.examples is not None:
+        for i in range(min(spectra_examples, run.examples["clean"].shape[0])):
+            rows, scale = _spectra_rows(run.examples, i)
+            spectra_blocks.append({"index": i, "rows": rows, "scale": scale})
+    return {"title": run.title, "anchor": _anchor(run.title), "path": str(run.path), "facts": facts,
+            "attacks": attacks, "sanity": _sanity_rows(r), "warnings": r.warnings, "protocol": _protocol_rows(r),
+            "spectra": spectra_blocks, "purifier": run.method != "none"}
+
+
+def _analysis_view(analysis: AnalysisData) -> dict[str, Any]:
     data = analysis.data
     summary = data.get("summary", {}) if isinstance(data.get("summary"), dict) else {}
-    parts = [f'<p class="muted">From {_e(analysis.path.name)}.</p>']
-    cases = summary.get("cases", {})
-    if isinstance(cases, dict) and cases:
-        rows = []
-        for name, case in cases.items():
-            case = case if isinstance(case, dict) else {}
-            amp = (case.get("amplitude") or {}).get("spearman")
-            pha = (case.get("phase") or {}).get("spearman")
-            rows.append(f'<tr><td>{_e(name)}</td><td class="num">{_e(case.get("n", ""))}</td>'
-                        f'<td class="num">{_e(_fmt_number(amp))}</td><td class="num">{_e(_fmt_number(pha))}</td></tr>')
-        parts.append("<h3>Trend with frequency</h3><table><tr><th>case</th><th>images</th>"
-                     "<th>Spearman(band, amplitude damage)</th><th>Spearman(band, phase damage)</th></tr>"
-                     + "".join(rows) + "</table>")
-    ratios = summary.get("ratios", {})
-    if isinstance(ratios, dict):
-        for key, entry in ratios.items():
-            if not isinstance(entry, dict) or not entry.get("bands"):
-                continue
-            columns = {}
-            for quantity in ("amplitude", "phase"):
-                stats = entry.get(quantity)
-                if isinstance(stats, dict):
-                    for j, band in enumerate(stats.get("bands", entry["bands"])):
-                        columns.setdefault(band, {})[quantity] = _interval_text(stats, j)
-            rows = []
-            for band in entry["bands"]:
-                am, ai = columns.get(band, {}).get("amplitude", ("", ""))
-                pm, pi = columns.get(band, {}).get("phase", ("", ""))
-                rows.append(f'<tr><td class="num">{_e(band)}</td><td class="num">{_e(am)}</td><td class="num">'
-                            f'{_e(ai)}</td><td class="num">{_e(pm)}</td><td class="num">{_e(pi)}</td></tr>')
-            parts.append(f"<h3>Low-frequency damage ratio {_e(key)} (bands within r &le; {_e(entry.get('radius'))})"
-                         "</h3><table><tr><th>band</th><th>amplitude ratio</th><th>95% interval</th>"
-                         "<th>phase ratio</th><th>95% interval</th></tr>" + "".join(rows) + "</table>"
-                         '<p class="muted">Ratio of mean damage over the same images; below 1: the numerator '
-                         "damages that band less.</p>")
-    targets = data.get("targets")
-    if isinstance(targets, dict) and targets:
-        rows = []
-        for name, t in targets.items():
-            t = t if isinstance(t, dict) else {"value": t}
-            passed = t.get("pass")
-            verdict = "" if passed is None else ('<span class="pass">pass</span>' if passed
-                                                 else '<span class="fail">fail</span>')
-            rows.append(f"<tr><td>{_e(name)}</td><td class=\"num\">{_e(_fmt_number(t.get('value')))}</td>"
-                        f"<td>{_e(t.get('target', ''))}</td><td>{verdict}</td></tr>")
-        parts.append("<h3>Targets</h3><table><tr><th>target</th><th>value</th><th>requirement</th><th></th></tr>"
-                     + "".join(rows) + "</table>")
-    for name, png in analysis.plots.items():
-        parts.append(f'<div class="plot"><h3>{_e(name)}</h3>{_img(png, name)}</div>')
+    cases = []
+    for name, case in (summary.get("cases") or {}).items():
+        case = case if isinstance(case, dict) else {}
+        cases.append({"name": name, "n": case.get("n", ""),
+                      "amplitude": _fmt((case.get("amplitude") or {}).get("spearman")),
+                      "phase": _fmt((case.get("phase") or {}).get("spearman"))})
+    targets = []
+    for name, t in (data.get("targets") or {}).items():
+        t = t if isinstance(t, dict) else {"value": t}
+        targets.append({"name": name, "value": _fmt(t.get("value")), "target": str(t.get("target", "")),
+                        "pass": t.get("pass")})
+    plots = [{"name": name, "image": _image(png, name)} for name, png in analysis.plots.items()]
     settings = data.get("settings")
-    if isinstance(settings, dict):
-        parts.append("<details><summary>analysis settings</summary>" + _kv_table(_flatten(settings)) + "</details>")
-    return "".join(parts)
+    return {"file": analysis.path.name, "cases": cases, "targets": targets, "plots": plots,
+            "settings": json.dumps(settings, indent=2, default=str) if settings is not None else None}
 
 
-def _run_section(run: RunData, max_examples: int, max_spectra: int, anchor: str) -> str:
-    parts = [f'<section class="run" id="{_e(anchor)}"><h2>{_e(run.name)}</h2>',
-             f'<p class="muted">{_e(run.path)}</p>',
-             "<h3>Results</h3>", _results_table(run.results), _sections_tables(run.results),
-             "<h3>Settings</h3>", f"<pre>{_e(run.config_text)}</pre>"]
-    if run.results_md is not None:
-        parts.append(f"<details><summary>results.md</summary><pre>{_e(run.results_md)}</pre></details>")
-    parts += ["<h3>Examples</h3>", _grid(run, max_examples),
-              "<h3>Amplitude and phase spectra</h3>", _spectra_block(run, max_spectra),
-              "<h3>Per-sample records</h3>", _samples_block(run.samples)]
-    if run.analysis is not None:
-        parts += ["<h3>Frequency analysis</h3>", _analysis_block(run.analysis)]
-    parts.append("</section>")
-    return "".join(parts)
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4g}" if math.isfinite(v) else "n/a"
+    return str(v)
 
 
-def _comparison_table(runs: Sequence[RunData]) -> str:
-    """Rows: runs; columns: every metric with an interval in any run (e.g. clean / robust accuracy)."""
-    per_run = {run.name: {m.name: m for m in metric_rows(run.results) if m.interval is not None} for run in runs}
-    names: list[str] = []
-    for metrics in per_run.values():
-        names += [n for n in metrics if n not in names]
-    if not names:
-        return ""
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    rows = []
-    for run in runs:
-        cells = []
-        for n in names:
-            m = per_run[run.name].get(n)
-            if m is None:
-                cells.append("<td></td>")
-                continue
-            value, interval = _fmt_metric(m)
-            cells.append(f'<td class="num">{_e(value)}<br><span class="muted">{_e(interval)}</span></td>')
-        rows.append(f'<tr><td><a href="#run-{_e(run.name)}">{_e(run.name)}</a></td>{"".join(cells)}</tr>')
-    return (f"<table><tr><th>defence</th>{head}</tr>{''.join(rows)}</table>"
-            '<p class="muted">Value and 95% interval as stored in each run\'s results.json.</p>')
+def _raw(inputs: ReportInputs) -> list[dict[str, str]]:
+    raw = []
+    if inputs.demo is not None:
+        raw.append({"name": "demo settings (results.json)",
+                    "text": yaml.safe_dump(inputs.demo.settings, sort_keys=False)})
+    for run in inputs.runs:
+        r = run.results
+        meta = {"schema_version": r.schema_version, "noise_scheme": r.noise_scheme, "versions": r.versions}
+        raw.append({"name": f"{run.title}: config.yaml", "text": run.config_text})
+        raw.append({"name": f"{run.title}: versions and noise scheme", "text": yaml.safe_dump(meta, sort_keys=False)})
+    return raw
 
 
-def render_html(inputs: ReportInputs, *, max_examples: int = 12, max_spectra: int = 2) -> str:
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env
+
+
+def render_html(inputs: ReportInputs, *, max_examples: int = 8, max_spectra: int = 1) -> str:
     """The report page for ``inputs`` (see :func:`write_report`)."""
     from freqpure import __version__
 
-    title = f"freqpure report: {inputs.path.resolve().name}"
-    body = [f"<h1>{_e(title)}</h1>",
-            f'<p class="muted">{_e(inputs.kind)} directory {_e(inputs.path)} &middot; freqpure {_e(__version__)}</p>']
-    nav = [f'<a href="#run-{_e(r.name)}">{_e(r.name)}</a>' for r in inputs.runs]
+    runs = inputs.runs
+    names = ", ".join(p.resolve().name for p in inputs.paths)
+    page: dict[str, Any] = {"title": f"freqpure report: {names}", "kind": inputs.kind, "version": __version__,
+                            "paths": [str(p) for p in inputs.paths], "csp": CSP, "runs": [], "grid": None,
+                            "analysis": None, "paired": [], "reading": [], "what": None, "accuracy": None,
+                            "accuracy_plot": None, "raw": _raw(inputs)}
+    if runs:
+        paired = _paired(runs)
+        page.update(what=_what_was_run(runs), accuracy=_accuracy_table(runs), paired=paired,
+                    reading=_reading(runs, paired), accuracy_plot=_image(_accuracy_png(runs), "accuracy plot"),
+                    runs=[_run_section(run, max_spectra) for run in runs])
+        if max_examples > 0 and any(run.examples is not None for run in runs):
+            use_saved = inputs.grid_png is not None and max_examples >= 8
+            png = inputs.grid_png if use_saved else _grid_png(runs, max_examples)
+            page["grid"] = {"image": _image(png, "examples: clean, adversarial and purified images with predictions"),
+                            "defences": [run.title for run in runs]}
     if inputs.analysis is not None:
-        nav.append('<a href="#analysis">frequency analysis</a>')
-    if len(nav) > 1:
-        body.append("<nav>" + "".join(nav) + "</nav>")
-    if inputs.kind == "demo":
-        body.append("<h2>Summary</h2>" + _comparison_table(inputs.runs))
-        body.append(_sections_tables(inputs.results or {}))
-        body.append("<details><summary>every value in the demo's results.json</summary>"
-                    + _results_table(inputs.results or {}) + "</details>")
-        if inputs.grid_png is not None:
-            body.append(f'<h3>Grid</h3><div class="plot">{_img(inputs.grid_png, "demo grid")}</div>')
-    for run in inputs.runs:
-        body.append(_run_section(run, max_examples, max_spectra, f"run-{run.name}"))
-    if inputs.analysis is not None:
-        body.append('<section class="run" id="analysis"><h2>Frequency analysis</h2>'
-                    + _analysis_block(inputs.analysis) + "</section>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
+        page["analysis"] = _analysis_view(inputs.analysis)
+    return _environment().get_template("report.html.j2").render(page=page)
 
 
 def write_report(
-    run_dir: str | Path,
+    run_dir: str | Path | Sequence[str | Path],
     out: str | Path | None = None,
     *,
-    max_examples: int = 12,
-    max_spectra: int = 2,
+    max_examples: int = 8,
+    max_spectra: int = 1,
 ) -> Path:
-    """Write a self-contained HTML report of ``run_dir`` and return its path.
+    """Write a self-contained HTML report and return its path.
 
     Args:
-        run_dir: an evaluation run dir, a demo dir (one run dir per defence) or an analysis dir.
-        out: output file (default ``run_dir/report.html``).
-        max_examples: examples shown in each image grid.
-        max_spectra: examples whose spectra are shown per run.
+        run_dir: an evaluation run dir, a demo dir, an analysis dir, or a list of run dirs (a comparison).
+        out: output file (default ``run_dir/report.html``; required for several run dirs).
+        max_examples: rows of the example grid (0: no grid).
+        max_spectra: examples whose amplitude/phase spectra are shown per defended run.
+
+    The page is kept under :data:`MAX_BYTES` by showing fewer spectra, then fewer grid rows.
 
     Raises:
         FileNotFoundError: a required file is missing (the message names it).
@@ -799,8 +694,16 @@ def write_report(
     """
     if max_examples < 0 or max_spectra < 0:
         raise UsageError("max_examples and max_spectra must be >= 0")
+    many = not isinstance(run_dir, str | Path)
+    if many and len(run_dir) == 1:
+        run_dir, many = run_dir[0], False
+    if many and out is None:
+        raise UsageError("several run dirs: give the output file (--out FILE)")
     inputs = ReportInputs.read(run_dir)
     page = render_html(inputs, max_examples=max_examples, max_spectra=max_spectra)
+    while len(page.encode()) > MAX_BYTES and (max_spectra > 0 or max_examples > 2):
+        max_spectra, max_examples = (max_spectra - 1, max_examples) if max_spectra > 0 else (0, max_examples // 2)
+        page = render_html(inputs, max_examples=max_examples, max_spectra=max_spectra)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

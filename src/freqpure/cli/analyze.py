@@ -1,269 +1,24 @@
-"""``freqpure analyze --out DIR``: damage to amplitude and phase vs frequency, for attack and purifiers.
+"""freqpure analyze --out DIR: damage to amplitude and phase vs frequency, for the attack and the purifiers.
 
-On a deterministic class-balanced CIFAR-10 subset: attack the classifier with PGD (L∞, 8/255 by
-default), purify the adversarial images with DiffPure and with FreqPure (same plan, same noise
-draws, so the two differ only by FreqPure's frequency exchange), and measure, per radial frequency
-band, the amplitude and phase damage of each relative to the clean image
-(:mod:`freqpure.analysis`). Writes
-
-* ``analysis.json`` — settings, per-band means with 95% confidence intervals, Spearman correlation
-  of band index vs damage, FreqPure/DiffPure damage ratio in the bands inside FreqPure's exchange
-  radius, accuracies, targets, versions and timings;
-* ``analysis_amplitude.png``, ``analysis_phase.png``, ``analysis_ratio.png`` — the plots;
-* ``damage.npz`` — the per-image, per-band damage of every case (float64 ``[n, K]``).
-
-The attack is against the *undefended* classifier: the analysis is about what adversarial
-perturbations do to the spectrum and what each purifier does to it, not about robustness (that is
-``freqpure evaluate``). ``freqpure report DIR`` renders the result as HTML.
+On a deterministic class-balanced CIFAR-10 subset: attack the classifier with PGD (L-inf, 8/255 by default),
+purify the adversarial images with DiffPure and with FreqPure (same plan, same noise), and measure the
+amplitude and phase damage per radial frequency band. Writes analysis.json, the PNG plots and damage.npz
+(the pipeline is freqpure.evaluation.analyze). The attack is against the undefended classifier: this is
+about the spectrum, not robustness (that is freqpure evaluate). freqpure report DIR renders it as HTML.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from torch import Tensor, nn
+from freqpure.cli.common import add_config_args, add_runtime_args, apply_runtime_args, load_command_config
 
-from freqpure.analysis import BandDamage, RadialBands, band_damage, summarise_cases
-from freqpure.errors import UsageError
-from freqpure.samplers import StepNoise
+__all__ = ["register", "run"]
 
-__all__ = [
-    "register",
-    "run",
-    "AttackFn",
-    "Measurement",
-    "pgd_attack",
-    "measure",
-    "write_analysis",
-    "targets",
-]
-
-AttackFn = Callable[[Tensor, Tensor, int], Tensor]
-"""``attack(x [B,C,H,W] in [0,1], y [B], batch_index) -> x_adv [B,C,H,W] in [0,1]``."""
-
-SPEARMAN_TARGET = 0.9
-
-
-# ---------------------------------------------------------------------------------------------
-# The attack (freqpure.attacks)
-# ---------------------------------------------------------------------------------------------
-def pgd_attack(
-    classifier: nn.Module, *, eps: float = 8 / 255, steps: int = 20, step_size: float = 2 / 255,
-    random_start: bool = True, seed: int = 0,
-) -> AttackFn:
-    """PGD L∞ against the bare ``classifier`` (cross-entropy), from :mod:`freqpure.attacks`.
-
-    Per sample the iterate with the highest loss is kept (``keep="best"``). Batch ``i`` seeds its
-    random start with ``seed + i`` (nothing else is random: the undefended classifier is deterministic).
-    """
-    from freqpure.attacks import AttackModel, EOTGradient, pgd
-
-    model = AttackModel(classifier)
-
-    def attack(x: Tensor, y: Tensor, batch_index: int) -> Tensor:
-        oracle = EOTGradient(model, eot=1, loss="ce", seed=seed + batch_index)
-        gen = torch.Generator().manual_seed(seed + batch_index)  # pgd draws its random start on the CPU
-        result = pgd(oracle, x, y, norm="linf", eps=eps, steps=steps, step_size=step_size,
-                     random_init=random_start, keep="best", generator=gen)
-        return result.x_adv.detach()
-
-    return attack
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Measurement:
-    """Everything measured on ``n`` images.
-
-    ``damage``: case → :class:`BandDamage` (``adversarial``, then one per purifier, optionally
-    ``clean_<purifier>``); ``correct``: case → bool ``[n]`` (classifier correct on that case's
-    images; ``clean`` included); ``timings``: seconds per stage.
-    """
-
-    damage: dict[str, BandDamage]
-    correct: dict[str, Tensor]
-    timings: dict[str, float] = field(default_factory=dict)
-    linf: Tensor | None = None  # [n] L∞ norm of the adversarial perturbation
-
-
-def _predict(classifier: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return classifier(x).argmax(1)
-
-
-def measure(
-    x: Tensor,
-    y: Tensor,
-    classifier: nn.Module,
-    purifiers: Mapping[str, nn.Module],
-    attack: AttackFn,
-    *,
-    bands: RadialBands | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    amp_floor: float = 1e-3,
-    include_clean: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> Measurement:
-    """Attack, purify and measure band damage on ``x`` ``[n, C, H, W]`` in [0, 1] with labels ``y`` ``[n]``.
-
-    Every purifier gets the same noise for the same batch (``StepNoise(seed).child(batch_index)``),
-    so their differences are paired. With ``include_clean`` the purifiers also run on the clean
-    images (cases ``clean_<name>``: what purification alone does to the spectrum).
-    """
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else x.device
-    bands = bands or RadialBands.integer(x.shape[-2], x.shape[-1])
-    parts: dict[str, list[BandDamage]] = {}
-    correct: dict[str, list[Tensor]] = {}
-    timings = {"attack": 0.0, "purify": 0.0, "measure": 0.0}
-    linf = []
-    starts = range(0, x.shape[0], batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, desc="analyze", unit="batch")
-    for b, start in enumerate(starts):
-        xb = x[start : start + batch_size].to(device)
-        yb = y[start : start + batch_size].to(device)
-        t0 = time.perf_counter()
-        adv = attack(xb, yb, b).detach()
-        timings["attack"] += time.perf_counter() - t0
-        linf.append((adv - xb).abs().flatten(1).amax(1).cpu())
-        images = {"clean": xb, "adversarial": adv}
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for name, purifier in purifiers.items():
-                noise = StepNoise(seed).child(b)
-                images[name] = purifier(adv, noise=noise)
-                if include_clean:
-                    images[f"clean_{name}"] = purifier(xb, noise=noise)
-        timings["purify"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for name, imgs in images.items():
-            correct.setdefault(name, []).append((_predict(classifier, imgs) == yb).cpu())
-            if name != "clean":
-                parts.setdefault(name, []).append(band_damage(imgs.cpu(), xb.cpu(), bands, amp_floor=amp_floor))
-        timings["measure"] += time.perf_counter() - t0
-    damage = {name: BandDamage.concat(p) for name, p in parts.items()}
-    return Measurement(damage, {k: torch.cat(v) for k, v in correct.items()}, timings, torch.cat(linf))
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing
-# ---------------------------------------------------------------------------------------------
-def targets(summary: Mapping[str, Any], ratio_key: str = "freqpure/diffpure") -> dict[str, dict[str, Any]]:
-    """The issue's pass/fail checks on a :func:`summarise_cases` result.
-
-    * adversarial damage rises with frequency: Spearman(band, damage) ≥ 0.9, amplitude and phase;
-    * FreqPure damages the low bands less than DiffPure: mean ratio < 1 in every band inside the
-      exchange radius (``all_upper_below_1`` also says whether every 95% interval lies below 1).
-    """
-    out: dict[str, dict[str, Any]] = {}
-    adv = summary["cases"].get("adversarial")
-    if adv is not None:
-        for q in ("amplitude", "phase"):
-            rho = adv[q]["spearman"]
-            ok = rho is not None and math.isfinite(rho) and rho >= SPEARMAN_TARGET
-            out[f"adversarial_{q}_spearman"] = {"value": rho, "target": f">= {SPEARMAN_TARGET}", "pass": bool(ok)}
-    entry = summary.get("ratios", {}).get(ratio_key)
-    if entry is not None:
-        for q in ("amplitude", "phase"):
-            stats = entry.get(q)
-            if not stats:
-                continue
-            means = [m for m in stats["mean"] if m is not None]  # None: 0/0, e.g. the phase of the DC bin
-            uppers = [u for u in stats["upper"] if u is not None]
-            out[f"{ratio_key}_low_{q}_ratio"] = {
-                "value": max(means) if means else None,
-                "target": f"< 1 in every band k <= {stats.get('radius', entry['radius'])} with a defined ratio "
-                "(value: the largest ratio)",
-                "pass": bool(means) and all(m < 1 for m in means),
-                "all_upper_below_1": bool(uppers) and all(u < 1 for u in uppers),
-                "undefined_bands": [b for b, m in zip(stats.get("bands", entry["bands"]), stats["mean"]) if m is None],
-            }
-    return out
-
-
-def _accuracy(correct: Mapping[str, Tensor]) -> dict[str, dict[str, float | int]]:
-    return {name: {"correct": int(c.sum()), "n": int(c.numel()), "accuracy": float(c.double().mean())}
-            for name, c in correct.items()}
-
-
-def write_analysis(
-    out_dir: str | Path,
-    measurement: Measurement,
-    *,
-    settings: Mapping[str, Any],
-    low_radius: Mapping[str, float | None] | float | None,
-    ci: Mapping[str, Any] | None = None,
-    plots: bool = True,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Summarise ``measurement`` and write ``analysis.json``, ``damage.npz`` and the PNG plots to ``out_dir``.
-
-    ``low_radius``: FreqPure's exchange radius (``{"amplitude": r_a, "phase": r_p}`` or one number);
-    ``ci``: keyword arguments of :func:`freqpure.analysis.summarise` (method, level, n_boot, seed).
-    Returns the dict written to ``analysis.json``.
-    """
-    from freqpure.provenance import write_json_atomic
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ratios = [("freqpure", "diffpure")] if {"freqpure", "diffpure"} <= set(measurement.damage) else []
-    summary = summarise_cases(measurement.damage, ratios=ratios, low_radius=low_radius, **dict(ci or {}))
-    result: dict[str, Any] = {
-        "format": "freqpure-analysis/1",
-        "settings": dict(settings),
-        "summary": summary,
-        "targets": targets(summary),
-        "accuracy": _accuracy(measurement.correct),
-        "perturbation_linf_max": float(measurement.linf.max()) if measurement.linf is not None else None,
-        "timings": {k: round(v, 3) for k, v in measurement.timings.items()},
-        "plots": {},
-        **dict(extra or {}),
-    }
-    arrays = {f"{name}_{q}": getattr(d, q).numpy() for name, d in measurement.damage.items()
-              for q in ("amplitude", "phase")}
-    np.savez_compressed(out_dir / "damage.npz", **arrays, band_edges=np.asarray(summary["bands"]["edges"]))
-    if plots:
-        from freqpure.plots import damage_plot, ratio_plot
-
-        radius = low_radius.get("amplitude") if isinstance(low_radius, Mapping) else low_radius
-        for q in ("amplitude", "phase"):
-            r = low_radius.get(q) if isinstance(low_radius, Mapping) else low_radius
-            name = f"analysis_{q}.png"
-            damage_plot(summary, q, out_dir / name, radius=r)
-            result["plots"][f"{q} damage vs frequency"] = name
-        if ratios and summary["ratios"]["freqpure/diffpure"]["bands"]:
-            ratio_plot(summary, "freqpure/diffpure", out_dir / "analysis_ratio.png")
-            result["plots"][f"FreqPure / DiffPure low-frequency damage ratio (r <= {radius})"] = "analysis_ratio.png"
-    write_json_atomic(result, out_dir / "analysis.json")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-def _fraction(text: str) -> float:
-    """``"8/255"`` or ``"0.0314"`` → float."""
-    num, sep, den = text.partition("/")
-    try:
-        return float(num) / float(den) if sep else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+_FLAGS = ("n", "data_dir", "classifier", "diffusion", "eps", "attack_steps", "step_size", "random_start", "rounds",
+          "sampler", "amp_radius", "phase_radius", "delta", "mode", "reference", "include_clean", "max_radius", "ci",
+          "n_boot", "amp_floor", "plots", "batch_size", "seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -274,93 +29,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--n", type=int, default=256, help="images: class-balanced CIFAR-10 test subset (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset, attack, purifiers and bootstrap")
-    p.add_argument("--data-dir", help="CIFAR-10 folder (default: $FREQPURE_DATA or the usual places)")
-    p.add_argument("--classifier", default="cifar10-resnet-small", help="classifier name or checkpoint path")
-    p.add_argument("--diffusion", default="cifar10-ddpm-small", help="diffusion model name or checkpoint path")
+    p.add_argument("--n", type=int, help="images: class-balanced CIFAR-10 test subset (default: 256)")
+    p.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 folder (default: $FREQPURE_DATA or the usual places)")
+    p.add_argument("--classifier", metavar="NAME|PATH",
+                   help="classifier name or checkpoint path (default: cifar10-resnet-small)")
+    p.add_argument("--diffusion", metavar="NAME|PATH",
+                   help="diffusion model name or checkpoint path (default: cifar10-ddpm-small)")
     g = p.add_argument_group("attack (PGD L-inf against the undefended classifier)")
-    g.add_argument("--eps", type=_fraction, default=8 / 255, help="L-inf radius (default 8/255)")
-    g.add_argument("--attack-steps", type=int, default=20, help="PGD iterations (default 20)")
-    g.add_argument("--step-size", type=_fraction, default=2 / 255, help="PGD step (default 2/255)")
-    g.add_argument("--no-random-start", dest="random_start", action="store_false", help="start PGD at x")
+    g.add_argument("--eps", help="L-inf radius, a number or a fraction (default: 8/255)")
+    g.add_argument("--attack-steps", type=int, help="PGD iterations (default: 20)")
+    g.add_argument("--step-size", help="PGD step, a number or a fraction (default: 2/255)")
+    g.add_argument("--no-random-start", dest="random_start", action="store_const", const=False, default=None,
+                   help="start PGD at the clean image")
     g = p.add_argument_group("purifiers (DiffPure and FreqPure share the plan, sampler and noise)")
-    g.add_argument("--rounds", default="100:20", help="purification plan T:STEPS[,...] (default 100:20)")
-    g.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "sde"])
-    g.add_argument("--amp-radius", type=float, default=10.0, help="FreqPure amplitude radius (default 10)")
-    g.add_argument("--phase-radius", type=float, default=10.0, help="FreqPure phase radius (default 10)")
-    g.add_argument("--delta", type=float, default=0.3, help="FreqPure phase half-width in radians (default 0.3)")
-    g.add_argument("--mode", default="paper", choices=["paper", "reference"])
-    g.add_argument("--reference", default="input", choices=["input", "denoised"])
-    g.add_argument("--include-clean", action="store_true", help="also purify the clean images")
+    g.add_argument("--rounds", help="purification plan T:STEPS[,...] (default: 100:20)")
+    g.add_argument("--sampler", choices=["ddpm", "ddim", "sde"], help="sampler: ddpm, ddim or sde (default: ddpm)")
+    g.add_argument("--amp-radius", type=float, help="FreqPure amplitude radius (default: 10)")
+    g.add_argument("--phase-radius", type=float, help="FreqPure phase radius (default: 10)")
+    g.add_argument("--delta", type=float, help="FreqPure phase half-width in radians (default: 0.3)")
+    g.add_argument("--mode", choices=["paper", "reference"], help="FreqPure mode: paper or reference (default: paper)")
+    g.add_argument("--reference", choices=["input", "denoised"],
+                   help="FreqPure reference: input or denoised (default: input)")
+    g.add_argument("--include-clean", action="store_const", const=True, default=None,
+                   help="also purify the clean images")
     g = p.add_argument_group("analysis")
     g.add_argument("--max-radius", type=float, help="last band edge (default: the spectrum's corner)")
-    g.add_argument("--ci", default="bootstrap", choices=["bootstrap", "normal"], help="interval method")
-    g.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    g.add_argument("--amp-floor", type=float, default=1e-3, help="relative amplitude floor (default 1e-3)")
-    g.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--ci", choices=["bootstrap", "normal"], help="interval method: bootstrap or normal (default: "
+                   "bootstrap)")
+    g.add_argument("--n-boot", type=int, help="bootstrap resamples (default: 2000)")
+    g.add_argument("--amp-floor", type=float, help="relative amplitude floor (default: 1e-3)")
+    g.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=None,
+                   help="skip the PNG plots")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: 64)")
     p.add_argument("--report", action="store_true", help="also write report.html (freqpure report)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_config_args(p, "analysis")
+    add_runtime_args(p)
     p.set_defaults(func=run)
-
-
-def _purifier_configs(args: argparse.Namespace) -> dict[str, Any]:
-    from freqpure.config import PurifierConfig
-
-    common = dict(diffusion=args.diffusion, rounds=args.rounds, sampler=args.sampler)
-    return {
-        "diffpure": PurifierConfig(method="diffpure", **common),
-        "freqpure": PurifierConfig(method="freqpure", amp_radius=args.amp_radius, phase_radius=args.phase_radius,
-                                   delta=args.delta, mode=args.mode, reference=args.reference, **common),
-    }
 
 
 def run(args: argparse.Namespace) -> int:
     from freqpure.cli.common import resolve_device
-    from freqpure.config import build_purifier, to_dict
-    from freqpure.data import eval_subset
-    from freqpure.models.registry import load_classifier, load_diffusion
-    from freqpure.provenance import environment
+    from freqpure.evaluation.analyze import AnalyzeSettings, run_analysis
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.n < 1 or args.batch_size < 1:
-        raise UsageError("--n and --batch-size must be >= 1")
-    device = resolve_device(args.device)
-    t0 = time.perf_counter()
-    subset = eval_subset(args.n, args.seed, data_dir=args.data_dir)
-    classifier = load_classifier(args.classifier, device=device).eval()
-    eps_model = load_diffusion(args.diffusion, device=device)
-    configs = _purifier_configs(args)
-    purifiers = {name: build_purifier(cfg, eps_model, seed=args.seed, device=device) for name, cfg in configs.items()}
-    bands = RadialBands.integer(subset.x.shape[-2], subset.x.shape[-1], args.max_radius)
-    attack = pgd_attack(classifier, eps=args.eps, steps=args.attack_steps, step_size=args.step_size,
-                        random_start=args.random_start, seed=args.seed)
-    setup = time.perf_counter() - t0
-    m = measure(subset.x, subset.y, classifier, purifiers, attack, bands=bands, batch_size=args.batch_size,
-                seed=args.seed, amp_floor=args.amp_floor, include_clean=args.include_clean, device=device,
-                progress=args.progress)
-    m.timings["setup"] = setup
-    settings = {
-        "data": {"dataset": "cifar10", "split": "test", "n": args.n, "seed": args.seed,
-                 "indices_sha": _digest(subset.indices)},
-        "classifier": args.classifier,
-        "attack": {"name": "pgd", "norm": "linf", "eps": args.eps, "steps": args.attack_steps,
-                   "step_size": args.step_size, "random_start": args.random_start, "target": "undefended classifier",
-                   "loss": "ce"},
-        "purifiers": {name: to_dict(cfg) for name, cfg in configs.items()},
-        "noise": "both purifiers get StepNoise(seed).child(batch_index) for each batch (paired)",
-        "bands": "integer radius bins k-1 < r <= k of the centred spectrum (band 0: DC)",
-        "amp_floor": args.amp_floor,
-        "batch_size": args.batch_size,
-    }
-    low = {"amplitude": args.amp_radius, "phase": args.phase_radius}
-    ci = {"method": args.ci, "n_boot": args.n_boot, "seed": args.seed}
-    result = write_analysis(args.out, m, settings=settings, low_radius=low, ci=ci, plots=args.plots,
-                            extra={"versions": environment(device)})
+    apply_runtime_args(args)
+    settings = load_command_config(AnalyzeSettings, args, {k: getattr(args, k) for k in _FLAGS})
+    result = run_analysis(settings, args.out, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"analysis: {args.out / 'analysis.json'}")
     for name, t in result["targets"].items():
         value = t["value"]
@@ -371,9 +84,3 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(args.out)}")
     return 0
-
-
-def _digest(indices: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]

@@ -1,8 +1,9 @@
-"""``freqpure report RUN_DIR``: a self-contained HTML report of an evaluation run, a demo or an analysis.
+"""freqpure report RUN...: a self-contained HTML report of evaluation runs, a demo or an analysis.
 
 The page has inline CSS and every image embedded as a PNG data URI (no scripts, no external
-assets): open it offline or mail it. See :mod:`freqpure.report` for what each kind of directory
-must hold.
+assets): open it offline or mail it. One directory: a run, a demo or an analysis directory (the report
+goes to DIR/report.html unless --out is given). Several run directories: one comparison page (--out
+required). See freqpure.report for what each kind of directory holds.
 """
 
 from __future__ import annotations
@@ -10,26 +11,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from freqpure.cli.common import add_runtime_args, apply_runtime_args
+
 __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="write a self-contained HTML report of a run, demo or analysis directory",
+        help="write a self-contained HTML report of runs, a demo or an analysis directory",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="evaluation run, demo or analysis directory")
-    p.add_argument("-o", "--out", type=Path, help="output HTML file (default: RUN_DIR/report.html)")
-    p.add_argument("--max-examples", type=int, default=12, help="examples per image grid (default 12)")
-    p.add_argument("--max-spectra", type=int, default=2, help="examples with spectra per run (default 2)")
+    p.add_argument("run_dirs", metavar="RUN", type=Path, nargs="+",
+                   help="evaluation run, demo or analysis directory (several run dirs: a comparison)")
+    p.add_argument("-o", "--out", type=Path, metavar="FILE",
+                   help="output HTML file (default: RUN/report.html; required for several runs)")
+    p.add_argument("--max-examples", type=int, default=8, metavar="N", help="rows of the example grid (default: 8)")
+    p.add_argument("--max-spectra", type=int, default=1, metavar="N",
+                   help="examples with amplitude/phase spectra per defended run (default: 1)")
+    add_runtime_args(p, device=False, seed=False, progress=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from freqpure.report import write_report
 
-    path = write_report(args.run_dir, args.out, max_examples=args.max_examples, max_spectra=args.max_spectra)
+    apply_runtime_args(args)
+    dirs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
+    path = write_report(dirs, args.out, max_examples=args.max_examples, max_spectra=args.max_spectra)
     print(path)
     return 0

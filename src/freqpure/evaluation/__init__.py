@@ -9,7 +9,7 @@ from freqpure.evaluation.config import (
     SanityConfig,
     load_eval_config,
 )
-from freqpure.evaluation.results import wilson_interval
+from freqpure.evaluation.results import Results, SampleRecord, read_results, read_samples, wilson_interval
 from freqpure.evaluation.runner import evaluate
 
 __all__ = [
@@ -18,8 +18,12 @@ __all__ = [
     "DataConfig",
     "DefenceConfig",
     "EvalConfig",
+    "Results",
+    "SampleRecord",
     "SanityConfig",
     "evaluate",
     "load_eval_config",
+    "read_results",
+    "read_samples",
     "wilson_interval",
 ]

@@ -39,14 +39,18 @@ from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
 from freqpure.evaluation.results import (
     EXAMPLES_MAX,
-    accuracy,
+    SCHEMA_VERSION,
+    Accuracy,
+    Results,
+    SampleRecord,
+    Timings,
     assemble_examples,
     package_versions,
     render_markdown,
-    write_json,
+    write_results,
 )
 from freqpure.evaluation.store import SampleStore
-from freqpure.samplers import StepNoise
+from freqpure.samplers import NOISE_SCHEME, StepNoise
 
 __all__ = ["evaluate", "prepare_run_dir", "batch_seed", "Purpose"]
 
@@ -232,6 +236,7 @@ class BatchRunner:
                 }
             clean_ok = bool(pred_clean[s].item() == labels[s])
             records.append({
+                "schema_version": SCHEMA_VERSION,
                 "index": int(indices[s]), "position": int(positions[s]), "batch": batch, "label": labels[s],
                 "clean_pred": int(pred_clean[s]), "clean_correct": clean_ok, "attacks": attacks,
                 "robust": clean_ok and all(v["correct"] for v in attacks.values()),
@@ -255,7 +260,10 @@ class BatchRunner:
             fooled |= take
         noise = StepNoise(batch_seed(self.cfg.seed, batch, Purpose.EXAMPLE))
         purified = self.defence.purify_once(chosen_x[keep], noise)
+        with torch.no_grad():  # the bare classifier on this one purification (the grid's caption under it)
+            pred_purified = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)(purified)
         return {
+            "pred_purified": pred_purified.argmax(1).cpu().numpy().astype(np.int64),
             "clean": x[keep].cpu().numpy().astype(np.float32),
             "adversarial": chosen_x[keep].cpu().numpy().astype(np.float32),
             "purified": purified.cpu().numpy().astype(np.float32),
@@ -286,8 +294,8 @@ def evaluate(
     progress: bool = True,
     models: tuple[nn.Module, nn.Module | None] | None = None,
     ctx: DistContext | None = None,
-) -> dict[str, Any] | None:
-    """Evaluate ``cfg`` into run dir ``out``; returns the results dict (on rank 0; ``None`` elsewhere).
+) -> Results | None:
+    """Evaluate ``cfg`` into run dir ``out``; returns its :class:`Results` (on rank 0; ``None`` elsewhere).
 
     ``models``: ``(classifier, eps_model)`` to use instead of loading ``cfg``'s registry names.
     Under ``torchrun`` the batches are sharded across ranks (see :mod:`freqpure.evaluation.distributed`).
@@ -307,6 +315,7 @@ def evaluate(
         defence = build_defence(cfg, classifier, eps_model)
         runner = BatchRunner(cfg, defence, ctx.device)
         done = set(store.load())
+        resumed = resume and bool(done)  # a real resume: this invocation continues finished work
         n = len(data.indices)
         batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(0, n, cfg.batch_size)]
         todo = [b for b in ctx.shard(list(range(len(batches))))
@@ -317,7 +326,7 @@ def evaluate(
         if not ctx.is_main:
             return None
         return finalize(cfg, out, data, runner, keys, wall=time.perf_counter() - t_start, world_size=ctx.world_size,
-                        resumed=resume)
+                        resumed=resumed)
     finally:
         if own_ctx:
             ctx.close()
@@ -360,51 +369,44 @@ def _mean_seconds(values: list[float | None]) -> float | None:
 
 
 def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, keys: list[tuple[str, str, float]],
-             *, wall: float, world_size: int = 1, resumed: bool = False) -> dict[str, Any]:
-    """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz."""
-    records = SampleStore(out / "samples.jsonl").load()
+             *, wall: float, world_size: int = 1, resumed: bool = False) -> Results:
+    """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz.
+
+    ``resumed``: this invocation continued a run that already had finished samples.
+    """
+    raw = SampleStore(out / "samples.jsonl").load()
     wanted = [int(i) for i in data.indices]
-    missing = [i for i in wanted if i not in records]
+    missing = [i for i in wanted if i not in raw]
     if missing:
         raise RuntimeError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
                            "run again with --resume to finish them")
-    recs = [records[i] for i in wanted]
+    recs = [SampleRecord.from_dict(raw[i], f"samples.jsonl: index {i}") for i in wanted]
     labels = [a.display() for a in cfg.attacks]
     warnings: list[str] = []
-    results: dict[str, Any] = {
-        "name": cfg.name,
-        "defence": cfg.purifier.method,
-        "seed": cfg.seed,
-        "n": len(recs),
-        "data": data.source,
-        "clean": accuracy([r["clean_correct"] for r in recs]),
-        "robust": accuracy([r["robust"] for r in recs]),
-        "per_attack": {k: accuracy([r["attacks"][k]["correct"] for r in recs]) for k in labels},
-    }
-    if cfg.sanity.enabled and cfg.sanity.undefended:
-        results["undefended"] = {k: accuracy([r["undefended"][k] for r in recs]) for k, _, _ in keys}
-    results["protocol"] = protocol(cfg)
-    results["sanity"] = sanity_report(cfg, recs, results, runner, data, warnings)
-    sec = [r["seconds"] for r in recs]
+    per_attack = {k: Accuracy.of([r.attacks[k].correct for r in recs]) for k in labels}
+    undefended = ({k: Accuracy.of([r.undefended[k] for r in recs]) for k, _, _ in keys}
+                  if cfg.sanity.enabled and cfg.sanity.undefended else {})
+    sanity = sanity_report(cfg, recs, undefended, runner, data, warnings)
+    sec = [r.seconds for r in recs]
     total = sum(s["total"] for s in sec)
-    results["timings"] = {
-        "sample_seconds_total": total,
-        "seconds_per_sample": total / len(recs),
-        "attack_seconds_per_sample": sum(s["attack"] for s in sec) / len(recs),
-        "judge_seconds_per_sample": sum(s["judge"] for s in sec) / len(recs),
-        "sanity_seconds_per_sample": sum(s["sanity"] for s in sec) / len(recs),
-        "per_attack_seconds_per_sample": {k: _mean_seconds([r["attacks"][k].get("seconds") for r in recs])
-                                          for k in labels},
-        "this_invocation_wall_seconds": wall,
-        "resumed": resumed,
-    }
-    results["warnings"] = warnings
-    results["world_size"] = world_size
-    results["versions"] = package_versions()
-    results["config"] = to_dict(cfg)
+    timings = Timings(
+        sample_seconds_total=total,
+        seconds_per_sample=total / len(recs),
+        attack_seconds_per_sample=sum(s["attack"] for s in sec) / len(recs),
+        judge_seconds_per_sample=sum(s["judge"] for s in sec) / len(recs),
+        sanity_seconds_per_sample=sum(s["sanity"] for s in sec) / len(recs),
+        per_attack_seconds_per_sample={k: _mean_seconds([r.attacks[k].seconds for r in recs]) for k in labels},
+        this_invocation_wall_seconds=wall,
+    )
     n_examples = assemble_examples(out / "parts", out / "examples.npz", data.class_names)
-    results["examples"] = {"file": "examples.npz", "n": n_examples}
-    write_json(out / "results.json", results)
+    results = Results(
+        name=cfg.name, defence=cfg.purifier.method, seed=cfg.seed, n=len(recs), data=data.source,
+        clean=Accuracy.of([r.clean_correct for r in recs]), robust=Accuracy.of([r.robust for r in recs]),
+        per_attack=per_attack, undefended=undefended, protocol=protocol(cfg), sanity=sanity, timings=timings,
+        warnings=warnings, world_size=world_size, resumed=resumed, noise_scheme=NOISE_SCHEME,
+        versions=package_versions(), config=to_dict(cfg), examples={"file": "examples.npz", "n": n_examples},
+    )
+    write_results(out, results)
     (out / "results.md").write_text(render_markdown(results))
     for w in warnings:
         print(f"freqpure evaluate: warning: {w}", flush=True)
@@ -443,15 +445,15 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
     }
 
 
-def sanity_report(cfg: EvalConfig, recs: list[dict[str, Any]], results: dict[str, Any], runner: BatchRunner,
-                  data: EvalData, warnings: list[str]) -> dict[str, Any]:
+def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[str, Accuracy],
+                  runner: BatchRunner, data: EvalData, warnings: list[str]) -> dict[str, Any]:
     """Undefended accuracy, gradient checks and the eps sweep; appends to ``warnings``."""
     s = cfg.sanity
     report: dict[str, Any] = {"enabled": s.enabled}
     if not s.enabled:
         return report
     if s.undefended:
-        worst = max((v["accuracy"] for v in results["undefended"].values()), default=0.0)
+        worst = max((v.accuracy for v in undefended.values()), default=0.0)
         ok = worst <= s.undefended_max_accuracy
         report["undefended_falls"] = {"ok": ok, "max_accuracy": worst, "threshold": s.undefended_max_accuracy}
         if not ok:
@@ -460,7 +462,7 @@ def sanity_report(cfg: EvalConfig, recs: list[dict[str, Any]], results: dict[str
     if s.gradients and cfg.purifier.method != "none":
         grads = {}
         for a in cfg.attacks:
-            norms = [r["attacks"][a.display()]["grad_norm"] for r in recs]
+            norms = [r.attacks[a.display()].grad_norm for r in recs]
             bad = sum(1 for g in norms if g is None or not g > 0)
             grads[a.display()] = {"ok": bad == 0, "samples_with_zero_or_nonfinite_gradient": bad,
                                   "median_norm": float(np.median([g for g in norms if g is not None] or [math.nan]))}
@@ -473,12 +475,12 @@ def sanity_report(cfg: EvalConfig, recs: list[dict[str, Any]], results: dict[str
     return report
 
 
-def eps_sweep(cfg: EvalConfig, recs: list[dict[str, Any]], runner: BatchRunner, data: EvalData,
+def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, data: EvalData,
               warnings: list[str]) -> dict[str, Any]:
     """Accuracy under the first attack at eps × each multiplier, on the first ``sweep_samples`` samples."""
     s, attack = cfg.sanity, cfg.attacks[0]
     k = min(s.sweep_samples, len(recs))
-    base = [r["attacks"][attack.display()]["correct"] for r in recs[:k]]
+    base = [r.attacks[attack.display()].correct for r in recs[:k]]
     eps_list, accs = [attack.eps], [sum(base) / k]
     device = runner.device
     for m_i, mult in enumerate(sorted(s.eps_sweep)):

@@ -1,0 +1,309 @@
+"""The demo pipeline (``freqpure demo``): one PGD-EOT attack against the bundled classifier, undefended and
+defended by DiffPure and FreqPure, on real CIFAR-10 test images; the printed table and the demo summary.
+
+Run directory::
+
+    OUT/none/  OUT/diffpure/  OUT/freqpure/   one evaluation run each (see freqpure.evaluation.runner)
+    OUT/results.json                          DemoSummary: settings, the run dirs, the time estimate and wall time
+    OUT/grid.png                              clean / adversarial / purified images with predictions and a legend
+    OUT/report.html                           the report (freqpure.report)
+
+Time: :func:`estimate_seconds` times one attack gradient and one defended prediction on one batch and
+scales them by the number of gradients and predictions the demo makes (see its docstring).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from freqpure.errors import UsageError
+from freqpure.evaluation.config import EvalConfig
+from freqpure.evaluation.results import SCHEMA_VERSION, Results, package_versions, read_results, write_json
+from freqpure.samplers import NOISE_SCHEME
+
+__all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
+           "format_table", "read_demo", "settings_line", "reading_line"]
+
+DEFENCES = ("none", "diffpure", "freqpure")
+TITLES = {"none": "no defence", "diffpure": "DiffPure", "freqpure": "FreqPure"}
+
+
+@dataclass
+class DemoSettings:
+    """What the demo runs. Defaults: 32 images, PGD 20 steps of L-inf 8/255 with EOT 2 and full gradients through
+    the purifier, a 3-vote defence, the 5-step plan 100:5, FreqPure radius 3 (the paper's CIFAR-10 setting)."""
+
+    n: int = 32
+    steps: int = 20
+    eot: int = 2
+    ensemble: int = 3
+    eps: str = "8/255"
+    rounds: str = "100:5"
+    radius: float = 3.0
+    gradient: str = "full"
+    surrogate_rounds: str | None = None
+    batch_size: int = 8
+    sweep: bool = False
+    seed: int = 0
+    classifier: str = "cifar10-resnet-small"
+    diffusion: str = "cifar10-ddpm-small"
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("n", "steps", "eot", "ensemble", "batch_size"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"demo {key} must be >= 1, got {getattr(self, key)}")
+        if self.gradient not in ("full", "surrogate", "bpda"):
+            raise UsageError(f"demo gradient must be full, surrogate or bpda, got {self.gradient!r}")
+
+
+def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]:
+    """One :class:`EvalConfig` per defence, sharing data, attack, seed and device."""
+    from freqpure.config import PurifierConfig
+    from freqpure.evaluation.config import AttackConfig, ClassifierConfig, DataConfig, DefenceConfig, SanityConfig
+
+    surrogate = s.surrogate_rounds
+    if s.gradient == "surrogate" and not surrogate:
+        surrogate = ",".join(f"{r.split(':')[0]}:1" for r in s.rounds.split(","))
+    cfgs = {}
+    for method in DEFENCES:
+        attack = AttackConfig(name="pgd", norm="linf", eps=s.eps, steps=s.steps, eot=s.eot,
+                              gradient=s.gradient if method != "none" else "full",
+                              surrogate_rounds=surrogate if method != "none" else None)
+        cfgs[method] = EvalConfig(
+            name=f"demo-{method}", seed=s.seed, batch_size=s.batch_size, device=device,
+            data=DataConfig(dataset="cifar10", n=s.n, data_dir=s.data_dir),
+            classifier=ClassifierConfig(name=s.classifier),
+            purifier=PurifierConfig(method=method, diffusion=s.diffusion, rounds=s.rounds,
+                                    amp_radius=s.radius, phase_radius=s.radius),
+            defence=DefenceConfig(ensemble=s.ensemble if method != "none" else 1),
+            attacks=[attack],
+            sanity=SanityConfig(eps_sweep=[2.0] if s.sweep else [], sweep_samples=min(8, s.n)),
+        )
+    return cfgs
+
+
+@dataclass
+class DemoSummary:
+    """``OUT/results.json`` of a demo: the settings, where each defence's run is, time estimate and wall time."""
+
+    settings: dict[str, Any]
+    runs: dict[str, str]  # defence -> run directory relative to OUT
+    estimate_seconds: float | None
+    wall_seconds: float
+    threads: int
+    grid: str = "grid.png"
+    noise_scheme: str = NOISE_SCHEME
+    versions: dict[str, str] = field(default_factory=package_versions)
+    schema_version: int = SCHEMA_VERSION
+    kind: str = "freqpure-demo"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "demo results.json") -> DemoSummary:
+        if not isinstance(data, dict) or data.get("kind") != "freqpure-demo" or "runs" not in data:
+            raise UsageError(f"{where}: not a demo summary (written by freqpure demo)")
+        return cls(settings=dict(data["settings"]), runs={str(k): str(v) for k, v in data["runs"].items()},
+                   estimate_seconds=data.get("estimate_seconds"), wall_seconds=float(data.get("wall_seconds", 0.0)),
+                   threads=int(data.get("threads", 1)), grid=str(data.get("grid", "grid.png")),
+                   noise_scheme=str(data.get("noise_scheme", "")), versions=dict(data.get("versions") or {}),
+                   schema_version=int(data.get("schema_version", SCHEMA_VERSION)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_demo(out: str | Path) -> tuple[DemoSummary, dict[str, Results]]:
+    """The demo summary of ``out`` and each defence's :class:`Results`, in :data:`DEFENCES` order."""
+    import json
+
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist: not a finished demo directory")
+    summary = DemoSummary.from_dict(json.loads(path.read_text(encoding="utf-8")), str(path))
+    return summary, {m: read_results(out / d) for m, d in summary.runs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Time estimate
+# ---------------------------------------------------------------------------------------------
+def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_model: nn.Module | None,
+                     done: dict[str, int] | None = None) -> float:
+    """Seconds the demo will take, from a 1-batch timing.
+
+    For each defence, times on one batch of ``batch_size`` random images (the shapes matter, not the data) one
+    attack gradient (its EOT draws included) and one defended prediction, and once one gradient of the bare
+    classifier (each after a warm-up call on one image). Per batch a run makes ``steps + 1`` attack
+    gradients (the steps, and the loss that picks the kept iterate), 3 defended predictions (clean, the final
+    adversarial image, the example purification) and, when the sanity check is on, ``undefended_steps``
+    bare-classifier gradients. The estimate is the sum over defences of ``batches x per-batch cost``, plus the
+    timing itself. ``done``: samples already finished per defence (a resumed demo), left out of the count.
+    """
+    from freqpure.attacks.eot import EOTGradient
+    from freqpure.attacks.gradients import AttackModel
+    from freqpure.evaluation.components import build_defence
+    from freqpure.samplers import StepNoise
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    t_begin = time.perf_counter()
+    total = 0.0
+    t_bare = None
+    for method, cfg in cfgs.items():
+        b = min(cfg.batch_size, cfg.data.n)
+        gen = torch.Generator().manual_seed(0)
+        dev = next(classifier.parameters()).device
+        x = torch.rand(b, 3, 32, 32, generator=gen).to(dev)
+        y = torch.randint(0, 10, (b,), generator=gen).to(dev)
+        defence = build_defence(cfg, classifier, eps_model if method != "none" else None)
+        attack = cfg.attacks[0]
+        oracle = EOTGradient(defence.attack_model(attack), eot=attack.eot, loss=attack.loss, seed=0)
+        oracle(x[:1], y[:1])  # warm-up on one image: the first call pays one-off allocation costs
+        t_grad = timed(lambda oracle=oracle, x=x, y=y: oracle(x, y))
+        with torch.no_grad():
+            t_pred = timed(lambda defence=defence, x=x: defence.predict(x, StepNoise(0)))
+        per_batch = (attack.steps + 1) * t_grad + 3 * t_pred
+        if cfg.sanity.enabled and cfg.sanity.undefended:
+            if t_bare is None:
+                bare = EOTGradient(AttackModel(classifier, None), eot=1, loss="ce", seed=0)
+                t_bare = timed(lambda bare=bare, x=x, y=y: bare(x, y))
+            per_batch += cfg.sanity.undefended_steps * t_bare
+        left = max(0, cfg.data.n - (done or {}).get(method, 0))
+        total += math.ceil(left / cfg.batch_size) * per_batch
+    return total + (time.perf_counter() - t_begin)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+def _load_models(s: DemoSettings, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    import freqpure
+
+    classifier = freqpure.load_classifier(s.classifier).to(device)
+    eps_model = freqpure.load_diffusion(s.diffusion).to(device)
+    for m in (classifier, eps_model):
+        m.eval().requires_grad_(False)
+    return classifier, eps_model
+
+
+def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False, progress: bool = True,
+             estimate: bool = True, report: bool = True, echo: Callable[[str], None] = print,
+             device: str | torch.device = "cpu") -> tuple[DemoSummary, dict[str, Results]]:
+    """Run the demo into ``out`` (a re-run with the same settings reuses finished work; ``overwrite`` starts
+    afresh), write the summary, the grid and the report; ``echo`` gets the estimate and the table."""
+    from freqpure.evaluation.runner import evaluate
+    from freqpure.plots import make_grid
+
+    out = Path(out)
+    device = torch.device(device)
+    cfgs = demo_configs(settings, str(device))
+    if overwrite:
+        for method in DEFENCES:
+            shutil.rmtree(out / method, ignore_errors=True)
+    t0 = time.perf_counter()
+    classifier, eps_model = _load_models(settings, device)
+    eta = None
+    if estimate:
+        from freqpure.evaluation.store import SampleStore
+
+        done = {m: len(SampleStore(out / m / "samples.jsonl").load()) for m in cfgs}
+        eta = estimate_seconds(cfgs, classifier, eps_model, done)
+        echo(f"estimated time: about {_minutes(eta)} on {torch.get_num_threads()} thread(s) "
+             "(from a 1-batch timing; finished work in --out is reused)")
+    results = {}
+    for method, cfg in cfgs.items():
+        results[method] = evaluate(cfg, out / method, resume=True, progress=progress,
+                                   models=(classifier, eps_model if method != "none" else None))
+    wall = time.perf_counter() - t0
+    summary = DemoSummary(settings=asdict(settings), runs={m: m for m in DEFENCES}, estimate_seconds=eta,
+                          wall_seconds=wall, threads=torch.get_num_threads())
+    write_json(out / "results.json", summary.to_dict())
+    make_grid({TITLES[m]: out / m / "examples.npz" for m in DEFENCES}, out / "grid.png")
+    echo(format_table(settings, results))
+    echo(f"wall time {_minutes(wall)} on {torch.get_num_threads()} thread(s); grid: {out / 'grid.png'}")
+    if report:
+        from freqpure.report import write_report
+
+        echo(f"report: {write_report(out)}")
+    return summary, results
+
+
+# ---------------------------------------------------------------------------------------------
+# The printed table
+# ---------------------------------------------------------------------------------------------
+def settings_line(results: Results) -> str:
+    """The attack and the defence of a run in words (one line)."""
+    from freqpure.evaluation.table import attack_settings
+
+    cfg = results.config
+    attack = attack_settings(cfg["attacks"][0])
+    p, d = cfg["purifier"], cfg["defence"]
+    plan = p["rounds"]
+    t_star, _, steps = str(plan).partition(":")
+    return (f"attack: {attack} (through the purifier); defence: {d['vote']} vote of {d['ensemble']} purification(s), "
+            f"plan {plan} (noise to t*={t_star}, {steps} {p['sampler'].upper()} denoising steps); "
+            f"n = {results.n} CIFAR-10 test images, seed {results.seed}")
+
+
+def _pct(k: int, n: int, ci: tuple[float, float]) -> str:
+    return f"{100 * k / n:5.1f}% [{100 * ci[0]:4.1f}, {100 * ci[1]:5.1f}]"
+
+
+def reading_line(results: dict[str, Results]) -> str:
+    """A one-line reading of the table: how many images each defence keeps under attack, and whether the
+    difference is larger than the intervals."""
+    parts = []
+    for method, res in results.items():
+        if method == "none":
+            continue
+        parts.append(f"{TITLES.get(method, method)} keeps {res.robust.correct} of {res.n} images "
+                     f"({100 * res.robust.accuracy:.0f}%) correct under attack")
+    none = results.get("none")
+    text = "; ".join(parts)
+    if none is not None:
+        text += (f"; without a defence the attack leaves {none.robust.correct} of {none.n}" if text
+                 else f"without a defence the attack leaves {none.robust.correct} of {none.n}")
+    defended = [r for m, r in results.items() if m != "none"]
+    if len(defended) == 2:
+        (a, b) = defended
+        overlap = a.robust.ci95[0] <= b.robust.ci95[1] and b.robust.ci95[0] <= a.robust.ci95[1]
+        text += (". The two defences' intervals overlap: at this n the difference may be noise" if overlap
+                 else ". The two defences' intervals do not overlap")
+    return text + "."
+
+
+def format_table(settings: DemoSettings | None, results: dict[str, Results]) -> str:
+    """The demo's terminal table: a settings line, percentages with 95% intervals, the sanity check, a reading."""
+    ref = results.get("diffpure") or next(iter(results.values()))
+    rows = [settings_line(ref), "", f"{'defence':<12} {'clean':>22} {'robust':>22}"]
+    for method, res in results.items():
+        rows.append(f"{TITLES.get(method, method):<12} {_pct(res.clean.correct, res.n, res.clean.ci95):>22} "
+                    f"{_pct(res.robust.correct, res.n, res.robust.ci95):>22}")
+    rows.append("accuracy in % of the images, [95% Wilson interval]; robust = correct on the clean image and on "
+                "the attacked one")
+    none = results.get("none")
+    if none is not None and none.undefended:
+        (key, acc), = list(none.undefended.items())[:1]
+        steps = none.config["sanity"]["undefended_steps"]
+        rows.append(f"sanity: a separate {steps}-step PGD straight at the bare classifier leaves {acc.correct}/{acc.n} "
+                    f"correct (it must fall to <= {100 * none.config['sanity']['undefended_max_accuracy']:.0f}%: the "
+                    "attack works). It differs from the no-defence robust row, which is the demo's own attack and "
+                    "also needs the clean image right.")
+    rows.append("reading: " + reading_line(results))
+    return "\n".join(rows)
