@@ -9,7 +9,8 @@ Array conventions:
 
 Where CIFAR-10 is looked for (first hit wins), see :func:`find_cifar10_dir`: an explicit ``data_dir``,
 ``$FREQPURE_DATA`` (the folder itself or its ``cifar10/`` sub-folder; when set, the only place
-looked in, and it must exist), ``<repo>/data/cifar10``, ``<repo>/../shared/data/cifar10`` and ``~/.cache/freqpure/cifar10``.
+looked in, and it must exist), ``<repo>/data/cifar10``, ``<repo>/../shared/data/cifar10`` and
+``~/.cache/freqpure/cifar10``. The working directory is not searched.
 A folder qualifies if it holds ``{split}.tar``, ``cifar-10-batches-py/`` or ``{split}/<class>/`` images.
 """
 
