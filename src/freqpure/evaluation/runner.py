@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from freqpure.attacks.autoattack import run_autoattack
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel, SeededModel
 from freqpure.attacks.pgd import pgd
-from freqpure.config import config_diff, dump_yaml, from_dict, to_dict
-from freqpure.errors import UsageError
+from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, to_dict
+from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
+from freqpure.evaluation.lock import RunLock
 from freqpure.evaluation.results import (
     EXAMPLES_MAX,
     accuracy,
@@ -45,7 +45,7 @@ from freqpure.evaluation.results import (
     render_markdown,
     write_json,
 )
-from freqpure.evaluation.store import SampleStore
+from freqpure.evaluation.store import SampleStore, config_fingerprint
 from freqpure.samplers import StepNoise
 
 __all__ = ["evaluate", "prepare_run_dir", "batch_seed", "Purpose"]
@@ -72,8 +72,35 @@ def batch_seed(seed: int, batch: int, purpose: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Run directory
 # ---------------------------------------------------------------------------------------------
-def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) -> None:
-    """Create/check ``out``: writable, and (when it holds a run) the same config; ``write``: write config.yaml."""
+RESULT_FILES = ("samples.jsonl", "results.json", "results.md", "examples.npz")
+
+
+def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) -> RunLock | None:
+    """Create/check ``out``: writable, not another run's, and (when it holds a run) the same config.
+
+    ``write`` (the main process): lock the folder for this run (returned; release it when done) and
+    write config.yaml. Refused, before anything is written: a folder locked by a live process, result
+    files without a config.yaml (another run's, or unknown provenance), a different config, records of
+    another config, and finished samples without ``resume``.
+    """
+    _check_writable(out)
+    lock = None
+    try:
+        if write:
+            lock = RunLock(out).acquire()
+        _check_run_dir(out, cfg, resume=resume)
+        if write and not (out / "config.yaml").exists():
+            tmp = out / "config.yaml.tmp"
+            tmp.write_text(dump_yaml(cfg))
+            tmp.replace(out / "config.yaml")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "parts").mkdir(exist_ok=True)
@@ -82,29 +109,35 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
         probe.unlink()
     except OSError as err:
         raise PermissionError(f"results dir {out} is not writable: {err.strerror or err}") from None
+
+
+def _check_run_dir(out: Path, cfg: EvalConfig, *, resume: bool) -> None:
     saved_path = out / "config.yaml"
-    store = SampleStore(out / "samples.jsonl")
-    if saved_path.exists():
-        try:
-            saved = to_dict(from_dict(EvalConfig, yaml.safe_load(saved_path.read_text()) or {}))
-        except (ValueError, yaml.YAMLError) as err:
-            raise UsageError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
-        diff = config_diff(saved, to_dict(cfg))
-        if diff:
-            raise UsageError(
-                f"{out} holds a run with a different config; refusing to "
-                f"{'resume' if resume else 'reuse'} it. Differences (saved -> requested):\n  " + "\n  ".join(diff)
+    store = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg)))
+    if not saved_path.exists():
+        found = [name for name in RESULT_FILES if (out / name).exists()]
+        if any((out / "parts").iterdir()):
+            found.append("parts/")
+        if found:
+            raise RunFolderError(
+                f"{out} holds {', '.join(found)} but no config.yaml: the results of another or an unknown run; "
+                "refusing to reuse or overwrite them — choose another --out"
             )
-        done = len(store.load())
-        if done and not resume:
-            raise UsageError(f"{out} already holds {done} finished samples of this config; pass --resume to "
+        return
+    try:
+        saved = to_dict(from_dict(EvalConfig, parse_yaml(saved_path.read_text(), str(saved_path)) or {}))
+    except ValueError as err:
+        raise RunFolderError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
+    diff = config_diff(saved, to_dict(cfg))
+    if diff:
+        raise RunFolderError(
+            f"{out} holds a run with a different config; refusing to "
+            f"{'resume' if resume else 'reuse'} it. Differences (saved -> requested):\n  " + "\n  ".join(diff)
+        )
+    done = len(store.load())  # also refuses records of another config
+    if done and not resume:
+        raise RunFolderError(f"{out} already holds {done} finished samples of this config; pass --resume to "
                              "continue it, or choose a new --out")
-    elif resume and store.path.exists():
-        raise UsageError(f"{out} has samples.jsonl but no config.yaml: cannot check what it was run with")
-    if write and not saved_path.exists():
-        tmp = saved_path.with_suffix(".tmp")
-        tmp.write_text(dump_yaml(cfg))
-        tmp.replace(saved_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +328,10 @@ def evaluate(
     out = Path(out)
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device)
+    lock = None
     try:
-        prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)
-        store = SampleStore(out / "samples.jsonl")
+        lock = prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)  # held until the run ends
+        store = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg)))
         if ctx.is_main:
             store.repair()  # before any rank appends: a torn tail would swallow the next record
         ctx.barrier()
@@ -319,6 +353,8 @@ def evaluate(
         return finalize(cfg, out, data, runner, keys, wall=time.perf_counter() - t_start, world_size=ctx.world_size,
                         resumed=resume)
     finally:
+        if lock is not None:
+            lock.release()
         if own_ctx:
             ctx.close()
 
@@ -362,7 +398,7 @@ def _mean_seconds(values: list[float | None]) -> float | None:
 def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, keys: list[tuple[str, str, float]],
              *, wall: float, world_size: int = 1, resumed: bool = False) -> dict[str, Any]:
     """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz."""
-    records = SampleStore(out / "samples.jsonl").load()
+    records = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg))).load()
     wanted = [int(i) for i in data.indices]
     missing = [i for i in wanted if i not in records]
     if missing:
