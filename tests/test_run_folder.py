@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from freqpure.cli.main import main
-from freqpure.config import dump_yaml
+from freqpure.config import dump_yaml, to_dict
 from freqpure.errors import RunFolderError, UsageError
 from freqpure.evaluation import load_eval_config
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.evaluation.runner import prepare_run_dir
 from freqpure.evaluation.store import FINGERPRINT_KEY, SampleStore, config_fingerprint
-from freqpure.config import to_dict
 
 SMALL = ["name=test", "data.n=2", "batch_size=2", "purifier.rounds=20:1", "attacks.0.steps=1",
          "sanity.enabled=false"]
