@@ -381,7 +381,7 @@ def test_no_bundled_module(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_diffusers_directory(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", "sample_size": 32}))
     if importlib.util.find_spec("diffusers") is None:
-        with pytest.raises(RuntimeError, match="pip install diffusers"):
+        with pytest.raises(ImportError, match="pip install diffusers"):
             load_diffusion(tmp_path)
     else:
         with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model"):
