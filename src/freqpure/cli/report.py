@@ -28,8 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from freqpure._fileio import check_writable_output
+    from freqpure.errors import NotFoundError
     from freqpure.report import write_report
 
+    if not args.run_dir.is_dir():
+        raise NotFoundError(f"run folder {args.run_dir} does not exist")
+    check_writable_output(args.out if args.out is not None else args.run_dir / "report.html",
+                          "-o/--out" if args.out is not None else "report.html")  # before the work
     path = write_report(args.run_dir, args.out, max_examples=args.max_examples, max_spectra=args.max_spectra)
     print(path)
     return 0

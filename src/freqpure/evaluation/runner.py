@@ -83,6 +83,7 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
     files without a config.yaml (another run's, or unknown provenance), a different config, records of
     another config, and finished samples without ``resume``.
     """
+    _check_data(cfg)  # a missing data set is reported before a run folder is made
     _check_writable(out)
     lock = None
     try:
@@ -98,6 +99,19 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
             lock.release()
         raise
     return lock
+
+
+def _check_data(cfg: EvalConfig) -> None:
+    from freqpure.data import find_cifar10_dir
+    from freqpure.errors import NotFoundError, UsageError
+
+    d = cfg.data
+    if d.dataset == "cifar10":
+        find_cifar10_dir(d.data_dir, d.split)
+    elif not d.data_dir:
+        raise UsageError("data.dataset=imagenet needs data.data_dir (an ImageFolder of the validation set)")
+    elif not Path(d.data_dir).expanduser().is_dir():
+        raise NotFoundError(f"data.data_dir {d.data_dir} does not exist")
 
 
 def _check_writable(out: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from freqpure._fileio import check_writable_output
 from freqpure.errors import NotFoundError, OutputExistsError, UsageError
 from freqpure.models._archs import ARCHS, wrap_classifier, wrap_diffusion
 from freqpure.models._specs import PUBLISHED, ModelSpec
@@ -394,6 +395,8 @@ def convert_checkpoint(
     src = Path(src).expanduser()
     if dst is not None and Path(dst).expanduser().exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
+    if dst is not None:
+        check_writable_output(dst, "--to")  # before the (long) work, not after it
     obj = read_checkpoint(src, trust_pickle=trust_pickle)
     if arch in PUBLISHED:
         spec: ModelSpec | None = PUBLISHED[arch]
@@ -437,4 +440,5 @@ def convert_checkpoint(
         raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
     if dst.resolve() == src.resolve():
         raise UsageError("the output would overwrite the input checkpoint")
+    check_writable_output(dst, "--to")
     return write_safetensors(dst, sd, metadata), metadata
