@@ -251,8 +251,13 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
     """Parse YAML strictly (see :class:`_StrictLoader`); errors name ``where``."""
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:  # one line: the problem and where it is
+        mark = err.problem_mark or err.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(filter(None, [err.context, err.problem])) or type(err).__name__
+        raise UsageError(f"{where} is not valid YAML: {problem}{at}") from None
     except yaml.YAMLError as err:
-        raise UsageError(f"{where} is not valid YAML: {err}") from None
+        raise UsageError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:

@@ -156,7 +156,8 @@ def _spec_for_file(path: Path) -> ModelSpec | None:
 # ------------------------------------------------------------------------------------------ building
 
 
-def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool) -> nn.Module:
+def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool,
+           what: str | None = None) -> nn.Module:
     """Randomly initialised network (or shapes only on ``meta``)."""
     if arch_name in ARCHS:
         builder = ARCHS[arch_name].build
@@ -175,9 +176,10 @@ def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, met
         raise CheckpointError(f"the config of architecture {arch_name!r} must be a mapping, got {config!r}")
     try:
         with torch.device(target) if target is not None else contextlib.nullcontext():
-            return builder(config)
+            return builder(dict(config))
     except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError) as err:
-        raise CheckpointError(f"cannot build architecture {arch_name!r} from config {dict(config)}: "
+        raise CheckpointError(f"{what + ': ' if what else ''}cannot build architecture {arch_name!r} from config "
+                              f"{dict(config)}: "
                               f"{type(err).__name__}: {err}") from None
 
 
@@ -188,7 +190,7 @@ _SIZE_SLACK = 1_000_000
 
 def _check_size(arch_name: str, config: Mapping[str, Any], state_dict: Mapping[str, Tensor], what: str) -> None:
     """Refuse a config that asks for a network larger than the weights in the file (built on meta: no memory)."""
-    wanted = count_elements(_build(arch_name, config, device=None, meta=True))
+    wanted = count_elements(_build(arch_name, config, device=None, meta=True, what=what))
     have = sum(t.numel() for t in state_dict.values())
     if wanted > have + _SIZE_SLACK:
         raise ArchitectureMismatchError(
@@ -227,16 +229,21 @@ def _instantiate(
     name: str,
     device: DeviceLike,
     metadata: Mapping[str, str] | None = None,
+    source: str | None = None,
 ) -> nn.Module:
-    """Build ``arch_name(config)``, load ``state_dict`` strictly, wrap for freqpure's conventions."""
+    """Build ``arch_name(config)``, load ``state_dict`` strictly, wrap for freqpure's conventions.
+
+    ``source`` (the file) names the weights in error messages (default: ``name``).
+    """
     metadata = metadata or {}
+    what = source or name
     meta = arch_name in ARCHS and ARCHS[arch_name].meta_init
     if not meta:
-        _check_size(arch_name, config, state_dict, name)
-    net = load_weights(_build(arch_name, config, device=device, meta=meta), state_dict, what=name)
+        _check_size(arch_name, config, state_dict, what)
+    net = load_weights(_build(arch_name, config, device=device, meta=meta, what=what), state_dict, what=what)
     if _kind_of(arch_name, metadata) == "diffusion":
         if "freqpure_eps" in metadata:
-            eps = _json_meta(metadata, "freqpure_eps", name)
+            eps = _json_meta(metadata, "freqpure_eps", what)
         elif arch_name in ARCHS:
             eps = ARCHS[arch_name].eps_kwargs(config)
         else:
@@ -245,7 +252,7 @@ def _instantiate(
                    "learn_sigma": bool(config.get("learn_sigma", False))}
         return wrap_diffusion(net, eps, name)
     if "freqpure_preprocess" in metadata:
-        preprocess = _json_meta(metadata, "freqpure_preprocess", name)
+        preprocess = _json_meta(metadata, "freqpure_preprocess", what)
     else:
         preprocess = ARCHS[arch_name].preprocess if arch_name in ARCHS else {}
     return wrap_classifier(net, preprocess)
@@ -289,7 +296,8 @@ def _load_path(path: Path, *, kind: str | None, spec: ModelSpec | None, device: 
             )
         config = _json_meta(metadata, "freqpure_config", str(path), "{}")
         name = metadata.get("freqpure_name") or path.stem
-        return _instantiate(arch_name, config, obj.state_dict, name=name, device=device, metadata=metadata)
+        return _instantiate(arch_name, config, obj.state_dict, name=name, device=device, metadata=metadata,
+                            source=str(path))
     spec = spec or _spec_for_file(path) or _guess_spec(obj, kind, path)
     _check_kind(spec.kind, kind, f"{path} ({spec.name})")
     _verify_checksum(spec, path)
