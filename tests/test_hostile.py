@@ -157,6 +157,7 @@ def test_cli_row_gives_one_clear_line(argv, words, hostile, tmp_path, capsys) ->
     assert hostile["file"].read_text() == "keep me\n"  # nothing a row touches is ever overwritten
     assert (hostile["results"] / "results.json").read_text() == "{}\n"
     assert not (tmp_path / "o").exists()  # a failed purify leaves no output folder
+    assert not (tmp_path / "r").exists()  # nor a failed evaluate a run folder
 
 
 def test_freqpure_data_pointing_nowhere(tmp_path, capsys, monkeypatch) -> None:

@@ -27,6 +27,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self.created_folder = False  # set by the caller when this run made the folder
 
     @property
     def held(self) -> bool:

@@ -36,7 +36,7 @@ from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
-from freqpure.evaluation.lock import RunLock
+from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.evaluation.results import (
     EXAMPLES_MAX,
     accuracy,
@@ -84,11 +84,13 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
     another config, and finished samples without ``resume``.
     """
     _check_data(cfg)  # a missing data set is reported before a run folder is made
+    created = not out.exists()
     _check_writable(out)
     lock = None
     try:
         if write:
             lock = RunLock(out).acquire()
+            lock.created_folder = created
         _check_run_dir(out, cfg, resume=resume)
         if write and not (out / "config.yaml").exists():
             tmp = out / "config.yaml.tmp"
@@ -99,6 +101,25 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
             lock.release()
         raise
     return lock
+
+
+def discard_unused_run_dir(lock: RunLock | None) -> None:
+    """After a failure: remove the run folder if this run created it and wrote no sample (else keep it)."""
+    if lock is None or not getattr(lock, "created_folder", False):
+        return
+    out = lock.folder
+    samples = out / "samples.jsonl"
+    if samples.exists() and samples.stat().st_size > 0:
+        return
+    lock.release()
+    parts = out / "parts"
+    for name in ("config.yaml", "samples.jsonl", LOCK_NAME):
+        (out / name).unlink(missing_ok=True)
+    for folder in (parts, out):
+        try:
+            folder.rmdir()  # only when empty: nothing else is ever removed
+        except OSError:
+            return
 
 
 def _check_data(cfg: EvalConfig) -> None:
@@ -366,6 +387,9 @@ def evaluate(
             return None
         return finalize(cfg, out, data, runner, keys, wall=time.perf_counter() - t_start, world_size=ctx.world_size,
                         resumed=resume)
+    except BaseException:
+        discard_unused_run_dir(lock)  # a run that failed before its first sample leaves no folder behind
+        raise
     finally:
         if lock is not None:
             lock.release()
