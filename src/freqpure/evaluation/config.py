@@ -72,8 +72,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("cifar10", "imagenet"):
             raise UsageError(f"data.dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
-        if self.split not in ("train", "test"):
-            raise UsageError(f"data.split must be 'train' or 'test', got {self.split!r}")
+        if self.dataset == "cifar10" and self.split not in ("train", "test"):
+            raise UsageError(f"data.split must be 'train' or 'test' for cifar10, got {self.split!r}")
         if self.n < 1:
             raise UsageError(f"data.n must be >= 1, got {self.n}")
         if self.image_size < 1:
