@@ -60,6 +60,17 @@ class PurifierConfig:
     def __post_init__(self) -> None:
         if self.method not in ("freqpure", "diffpure", "none"):
             raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
+        for key, allowed in (("sampler", ("ddpm", "ddim", "sde")), ("mode", ("paper", "reference")),
+                             ("reference", ("input", "denoised"))):
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"purifier.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        for key in ("amp_radius", "phase_radius", "delta"):
+            value = getattr(self, key)
+            if value is not None and not (value >= 0 and value != float("inf")):
+                raise UsageError(f"purifier.{key} must be a finite number >= 0{'' if key == 'delta' else ' or null'}, "
+                                 f"got {value}")
+        if not 0 <= self.reference_t < 1000:
+            raise UsageError(f"purifier.reference_t must be a step index in 0..999, got {self.reference_t}")
         if self.method != "none":
             from freqpure.schedules import parse_rounds
 

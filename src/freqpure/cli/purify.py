@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clamp", action="store_true", help="clip out-of-range inputs instead of refusing them")
     add_runtime_args(p)
     add_dataclass_flags(p, PurifierConfig, exclude=("diffusion",), help_prefix="purifier settings")
+    allowed = {"method": "freqpure or diffpure", "sampler": "ddpm, ddim or sde", "mode": "paper or reference",
+               "reference": "input or denoised", "rounds": "plan T:STEPS[*REPEAT],... e.g. 100:20 or 20:5*5,50:5*5",
+               "amp_radius": "frequency-index units, none disables", "phase_radius": "frequency-index units, none "
+               "disables", "delta": "radians"}
+    for action in p._actions:
+        if action.dest in allowed:
+            action.help = f"{allowed[action.dest]} {action.help}"
     p.set_defaults(func=run)
 
 
