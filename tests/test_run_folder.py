@@ -110,6 +110,10 @@ def test_records_of_another_config_are_refused(tmp_path: Path) -> None:
     ("purifier.rounds=20:5*", "cannot parse round '20:5\\*'"),
     ("purifier.rounds=20:5,20:5*-1", "cannot parse round '20:5\\*-1'"),
     ("purifier.rounds=20:5*0", "REPEAT must be >= 1"),
+    ("purifier.sampler=euler", "purifier.sampler must be one of ddpm, ddim, sde"),
+    ("purifier.delta=-1", "purifier.delta must be a finite number >= 0"),
+    ("purifier.amp_radius=.nan", "purifier.amp_radius must be a finite number >= 0 or null"),
+    ("purifier.reference_t=1000", "purifier.reference_t must be a step index"),
 ])
 def test_every_key_is_validated_before_the_first_sample(override: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
