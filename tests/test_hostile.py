@@ -273,3 +273,22 @@ def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path) -> None:
     from freqpure.evaluation.lock import RunLock
 
     RunLock(out).acquire().release()  # nobody holds the folder any more
+
+
+def test_table_escapes_labels_and_names() -> None:
+    """Attack labels and run names with pipes, newlines or backticks cannot break the markdown table."""
+    import re
+
+    from freqpure.evaluation.table import render_table
+
+    acc = {"accuracy": 0.5, "ci95": [0.1, 0.9], "n": 2}
+    label = "pgd | evil\n`x`"
+    attack = {"name": "pgd", "norm": "linf", "eps": 8 / 255, "steps": 1, "step_size": None, "eot": 1,
+              "random_start": True, "gradient": "full"}
+    res = {"name": "run|*one*", "n": 2, "seed": 0, "clean": acc, "robust": acc, "per_attack": {label: acc},
+           "config": {"purifier": {"method": "none"}, "defence": {}, "attacks": [attack]}, "timings": {}}
+    text = render_table([res])
+    header, rule, row = text.splitlines()[:3]
+    cells = [len(re.split(r"(?<!\\)\|", line)) for line in (header, row)]
+    assert cells == [8, 8] and rule.count("---") == 6, text
+    assert "pgd \\| evil `x`" in header and "**run\\|\\*one\\***" in text

@@ -67,6 +67,21 @@ def attack_settings(attack: dict[str, Any]) -> str:
             f"{'random start, ' if attack['random_start'] else ''}{grad} gradient")
 
 
+def _md_code(text: str) -> str:
+    """``text`` as inline markdown code that cannot break a table row (pipes escaped, one line, backticks fenced)."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def _md_text(text: str) -> str:
+    """``text`` as plain markdown: one line, markup characters escaped."""
+    text = " ".join(str(text).split())
+    for ch in "\\`*_[]<>|#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def _cell(entry: dict[str, Any] | None) -> str:
     if entry is None:
         return ""
@@ -85,7 +100,7 @@ def render_table(results_list: list[dict[str, Any]]) -> str:
     columns: list[str] = []
     for res in results_list:
         columns += [k for k in res["per_attack"] if k not in columns]
-    head = ["defence", "n", "clean"] + [f"`{c}`" for c in columns] + ["worst case", "time"]
+    head = ["defence", "n", "clean"] + [_md_code(c) for c in columns] + ["worst case", "time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for res in results_list:
         total = res.get("timings", {}).get("sample_seconds_total")
@@ -96,7 +111,7 @@ def render_table(results_list: list[dict[str, Any]]) -> str:
     lines += ["", "Accuracy in percent with the 95% Wilson interval. Settings and attack time per run:", ""]
     for res in results_list:
         t = res.get("timings", {})
-        lines.append(f"- **{res['name']}** ({defence_settings(res)}; seed {res['seed']}; "
+        lines.append(f"- **{_md_text(res['name'])}** ({defence_settings(res)}; seed {res['seed']}; "
                      f"{t.get('seconds_per_sample', float('nan')):.1f} s per sample in all, "
                      f"{res.get('world_size', 1)} process(es)):")
         # per_attack keeps the order of config.attacks (labels are unique within a run)
@@ -104,7 +119,7 @@ def render_table(results_list: list[dict[str, Any]]) -> str:
         for attack, label in zip(res["config"]["attacks"], res["per_attack"], strict=True):
             secs = attack_secs.get(label)
             time_text = f"; {secs:.1f} s per sample" if secs is not None else ""
-            lines.append(f"  - `{label}`: {attack_settings(attack)}{time_text}")
+            lines.append(f"  - {_md_code(label)}: {attack_settings(attack)}{time_text}")
         for warning in res.get("warnings", []):
             lines.append(f"  - warning: {warning}")
     return "\n".join(lines) + "\n"
