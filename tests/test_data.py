@@ -243,3 +243,69 @@ def test_array_dataset(cifar_test_tar: Path) -> None:
     assert x.shape == (3, 32, 32) and y == 1
     with pytest.raises(ValueError):
         data.ArrayDataset(np.zeros((2, 32, 32, 3), np.uint8), np.zeros(3, np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile inputs (issue 11 item 3, issue 16 item 6)
+# ----------------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this calls ``pathlib.Path.touch(marker)``: a stand-in for arbitrary code execution."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("where", ["top", "inside"])
+def test_malicious_batch_file_is_refused_and_not_executed(tmp_path: Path, where: str) -> None:
+    folder = tmp_path / "evil" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    x = np.zeros((10, 3072), dtype=np.uint8)
+    obj = _Payload(marker) if where == "top" else {b"data": x, b"labels": [0] * 10, b"x": _Payload(marker)}
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(obj, f)
+    with pytest.raises(ValueError, match="refused to load CIFAR-10 batch file.*pathlib"):
+        data.load_cifar10("test", tmp_path / "evil")
+    assert not marker.exists()
+    # also builtins / os calls and persistent ids
+    with open(folder / "test_batch", "wb") as f:
+        f.write(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    with pytest.raises(ValueError, match="os.system"):
+        data.load_cifar10_batches(folder)
+    assert not marker.exists()
+
+
+def test_batch_file_with_wrong_types_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), dtype=np.float64), b"labels": [0, 1]}, f)
+    with pytest.raises(ValueError, match="expected uint8"):
+        data.load_cifar10_batches(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(ValueError, match="expected dict"):
+        data.load_cifar10_batches(folder)
+
+
+def test_working_directory_is_not_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FREQPURE_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert all(tmp_path not in p.parents and p != tmp_path for p in data.cifar10_search_paths())
+    _write_batches(tmp_path / "data" / "cifar10" / "cifar-10-batches-py")
+    assert data.find_cifar10_dir() != tmp_path / "data" / "cifar10"
+
+
+def test_freqpure_data_pointing_nowhere_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FREQPURE_DATA", str(tmp_path / "nonexistent"))
+    with pytest.raises(FileNotFoundError, match="FREQPURE_DATA=.*nonexistent.*is not a folder"):
+        data.load_cifar10("test")
+    monkeypatch.setenv("FREQPURE_DATA", "")
+    with pytest.raises(FileNotFoundError, match="FREQPURE_DATA"):
+        data.find_cifar10_dir()
+    # an explicit data dir wins over the variable
+    _write_batches(tmp_path / "ok" / "cifar-10-batches-py")
+    assert data.load_cifar10("test", tmp_path / "ok")[0].shape == (10, 32, 32, 3)

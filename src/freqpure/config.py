@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -28,6 +29,7 @@ __all__ = [
     "load_yaml",
     "dump_yaml",
     "config_diff",
+    "parse_yaml",
 ]
 
 T = TypeVar("T")
@@ -58,6 +60,28 @@ class PurifierConfig:
     def __post_init__(self) -> None:
         if self.method not in ("freqpure", "diffpure", "none"):
             raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
+        for key, allowed in (("sampler", ("ddpm", "ddim", "sde")), ("mode", ("paper", "reference")),
+                             ("reference", ("input", "denoised"))):
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"purifier.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        for key in ("amp_radius", "phase_radius", "delta"):
+            value = getattr(self, key)
+            if value is not None and not (value >= 0 and value != float("inf")):
+                raise UsageError(f"purifier.{key} must be a finite number >= 0{'' if key == 'delta' else ' or null'}, "
+                                 f"got {value}")
+        if not 0 <= self.reference_t < 1000:
+            raise UsageError(f"purifier.reference_t must be a step index in 0..999, got {self.reference_t}")
+        if self.method != "none":
+            from freqpure.schedules import parse_rounds
+
+            try:
+                parse_rounds(str(self.rounds))
+            except ValueError as err:
+                hint = ""
+                if str(self.rounds).isdigit():
+                    hint = (" (YAML 1.1 reads an unquoted 100:20 as the base-60 number 6020: quote it, "
+                            "e.g. rounds: \"100:20\")")
+                raise UsageError(f"purifier.rounds: {err}{hint}") from None
 
 
 def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
@@ -190,11 +214,61 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
             where = ".".join(parts[:-1]) or "config"
             valid = ", ".join(node) if isinstance(node, dict) else "an index and a key, e.g. 0.eps"
             raise UsageError(f"unknown config key {key!r} in override {item!r}; valid keys of {where}: {valid}")
-        value = yaml.safe_load(raw)
-        if ":" in raw and isinstance(value, int | float) and not isinstance(value, bool):
-            value = raw.strip()  # YAML 1.1 reads "100:20" as a base-60 number; keep round plans as text
+        value = parse_yaml(raw, f"override {item!r}")
         node[parts[-1]] = value
     return from_dict(type(cfg), data)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys, reads ``1e9`` as a number (YAML 1.2) and keeps
+    ``100:20`` as text (YAML 1.1 would read it as the base-60 number 6020)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML reports unhashable keys itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}, again on line "
+                    f"{key_node.start_mark.line + 1}); give each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+# Resolvers are looked up per first character: rebuild them without the base-60 int/float patterns and with a
+# float pattern that also accepts 1e9 / 1E-3 (no dot needed, as in YAML 1.2).
+_StrictLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0o?[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, where: str = "YAML") -> Any:
+    """Parse YAML strictly (see :class:`_StrictLoader`); errors name ``where``."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:  # one line: the problem and where it is
+        mark = err.problem_mark or err.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = " ".join(filter(None, [err.context, err.problem])) or type(err).__name__
+        raise UsageError(f"{where} is not valid YAML: {problem}{at}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
@@ -202,10 +276,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {err}") from None
+    data = parse_yaml(path.read_text(), f"config file {path}") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping at the top level")
     return from_dict(cls, data)

@@ -8,8 +8,9 @@ Array conventions:
 * labels are ``int64 [N]`` in the canonical CIFAR-10 order :data:`CIFAR10_CLASSES`.
 
 Where CIFAR-10 is looked for (first hit wins), see :func:`find_cifar10_dir`: an explicit ``data_dir``,
-``$FREQPURE_DATA`` (the folder itself or its ``cifar10/`` sub-folder), ``./data/cifar10``,
-``<repo>/data/cifar10``, ``<repo>/../shared/data/cifar10`` and ``~/.cache/freqpure/cifar10``.
+``$FREQPURE_DATA`` (the folder itself or its ``cifar10/`` sub-folder; when set, the only place
+looked in, and it must exist), ``<repo>/data/cifar10``, ``<repo>/../shared/data/cifar10`` and
+``~/.cache/freqpure/cifar10``. The working directory is not searched.
 A folder qualifies if it holds ``{split}.tar``, ``cifar-10-batches-py/`` or ``{split}/<class>/`` images.
 """
 
@@ -92,8 +93,8 @@ def cifar10_search_paths(data_dir: str | os.PathLike | None = None) -> list[Path
     env = os.environ.get("FREQPURE_DATA")
     if env:
         paths += [Path(env).expanduser(), Path(env).expanduser() / "cifar10"]
+    # The working directory is never searched implicitly: data must come from a named place.
     paths += [
-        Path.cwd() / "data" / "cifar10",
         _REPO / "data" / "cifar10",
         _REPO.parent / "shared" / "data" / "cifar10",
         Path.home() / ".cache" / "freqpure" / "cifar10",
@@ -118,11 +119,17 @@ def find_cifar10_dir(data_dir: str | os.PathLike | None = None, split: str = "te
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise NotFoundError(f"CIFAR-10 data folder {data_dir} does not exist")
+    env = os.environ.get("FREQPURE_DATA")
+    if data_dir is None and env is not None:
+        if not env.strip() or not Path(env).expanduser().is_dir():
+            raise NotFoundError(f"FREQPURE_DATA={env!r} is not a folder; point it at the data folder or unset it")
     if data_dir is not None and Path(data_dir, "data_batch_1").is_file():
         return Path(data_dir).expanduser().parent  # pointed at cifar-10-batches-py itself
     candidates = cifar10_search_paths(data_dir)
     if data_dir is not None:
         candidates = candidates[:1]
+    elif env is not None:
+        candidates = candidates[:2]  # an explicit FREQPURE_DATA is the only place looked in
     for folder in candidates:
         if folder.is_dir() and _has_split(folder, split):
             return folder
@@ -226,6 +233,35 @@ def load_cifar10_tar(
     return _cached(path, load) if cache else load()
 
 
+class _UnsafePickle(pickle.UnpicklingError):
+    """A batch file asked for a Python object outside the admitted types."""
+
+
+# What the official CIFAR-10 python batches need: plain containers (built by pickle opcodes, no
+# lookup) plus numpy's array reconstruction. Anything else — os.system, builtins.eval, any class —
+# is refused before it can be called.
+_ADMITTED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler that admits only dict/list/str/bytes/int and numpy arrays of numbers."""
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) not in _ADMITTED:
+            raise _UnsafePickle(f"it asks for {module}.{name}, which is not a number array, list, dict or string")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):  # noqa: ANN001, ANN201
+        raise _UnsafePickle("it uses persistent ids")
+
+
 def load_cifar10_batches(folder: str | os.PathLike, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Read the official ``cifar-10-batches-py`` folder: uint8 ``[N, 32, 32, 3]``, int64 ``[N]``."""
     folder = Path(folder)
@@ -237,10 +273,17 @@ def load_cifar10_batches(folder: str | os.PathLike, split: str = "test") -> tupl
             raise NotFoundError(f"CIFAR-10 batch file {file} does not exist")
         try:
             with open(file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the official format is pickle
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+                batch = _BatchUnpickler(f, encoding="bytes").load()
+            if not isinstance(batch, dict):
+                raise ValueError(f"top level is {type(batch).__name__}, expected dict")
+            data = np.asarray(batch[b"data"])
+            labels = np.asarray(batch[b"labels"])
+            if data.dtype != np.uint8 or labels.dtype.kind not in "iu":
+                raise ValueError(f"data dtype {data.dtype} / labels dtype {labels.dtype}, expected uint8 / integers")
+            labels = labels.astype(np.int64)
+        except _UnsafePickle as err:
+            raise UsageError(f"{file}: refused to load CIFAR-10 batch file: {err}") from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
             raise UsageError(f"{file}: corrupt CIFAR-10 batch file ({err!r})") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise UsageError(f"{file}: unexpected data shape {data.shape}, expected [N, 3072]")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -32,6 +33,47 @@ Reference = Literal["input", "denoised"]
 _ROUND_KEY = 100_000  # noise keys: round r uses keys r * _ROUND_KEY + ...
 _FORWARD_KEY = 90_000  # ... + _FORWARD_KEY for the forward noising of that round
 _REFERENCE_KEY = 50_000  # ... + _REFERENCE_KEY + i for the reference draws
+
+
+def _check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int (numpy integers too; no bools, no floats), optionally within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise UsageError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
+    """A finite number >= 0 (``None`` allowed when ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or None" if optional else "a number"
+        raise UsageError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} must be a finite number >= 0{' or None' if optional else ''}, got {value}")
+    return value
+
+
+def _compute_dtype(module: object) -> torch.dtype:
+    """The floating dtype of ``module``'s parameters (float32 when it has none)."""
+    params = getattr(module, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def _as_compute_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """float16/bfloat16/float64 images are converted to the model's dtype (gradients flow through the cast)."""
+    return x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)
+
+
+SEED_MAX = 2**63 - 1
 
 
 class Purifier(nn.Module):
@@ -65,6 +107,9 @@ class Purifier(nn.Module):
         super().__init__()
         if sampler not in ("ddpm", "ddim", "sde"):
             raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
+        if not callable(eps_model):
+            raise UsageError(f"eps_model must be a callable eps_model(x_t, t), got {type(eps_model).__name__}")
+        seed = _check_int(seed, "seed", 0, SEED_MAX)
         self.eps_model = eps_model
         self.rounds = parse_rounds(rounds)
         self.sampler = sampler
@@ -89,10 +134,15 @@ class Purifier(nn.Module):
         return StepNoise(int(torch.randint(0, 2**62, (1,), generator=self._seeds)))
 
     def validate(self, x: Tensor) -> Tensor:
-        """Check ``x`` against the model (channels, image size) and the [0, 1] range."""
+        """Check ``x`` against the model (channels, image size) and the [0, 1] range.
+
+        float16/bfloat16/float64 inputs are converted to the model's dtype (float32 for the bundled and
+        published models); the purified images come back in that dtype.
+        """
         channels = getattr(self.eps_model, "channels", None)
         size = getattr(self.eps_model, "image_size", None)
-        return check_images(x, "x", channels=channels, size=size, clamp=self.clamp_input)
+        x = check_images(x, "x", channels=channels, size=size, clamp=self.clamp_input)
+        return _as_compute_dtype(x, _compute_dtype(self.eps_model))
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """Purify ``x`` ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]`` (classifier space, unclamped)."""
@@ -143,6 +193,10 @@ class Purifier(nn.Module):
         plan = ",".join(f"{r.t_star}:{r.steps}" for r in self.rounds)
         return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}"
 
+    def __repr__(self) -> str:  # one line of settings, not the whole UNet
+        model = getattr(self.eps_model, "name", None) or type(self.eps_model).__name__
+        return f"{type(self).__name__}({self.extra_repr()}, eps_model={model})"
+
 
 class DiffPure(Purifier):
     """DiffPure (Nie et al., 2022): noise to ``t_star`` and reverse-diffuse in ``steps`` steps.
@@ -161,6 +215,8 @@ class DiffPure(Purifier):
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
+        if rounds is None:
+            t_star, steps = _check_int(t_star, "t_star", 1), _check_int(steps, "steps", 1)
         super().__init__(eps_model, rounds or [PurificationRound(t_star, steps)], sampler=sampler, **kwargs)
 
 
@@ -201,7 +257,15 @@ class FreqPure(Purifier):
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
+        if rounds is None:
+            t_start, steps = _check_int(t_start, "t_start", 1), _check_int(steps, "steps", 1)
         super().__init__(eps_model, rounds or [PurificationRound(t_start, steps)], **kwargs)
+        amp_radius = _check_number(amp_radius, "amp_radius", optional=True)
+        phase_radius = _check_number(phase_radius, "phase_radius", optional=True)
+        delta = _check_number(delta, "delta")
+        reference_t = _check_int(reference_t, "reference_t")
+        if not isinstance(recompute_reference, bool):
+            raise UsageError(f"recompute_reference must be True or False, got {recompute_reference!r}")
         if reference not in ("input", "denoised"):
             raise UsageError(f"reference must be 'input' or 'denoised', got {reference!r}")
         if mode not in ("paper", "reference"):
@@ -288,8 +352,13 @@ class PurifiedClassifier(nn.Module):
         max_batch: int | None = None,
     ) -> None:
         super().__init__()
-        if ensemble < 1:
-            raise UsageError(f"ensemble must be >= 1, got {ensemble}")
+        ensemble = _check_int(ensemble, "ensemble", 1)
+        if max_batch is not None:
+            max_batch = _check_int(max_batch, "max_batch", 1)
+        if not callable(classifier):
+            raise UsageError(f"classifier must be a module or callable, got {type(classifier).__name__}")
+        if not callable(purifier):
+            raise UsageError(f"purifier must be a module or callable, got {type(purifier).__name__}")
         if vote not in ("majority", "logits", "softmax"):
             raise UsageError(f"vote must be 'majority', 'logits' or 'softmax', got {vote!r}")
         self.classifier = classifier
@@ -302,6 +371,7 @@ class PurifiedClassifier(nn.Module):
 
     def purify(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
+        x = self._check_input(x)
         if self.preprocess is not None:
             x = self.preprocess(x)
         batch = x.repeat(self.ensemble, 1, 1, 1)
@@ -314,12 +384,32 @@ class PurifiedClassifier(nn.Module):
             outs.append(self.purifier(batch[start : start + chunk], noise=part_noise))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
+    @staticmethod
+    def _check_input(x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            hint = " (convert it with torch.from_numpy, scaled to [0, 1])" if hasattr(x, "__array__") else ""
+            raise UsageError(f"x must be a torch.Tensor [B, C, H, W], got {type(x).__name__}{hint}")
+        if x.ndim != 4:
+            hint = "; add a batch dimension with x[None]" if x.ndim == 3 else ""
+            raise UsageError(f"x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}{hint}")
+        if x.shape[0] == 0:
+            raise UsageError(f"x is an empty batch (shape {tuple(x.shape)})")
+        if not x.is_floating_point():
+            raise UsageError(f"x must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
+        return x
+
+    def __repr__(self) -> str:  # one line of settings, not the whole network
+        clf = getattr(self.classifier, "name", None) or type(self.classifier).__name__
+        extra = f", max_batch={self.max_batch}" if self.max_batch else ""
+        return (f"PurifiedClassifier(classifier={clf}, purifier={self.purifier!r}, ensemble={self.ensemble}, "
+                f"vote={self.vote}{extra})")
+
     def logits_per_draw(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """Classifier logits of every purification run: ``[ensemble, B, K]``."""
         purified = self.purify(x, noise)
         if self.postprocess is not None:
             purified = self.postprocess(purified)
-        logits = self.classifier(purified)
+        logits = self.classifier(_as_compute_dtype(purified, _compute_dtype(self.classifier)))
         return logits.view(self.ensemble, x.shape[0], -1)
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:

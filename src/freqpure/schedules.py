@@ -11,6 +11,7 @@ Conventions used throughout freqpure:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -121,6 +122,9 @@ class PurificationRound:
     steps: int
 
     def __post_init__(self) -> None:
+        for value, name in ((self.t_star, "t_star"), (self.steps, "steps")):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
         if not 1 <= self.t_star <= 1000:
             raise UsageError(f"t_star must be in 1..1000 diffusion steps, got {self.t_star}")
         if not 1 <= self.steps <= self.t_star:
@@ -171,21 +175,32 @@ def parse_rounds(spec: str | Sequence[PurificationRound] | Sequence[Sequence[int
         for raw in spec.replace(" ", "").split(","):
             if not raw:
                 continue
-            item, _, repeat = raw.partition("*")
+            item, star, repeat = raw.partition("*")
             sep = ":" if ":" in item else "x"
             t_star, _, steps = item.partition(sep)
-            try:
-                r = PurificationRound(int(t_star), int(steps))
-                k = int(repeat) if repeat else 1
-            except ValueError as err:
-                raise UsageError(f"cannot parse round {raw!r} in {spec!r}: expected T:STEPS[*REPEAT]; {err}") from None
-            rounds.extend([r] * k)
+            form = "expected T:STEPS or T:STEPS*REPEAT with positive integers"
+            if not (t_star.isdigit() and steps.isdigit()) or (star and not repeat.isdigit()):
+                raise UsageError(f"cannot parse round {raw!r} in {spec!r}: {form}")
+            k = int(repeat) if star else 1
+            if k < 1:
+                raise UsageError(f"round {raw!r} in {spec!r} repeats {k} times: REPEAT must be >= 1")
+            rounds.extend([PurificationRound(int(t_star), int(steps))] * k)
         if not rounds:
             raise UsageError(f"no rounds in {spec!r}")
         return rounds
+    if isinstance(spec, PurificationRound) or not isinstance(spec, Sequence):
+        raise UsageError(f"rounds must be a plan like '100:20' or a list of (t_star, steps) pairs, got {spec!r}")
     out = []
     for r in spec:
-        out.append(r if isinstance(r, PurificationRound) else PurificationRound(int(r[0]), int(r[1])))
+        if isinstance(r, PurificationRound):
+            out.append(r)
+            continue
+        if isinstance(r, str) or not isinstance(r, Sequence) or len(r) != 2:
+            raise UsageError(f"each round must be a (t_star, steps) pair, got {r!r}")
+        for v, name in zip(r, ("t_star", "steps")):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer():
+                raise UsageError(f"round {tuple(r)!r}: {name} must be an integer, got {v!r}")
+        out.append(PurificationRound(int(r[0]), int(r[1])))
     if not out:
         raise UsageError("no rounds given")
     return out

@@ -155,12 +155,37 @@ def _unit(z: Tensor) -> Tensor:
 
 
 def _check_pair(est: Tensor, ref: Tensor) -> None:
+    for value, name in ((est, "est"), (ref, "ref")):
+        if not isinstance(value, Tensor):
+            raise UsageError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if est.ndim != 4:
         raise UsageError(f"est must be 4-D [B, C, H, W], got shape {tuple(est.shape)}")
     if ref.shape != est.shape and not (ref.ndim == 4 and ref.shape[0] == 1 and ref.shape[1:] == est.shape[1:]):
         raise UsageError(f"ref must have est's shape {tuple(est.shape)} (or batch 1), got {tuple(ref.shape)}")
     if not est.is_floating_point() or not ref.is_floating_point():
         raise UsageError(f"est and ref must be floating point, got {est.dtype} and {ref.dtype}")
+    if est.numel() == 0:
+        raise UsageError(f"est is empty (shape {tuple(est.shape)}): need at least one image of at least 1x1 pixels")
+
+
+def _check_settings(amp_radius: float | None, phase_radius: float | None, delta: float) -> None:
+    """Types and signs of the exchange settings (the same rules in both modes)."""
+    for value, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius"), (delta, "delta")):
+        if value is None and name != "delta":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{name} must be a number{' or None' if name != 'delta' else ''}, "
+                             f"got {type(value).__name__} {value!r}")
+        if name == "delta":
+            if not value >= 0:  # inf is allowed: no phase constraint
+                raise UsageError(f"delta must be >= 0 radians, got {value}")
+        elif not math.isfinite(value) or value < 0:
+            raise UsageError(f"{name} must be a finite non-negative number, got {value}")
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise UsageError(f"{name} contains NaN or Inf values")
 
 
 def _edit_spectrum(
@@ -198,9 +223,8 @@ def exchange_spectrum(
     symmetry; :func:`freq_exchange` returns ``ifft2(exchange_spectrum(...)).real``.
     """
     _check_pair(est, ref)
+    _check_settings(amp_radius, phase_radius, delta)
     height, width = est.shape[-2:]
-    if not delta >= 0:
-        raise UsageError(f"delta must be >= 0 radians, got {delta}")
     masks = []
     for radius, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius")):
         if radius is None:
@@ -246,11 +270,18 @@ def freq_exchange(
     Returns:
         ``[B, C, H, W]`` real tensor, same dtype as ``est``.
     """
+    if mode not in ("paper", "reference"):
+        raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
+    _check_pair(est, ref)
+    _check_settings(amp_radius, phase_radius, delta)
+    _check_finite(est, "est")
+    _check_finite(ref, "ref")
+    dtype = est.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # no half-precision FFT of arbitrary sizes: compute in fp32
+        est, ref = est.float(), ref.float()
     if mode == "paper":
-        return torch.fft.ifft2(exchange_spectrum(est, ref, amp_radius, phase_radius, delta)).real.to(est.dtype)
-    if mode == "reference":
-        return _reference_exchange(est, ref, amp_radius, phase_radius, delta)
-    raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
+        return torch.fft.ifft2(exchange_spectrum(est, ref, amp_radius, phase_radius, delta)).real.to(dtype)
+    return _reference_exchange(est, ref, amp_radius, phase_radius, delta).to(dtype)
 
 
 def _reference_exchange(
@@ -258,6 +289,7 @@ def _reference_exchange(
 ) -> Tensor:
     """The official FreqPure arithmetic, batched (see the module docstring)."""
     _check_pair(est, ref)
+    _check_settings(amp_radius, phase_radius, delta)
     height, width = est.shape[-2:]
     amp_radius = -1.0 if amp_radius is None else amp_radius  # an empty disc
     phase_radius = -1.0 if phase_radius is None else phase_radius

@@ -1,107 +1,294 @@
-"""``freqpure purify INPUT... --out DIR``: purify PNG/JPEG files and folders."""
+"""``freqpure purify INPUT... --out DIR``: purify PNG/JPEG files and folders.
+
+Safety rules (see docs/reliability.md): ``--out`` must be a new or empty folder, and never the folder
+holding an input, an input folder, or a folder inside an input folder that would be overwritten; no
+output path may be an input file. Everything is checked before anything is written, and a command
+that fails after that removes what it wrote (no empty or half-filled output folder is left behind).
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from freqpure.cli.common import add_dataclass_flags, dataclass_overrides, resolve_device
-from freqpure.config import PurifierConfig, build_purifier, from_dict, load_yaml, to_dict
-from freqpure.errors import UsageError
-from freqpure.imageio import collect_images, read_images, write_png
+from freqpure.cli.common import (
+    add_config_args,
+    add_dataclass_flags,
+    add_runtime_args,
+    apply_runtime_args,
+    dataclass_overrides,
+    resolve_device,
+)
+from freqpure.config import PurifierConfig, apply_overrides, from_dict, parse_yaml, to_dict
+from freqpure.errors import NotFoundError, OutputExistsError, UsageError
+from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
 from freqpure.provenance import environment, write_json_atomic
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "load_purifier_settings", "check_output_folder"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "purify",
         help="purify image files with FreqPure or DiffPure",
-        description="Purify PNG/JPEG files (folders are searched recursively); writes PNGs and manifest.json.",
+        description="Purify PNG/JPEG files (folders are searched recursively); writes PNGs and manifest.json "
+                    "into a new or empty --out folder. Greyscale, 16-bit, transparent or differently sized "
+                    "images are refused unless --convert / --resize ask for the conversion, which is then "
+                    "recorded per file in manifest.json.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--config", type=Path, help="YAML file with purifier settings (flags override it)")
-    p.add_argument("--model", dest="diffusion", help="diffusion model: a registered name or a checkpoint path")
-    p.add_argument("--t-start", type=int, help="single-round noise level t* in steps (with --steps)")
-    p.add_argument("--steps", type=int, help="single-round denoising steps (with --t-start)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--resize", action="store_true", help="resize inputs to the model's image size")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output folder: must be new or empty, and not the folder of an input")
+    add_config_args(p, "purifier")
+    p.add_argument("--diffusion", "--model", dest="diffusion", metavar="NAME|PATH",
+                   help="diffusion model: a registered name or a checkpoint path (--model is a deprecated alias)")
+    p.add_argument("--t-start", type=int, metavar="T", help="single-round noise level t* in steps (with --steps; "
+                   "not with --rounds)")
+    p.add_argument("--steps", type=int, metavar="N", help="single-round denoising steps (with --t-start)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per purifier call (default 64)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize inputs to the model's image size (recorded per file; outputs stay at that size)")
+    p.add_argument("--convert", action="store_true",
+                   help="convert greyscale, 16-bit, palette and transparent images to RGB (recorded per file); "
+                        "without it they are refused")
     p.add_argument("--clamp", action="store_true", help="clip out-of-range inputs instead of refusing them")
+    add_runtime_args(p)
     add_dataclass_flags(p, PurifierConfig, exclude=("diffusion",), help_prefix="purifier settings")
+    allowed = {"method": "freqpure or diffpure", "sampler": "ddpm, ddim or sde", "mode": "paper or reference",
+               "reference": "input or denoised", "rounds": "plan T:STEPS[*REPEAT],... e.g. 100:20 or 20:5*5,50:5*5",
+               "amp_radius": "frequency-index units, none disables", "phase_radius": "frequency-index units, none "
+               "disables", "delta": "radians"}
+    for action in p._actions:
+        if action.dest in allowed:
+            action.help = f"{allowed[action.dest]} {action.help}"
     p.set_defaults(func=run)
 
 
-def _settings(args: argparse.Namespace) -> PurifierConfig:
-    base = to_dict(load_yaml(PurifierConfig, args.config)) if args.config else to_dict(PurifierConfig())
-    base.update(dataclass_overrides(args, PurifierConfig))
+# ----------------------------------------------------------------------------------------------- settings
+_ACCEPTS = ("a purifier-settings YAML (keys: " + ", ".join(PurifierConfig.__dataclass_fields__)
+            + ") or an evaluate config with a purifier: section")
+
+
+def load_purifier_settings(path: Path) -> tuple[PurifierConfig, str]:
+    """A purifier config from ``path``: a purifier-settings file or the ``purifier:`` section of an evaluate config.
+
+    Returns the config and which of the two it was (for the manifest).
+    """
+    if not path.is_file():
+        raise NotFoundError(f"--config file not found: {path}")
+    data = parse_yaml(path.read_text(), f"--config file {path}") or {}
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path} must hold a mapping; purify --config takes {_ACCEPTS}")
+    where, kind = "purifier", "purifier settings"
+    eval_keys = {"name", "seed", "batch_size", "device", "data", "classifier", "defence", "attacks", "sanity"}
+    if "purifier" not in data and set(data) & (eval_keys - {"seed", "device"}) and not set(data) & set(
+            PurifierConfig.__dataclass_fields__):
+        raise UsageError(f"--config {path} has no purifier settings (it looks like an evaluate or training config "
+                         f"without a purifier: section); purify --config takes {_ACCEPTS}")
+    if "purifier" in data:
+        section = data["purifier"]
+        if not isinstance(section, dict):
+            raise UsageError(f"--config {path}: the purifier: section must be a mapping, got {section!r}")
+        data, where, kind = section, "purifier", "purifier: section of an evaluate config"
+    try:
+        return from_dict(PurifierConfig, data, where), kind
+    except UsageError as err:
+        if "unknown config key" in str(err):
+            head = str(err).split(". Valid keys of")[0]
+            raise UsageError(f"--config {path}: {head}. purify --config takes {_ACCEPTS}") from None
+        raise UsageError(f"--config {path}: {err}") from None
+
+
+def _settings(args: argparse.Namespace) -> tuple[PurifierConfig, str | None]:
+    cfg, kind = (load_purifier_settings(args.config) if args.config else (PurifierConfig(), None))
+    overrides = list(args.overrides or [])
+    cfg = apply_overrides(cfg, overrides)
+    set_keys = {item.partition("=")[0].strip() for item in overrides}
+    flags: dict[str, Any] = dataclass_overrides(args, PurifierConfig)
+    if args.diffusion is not None:
+        flags["diffusion"] = args.diffusion
     if (args.t_start is None) != (args.steps is None):
         raise UsageError("--t-start and --steps go together (or use --rounds T:STEPS,...)")
     if args.t_start is not None:
-        base["rounds"] = f"{args.t_start}:{args.steps}"
-    cfg = from_dict(PurifierConfig, base, "purifier")
+        if "rounds" in flags or "rounds" in set_keys:
+            raise UsageError("--t-start/--steps and --rounds both set the purification plan; give one of them")
+        flags["rounds"] = f"{args.t_start}:{args.steps}"
+    clash = sorted(set_keys & set(flags))
+    if clash:
+        raise UsageError(f"{', '.join(clash)} given both by --set and by its own flag; give it once")
+    if flags:
+        cfg = from_dict(PurifierConfig, {**to_dict(cfg), **flags}, "purifier")
     if cfg.method == "none":
         raise UsageError("--method must be freqpure or diffpure for purify")
-    return cfg
+    return cfg, kind
 
 
+# ----------------------------------------------------------------------------------------------- output rules
+def check_output_folder(out: Path, files: list[tuple[Path, Path]], inputs: list[str]) -> None:
+    """Refuse an ``--out`` that could overwrite or mix with anything that is not this run's output."""
+    target = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} exists and is not a folder; give a new or empty folder")
+    input_dirs = {Path(raw).resolve() for raw in inputs if Path(raw).is_dir()}
+    parents = {src.resolve().parent for src, _ in files}
+    for folder in sorted(input_dirs | parents):
+        if target == folder:
+            raise OutputExistsError(f"--out {out} is the folder of the input images; purify never writes into an "
+                                    "input's folder — give a new folder")
+    sources = {src.resolve() for src, _ in files}
+    for _, name in files:
+        if (target / name).resolve() in sources:
+            raise OutputExistsError(f"--out {out}: output {name} would overwrite an input file")
+    if out.is_dir() and any(out.iterdir()):
+        raise OutputExistsError(f"--out {out} is not empty; purify writes only into a new or empty folder "
+                                "(it never replaces files it did not write in this run)")
+
+
+class _Written:
+    """What this command created, so that a failure can remove exactly that (and nothing else)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.created_dirs: list[Path] = []
+        self.files: list[Path] = []
+
+    def make_dir(self, folder: Path) -> None:
+        missing = []
+        probe = folder
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        self.created_dirs += list(reversed(missing))
+
+    def remove(self) -> None:
+        for f in reversed(self.files):
+            f.unlink(missing_ok=True)
+        for d in reversed(self.created_dirs):
+            try:
+                d.rmdir()  # only if empty: never remove anything this run did not write
+            except OSError:
+                pass
+
+
+def _probe_writable(out: Path) -> None:
+    probe = out / f".freqpure-write-test-{time.time_ns()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(err.errno, f"--out folder is not writable ({err.strerror})", str(out)) from None
+
+
+# ----------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    cfg = _settings(args)
+    cfg, config_kind = _settings(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    apply_runtime_args(args)
+    seed = 0 if args.seed is None else args.seed
     device = resolve_device(args.device)
     files = collect_images(args.inputs)
-    args.out.mkdir(parents=True, exist_ok=True)
+    infos = [inspect_image(src) for src, _ in files]  # headers only: formats, animations, sizes, modes
+    if not args.convert:
+        for info in infos:
+            if info.conversions():
+                raise UsageError(f"{info.path} needs a conversion ({'; '.join(info.conversions())}); pass --convert "
+                                 "to convert it (recorded in manifest.json), or convert it yourself")
+    check_output_folder(args.out, files, args.inputs)
 
+    written = _Written(args.out)
+    try:
+        written.make_dir(args.out)
+        _probe_writable(args.out)
+        _purify(args, cfg, config_kind, seed, device, files, infos, written)
+    except BaseException:
+        written.remove()
+        raise
+    return 0
+
+
+def _check_sizes(infos: list[ImageInfo], want: int | None, model: str, resize: bool) -> None:
+    if resize:
+        return
+    if want is not None:
+        for info in infos:
+            if (info.height, info.width) != (want, want):
+                raise UsageError(f"{info.path} is {info.height}x{info.width} but model {model!r} takes {want}x{want} "
+                                 "images; pass --resize to resize inputs (recorded per file)")
+        return
+    sizes = {(i.height, i.width) for i in infos}
+    if len(sizes) > 1:
+        first = {}
+        for i in infos:
+            first.setdefault((i.height, i.width), i.path)
+        listed = ", ".join(f"{p} is {h}x{w}" for (h, w), p in list(first.items())[:3])
+        raise UsageError(f"the inputs differ in size ({listed}); pass --resize or give images of one size")
+
+
+def _purify(args: argparse.Namespace, cfg: PurifierConfig, config_kind: str | None, seed: int,
+            device: torch.device, files: list[tuple[Path, Path]], infos: list[ImageInfo], written: _Written) -> None:
+    from freqpure.config import build_purifier
     from freqpure.models.registry import load_diffusion
 
     eps_model = load_diffusion(cfg.diffusion, device=device)
-    purifier = build_purifier(cfg, eps_model, seed=args.seed).to(device)
+    want = getattr(eps_model, "image_size", None)
+    _check_sizes(infos, want, cfg.diffusion, args.resize)
+    purifier = build_purifier(cfg, eps_model, seed=seed).to(device)
     purifier.clamp_input = args.clamp
-    size = getattr(eps_model, "image_size", None) if args.resize else None
 
     started = time.perf_counter()
-    records = []
+    records: list[dict[str, Any]] = []
     with torch.no_grad():
-        for start in tqdm(range(0, len(files), args.batch_size), desc="purify", unit="batch"):
-            chunk = files[start : start + args.batch_size]
-            images = read_images([path for path, _ in chunk], size=size).to(device)
-            want = getattr(eps_model, "image_size", None)
-            if want is not None and tuple(images.shape[-2:]) != (want, want):
-                raise UsageError(
-                    f"{chunk[0][0]} is {images.shape[-2]}x{images.shape[-1]} but model {cfg.diffusion!r} takes "
-                    f"{want}x{want} images; pass --resize to resize inputs"
-                )
+        for b, start in enumerate(tqdm(range(0, len(files), args.batch_size), desc="purify", unit="batch",
+                                       disable=args.no_progress)):
+            chunk = files[start: start + args.batch_size]
+            loaded = [load_image(src, convert=args.convert) for src, _ in chunk]
+            images = []
+            for item in loaded:
+                img = item.image
+                if args.resize and want is not None and tuple(img.shape[-2:]) != (want, want):
+                    item.conversions.append(f"resized from {img.shape[-2]}x{img.shape[-1]} to {want}x{want}")
+                    img = resize_square(img, want)
+                images.append(img)
+            batch = torch.stack(images).to(device)
             t0 = time.perf_counter()
-            purified = purifier(images)
+            purified = purifier(batch)
             elapsed = time.perf_counter() - t0
-            for (src, name), image in zip(chunk, purified):
-                write_png(image, args.out / name)
-                records.append({"input": str(src), "output": str(name)})
-            records[-1]["batch_seconds"] = round(elapsed, 4)
+            for (src, name), item, image in zip(chunk, loaded, purified):
+                dest = args.out / name
+                written.make_dir(dest.parent)
+                write_png(image, dest)
+                written.files.append(dest)
+                records.append({
+                    "input": str(src), "output": str(name), "format": item.info.format, "mode": item.info.mode,
+                    "input_size": [item.info.height, item.info.width], "output_size": list(image.shape[-2:]),
+                    "conversions": item.conversions, "batch": b,
+                    "seconds": round(elapsed / len(chunk), 5), "batch_seconds": round(elapsed, 4),
+                })
     total = time.perf_counter() - started
 
     manifest = {
         "command": "purify",
         "settings": to_dict(cfg),
-        "seed": args.seed,
+        "config_file": None if args.config is None else {"path": str(args.config), "kind": config_kind},
+        "seed": seed,
         "model": cfg.diffusion,
         "resize": args.resize,
+        "convert": args.convert,
         "clamp": args.clamp,
         "n_images": len(files),
+        "n_converted": sum(1 for r in records if r["conversions"]),
         "timings": {"total_seconds": round(total, 3), "seconds_per_image": round(total / len(files), 4)},
         "environment": environment(device),
         "files": records,
     }
     write_json_atomic(manifest, args.out / "manifest.json")
-    print(f"purified {len(files)} image(s) with {cfg.method} into {args.out} ({total:.1f} s)")
-    return 0
-
-
+    written.files.append(args.out / "manifest.json")
+    print(f"purified {len(files)} image(s) with {cfg.method} into {args.out} ({total:.1f} s)"
+          + (f"; {manifest['n_converted']} converted (see manifest.json)" if manifest["n_converted"] else ""))

@@ -35,9 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from freqpure._fileio import check_writable_output
+    from freqpure.errors import NotFoundError, UsageError
     from freqpure.report import write_report
 
     apply_runtime_args(args)
+    for run_dir in args.run_dirs:
+        if not run_dir.is_dir():
+            raise NotFoundError(f"run folder {run_dir} does not exist")
+    if len(args.run_dirs) > 1 and args.out is None:
+        raise UsageError("several runs make one comparison page: give -o/--out FILE")
+    target = args.out if args.out is not None else args.run_dirs[0] / "report.html"
+    check_writable_output(target, "-o/--out" if args.out is not None else "report.html")  # before the work
     dirs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
     path = write_report(dirs, args.out, max_examples=args.max_examples, max_spectra=args.max_spectra)
     print(path)

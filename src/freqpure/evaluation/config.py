@@ -72,8 +72,12 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("cifar10", "imagenet"):
             raise UsageError(f"data.dataset must be 'cifar10' or 'imagenet', got {self.dataset!r}")
+        if self.dataset == "cifar10" and self.split not in ("train", "test"):
+            raise UsageError(f"data.split must be 'train' or 'test' for cifar10, got {self.split!r}")
         if self.n < 1:
             raise UsageError(f"data.n must be >= 1, got {self.n}")
+        if self.image_size < 1:
+            raise UsageError(f"data.image_size must be >= 1, got {self.image_size}")
 
 
 @dataclass
@@ -109,6 +113,10 @@ class DefenceConfig:
             raise UsageError(
                 f"defence.classifier_input must be 'as_is' or 'imagenet224', got {self.classifier_input!r}"
             )
+        if self.purify_size is not None and self.purify_size < 1:
+            raise UsageError(f"defence.purify_size must be >= 1 or null, got {self.purify_size}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise UsageError(f"defence.max_batch must be >= 1 or null (no chunking), got {self.max_batch}")
 
 
 @dataclass
@@ -202,6 +210,19 @@ class SanityConfig:
     gradients: bool = True
     eps_sweep: list[float] = field(default_factory=lambda: [2.0])
     sweep_samples: int = 8
+
+    def __post_init__(self) -> None:
+        # Checked here, before the first sample: a bad value must not surface only at finalize.
+        if self.undefended_steps < 1:
+            raise UsageError(f"sanity.undefended_steps must be >= 1, got {self.undefended_steps}")
+        if not 0 <= self.undefended_max_accuracy <= 1:
+            raise UsageError(f"sanity.undefended_max_accuracy must be in [0, 1], got {self.undefended_max_accuracy}")
+        if self.sweep_samples < 1:
+            raise UsageError(f"sanity.sweep_samples must be >= 1, got {self.sweep_samples}")
+        bad = [m for m in self.eps_sweep if not (math.isfinite(m) and m > 0)]
+        if bad:
+            raise UsageError(f"sanity.eps_sweep multipliers must be finite and > 0, got {bad} "
+                             "(use [] to disable the sweep)")
 
 
 @dataclass

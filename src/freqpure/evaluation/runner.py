@@ -25,15 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 
 from freqpure.attacks.autoattack import run_autoattack
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel, SeededModel
 from freqpure.attacks.pgd import pgd
-from freqpure.config import config_diff, dump_yaml, from_dict, to_dict
-from freqpure.errors import UsageError
+from freqpure.config import to_dict
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
@@ -49,7 +47,8 @@ from freqpure.evaluation.results import (
     render_markdown,
     write_results,
 )
-from freqpure.evaluation.store import SampleStore
+from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir
+from freqpure.evaluation.store import SampleStore, config_fingerprint
 from freqpure.samplers import NOISE_SCHEME, StepNoise
 
 __all__ = ["evaluate", "prepare_run_dir", "batch_seed", "Purpose"]
@@ -74,41 +73,9 @@ def batch_seed(seed: int, batch: int, purpose: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run directory
+# Run directory (see freqpure.evaluation.rundir)
 # ---------------------------------------------------------------------------------------------
-def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) -> None:
-    """Create/check ``out``: writable, and (when it holds a run) the same config; ``write``: write config.yaml."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "parts").mkdir(exist_ok=True)
-        probe = out / f".write-test-{time.time_ns()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"results dir {out} is not writable: {err.strerror or err}") from None
-    saved_path = out / "config.yaml"
-    store = SampleStore(out / "samples.jsonl")
-    if saved_path.exists():
-        try:
-            saved = to_dict(from_dict(EvalConfig, yaml.safe_load(saved_path.read_text()) or {}))
-        except (ValueError, yaml.YAMLError) as err:
-            raise UsageError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
-        diff = config_diff(saved, to_dict(cfg))
-        if diff:
-            raise UsageError(
-                f"{out} holds a run with a different config; refusing to "
-                f"{'resume' if resume else 'reuse'} it. Differences (saved -> requested):\n  " + "\n  ".join(diff)
-            )
-        done = len(store.load())
-        if done and not resume:
-            raise UsageError(f"{out} already holds {done} finished samples of this config; pass --resume to "
-                             "continue it, or choose a new --out")
-    elif resume and store.path.exists():
-        raise UsageError(f"{out} has samples.jsonl but no config.yaml: cannot check what it was run with")
-    if write and not saved_path.exists():
-        tmp = saved_path.with_suffix(".tmp")
-        tmp.write_text(dump_yaml(cfg))
-        tmp.replace(saved_path)
+# prepare_run_dir (checks, lock, config.yaml) and discard_unused_run_dir live in freqpure.evaluation.rundir.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,9 +270,10 @@ def evaluate(
     out = Path(out)
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device)
+    lock = None
     try:
-        prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)
-        store = SampleStore(out / "samples.jsonl")
+        lock = prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)  # held until the run ends
+        store = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg)))
         if ctx.is_main:
             store.repair()  # before any rank appends: a torn tail would swallow the next record
         ctx.barrier()
@@ -327,7 +295,12 @@ def evaluate(
             return None
         return finalize(cfg, out, data, runner, keys, wall=time.perf_counter() - t_start, world_size=ctx.world_size,
                         resumed=resumed)
+    except BaseException:
+        discard_unused_run_dir(lock)  # a run that failed before its first sample leaves no folder behind
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         if own_ctx:
             ctx.close()
 
@@ -374,7 +347,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
 
     ``resumed``: this invocation continued a run that already had finished samples.
     """
-    raw = SampleStore(out / "samples.jsonl").load()
+    raw = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg))).load()
     wanted = [int(i) for i in data.indices]
     missing = [i for i in wanted if i not in raw]
     if missing:

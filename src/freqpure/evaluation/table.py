@@ -74,6 +74,21 @@ def attack_settings(attack: dict[str, Any]) -> str:
             f"{f'{restarts} restarts, ' if restarts > 1 else ''}{grad} gradient")
 
 
+def _md_code(text: str) -> str:
+    """``text`` as inline markdown code that cannot break a table row (pipes escaped, one line, backticks fenced)."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def _md_text(text: str) -> str:
+    """``text`` as plain markdown: one line, markup characters escaped."""
+    text = " ".join(str(text).split())
+    for ch in "\\`*_[]<>|#":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def attack_key(attack: dict[str, Any], defence: str) -> dict[str, Any]:
     """The settings that decide an attack's strength; ``None`` marks a setting that ``defence`` makes moot."""
     autoattack = attack["name"] == "autoattack"
@@ -128,7 +143,7 @@ def table_columns(results_list: list[Results]) -> tuple[list[Column], list[dict[
                           if c.label == label and _compatible(c.key, key) and i not in mine.values()), None)
             if match is None:
                 same_label = sum(c.label == label for c in columns)
-                heading = f"`{label}`" + (f" ({same_label + 1})" if same_label else "")
+                heading = _md_code(label) + (f" ({same_label + 1})" if same_label else "")
                 columns.append(Column(heading, label, key, attack_settings(attack), res.defence != "none"))
                 match = len(columns) - 1
             else:
@@ -169,13 +184,14 @@ def render_table(results_list: list[Results]) -> str:
               "used with different settings gets a numbered column of its own. Settings and attack time per run:", ""]
     for res in results_list:
         t = res.timings
-        lines.append(f"- **{res.name}** ({defence_settings(res)}; seed {res.seed}; noise scheme {res.noise_scheme}; "
+        lines.append(f"- **{_md_text(res.name)}** ({defence_settings(res)}; seed {res.seed}; "
+                     f"noise scheme {res.noise_scheme}; "
                      f"{t.seconds_per_sample:.1f} s per sample in all, {res.world_size} process(es)"
                      f"{'; resumed' if res.resumed else ''}):")
         for label, attack in res.attacks():
             secs = t.per_attack_seconds_per_sample.get(label)
             time_text = f"; {secs:.1f} s per sample" if secs is not None else ""
-            lines.append(f"  - `{label}`: {attack_settings(attack)}{time_text}")
+            lines.append(f"  - {_md_code(label)}: {attack_settings(attack)}{time_text}")
         for warning in res.warnings:
             lines.append(f"  - warning: {warning}")
     return "\n".join(lines) + "\n"

@@ -22,8 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from freqpure.errors import NotFoundError, UnknownNameError, UsageError
+from freqpure.errors import CheckpointError, NotFoundError, UnknownNameError, UsageError
 from freqpure.models.adapters import EpsModel
+from freqpure.models.checkpoint import check_finite, count_elements
 from freqpure.models.small import FastResNet, SmallUNet
 
 __all__ = [
@@ -129,12 +130,23 @@ def build_from_file(
         raise UsageError(f"{path}: holds architecture {meta['freqpure_arch']!r}, expected {arch!r}")
     if meta["freqpure_arch"] not in ARCHITECTURES:
         raise UsageError(f"{path}: unknown architecture {meta['freqpure_arch']!r}; known: {sorted(ARCHITECTURES)}")
+    arch_name = meta["freqpure_arch"]
     try:
         kwargs = json.loads(meta["freqpure_config"])
-        net = ARCHITECTURES[meta["freqpure_arch"]](**kwargs)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise UsageError(f"{path}: cannot build {meta['freqpure_arch']} from its config ({err})") from None
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"expected a JSON object, got {type(kwargs).__name__}")
+        with torch.device("meta"):  # shapes only: refuse a config asking for more than the file holds
+            wanted = count_elements(ARCHITECTURES[arch_name](**kwargs))
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError, AssertionError) as err:
+        raise CheckpointError(f"{path}: cannot build {arch_name} from its metadata config "
+                              f"({type(err).__name__}: {err})") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    have = sum(v.numel() for v in state.values())
+    if wanted > have + 1_000_000:
+        raise CheckpointError(f"{path}: its config asks for a {arch_name} network of {wanted:,} values "
+                              f"({wanted * 4 / 1e9:.2f} GB) but the file holds only {have:,}")
+    check_finite(state, what=str(path))
+    net = ARCHITECTURES[arch_name](**kwargs)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:

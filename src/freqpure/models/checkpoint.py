@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import re
+import struct
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ __all__ = [
     "SafetensorsFile",
     "UnsafeCheckpointError",
     "align_prefix",
+    "check_finite",
+    "count_elements",
     "expected_shapes",
     "find_state_dict",
     "is_safetensors",
@@ -112,17 +115,23 @@ def read_checkpoint(path: str | os.PathLike[str], *, trust_pickle: bool = False)
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists():
+            raise CheckpointError(f"{path} is not a regular file (a folder or a device); give a checkpoint file")
         raise NotFoundError(f"checkpoint not found: {path}")
+    shown = f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
     if is_safetensors(path) or path.suffix == ".safetensors":
         return SafetensorsFile(*read_safetensors(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
         raise _explain_unpickling_error(path, err, trust_pickle) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, MemoryError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, MemoryError, IndexError, KeyError,
+            TypeError, AttributeError, struct.error) as err:
+        # The weights-only unpickler meets arbitrary bytes (a text file, a truncated download) with
+        # whatever error its parser hits first; none of them is more than "this is not a checkpoint".
         raise CorruptCheckpointError(
-            f"{path}: cannot read this checkpoint (truncated or corrupt download?): {_first_line(err)}. "
-            "Re-download the file and compare its size/checksum with the source."
+            f"{shown}: cannot read this checkpoint (not a PyTorch/safetensors file, or a truncated or corrupt "
+            f"download?): {_first_line(err)}. Re-download the file and compare its size/checksum with the source."
         ) from None
 
 
@@ -317,9 +326,25 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], *, what: st
     """
     current = model.state_dict()
     sd = normalize_state_dict(current, state_dict, what=what)
+    check_finite(sd, what=what)
     on_meta = any(t.is_meta for t in current.values())
     model.load_state_dict(sd, strict=True, assign=on_meta)
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise CheckpointError(f"{what}: tensors left uninitialised after loading: {leftover[:_SHOW]}")
     return model
+
+
+def check_finite(state_dict: Mapping[str, Tensor], *, what: str) -> None:
+    """Refuse weights holding NaN or Inf (such a network predicts one class for everything, silently)."""
+    bad = [k for k, v in state_dict.items()
+           if isinstance(v, Tensor) and v.is_floating_point() and not v.is_meta and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" … (+{len(bad) - _SHOW} more)" if len(bad) > _SHOW else ""
+        raise CorruptCheckpointError(f"{what}: {len(bad)} weight tensor(s) hold NaN or Inf values "
+                                     f"({', '.join(bad[:_SHOW])}{more}); the checkpoint is corrupt or diverged")
+
+
+def count_elements(model: nn.Module) -> int:
+    """Number of values in a model's state_dict (parameters and persistent buffers)."""
+    return sum(t.numel() for t in model.state_dict().values())

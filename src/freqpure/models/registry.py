@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from freqpure._fileio import check_writable_output
 from freqpure.errors import NotFoundError, OutputExistsError, UsageError
 from freqpure.models._archs import ARCHS, wrap_classifier, wrap_diffusion
 from freqpure.models._specs import PUBLISHED, ModelSpec
@@ -33,7 +34,9 @@ from freqpure.models.adapters import EpsModel
 from freqpure.models.checkpoint import (
     ArchitectureMismatchError,
     CheckpointError,
+    CorruptCheckpointError,
     SafetensorsFile,
+    count_elements,
     load_weights,
     normalize_state_dict,
     read_checkpoint,
@@ -153,7 +156,8 @@ def _spec_for_file(path: Path) -> ModelSpec | None:
 # ------------------------------------------------------------------------------------------ building
 
 
-def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool) -> nn.Module:
+def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool,
+           what: str | None = None) -> nn.Module:
     """Randomly initialised network (or shapes only on ``meta``)."""
     if arch_name in ARCHS:
         builder = ARCHS[arch_name].build
@@ -168,8 +172,41 @@ def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, met
         def builder(cfg: Mapping[str, Any]) -> nn.Module:
             return bundled_builder(**cfg)
     target = "meta" if meta else device
-    with torch.device(target) if target is not None else contextlib.nullcontext():
-        return builder(config)
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"the config of architecture {arch_name!r} must be a mapping, got {config!r}")
+    try:
+        with torch.device(target) if target is not None else contextlib.nullcontext():
+            return builder(dict(config))
+    except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError) as err:
+        raise CheckpointError(f"{what + ': ' if what else ''}cannot build architecture {arch_name!r} from config "
+                              f"{dict(config)}: "
+                              f"{type(err).__name__}: {err}") from None
+
+
+# A network may be at most this much larger than the file that is to fill it (BatchNorm counters and
+# the like); anything bigger is refused before a byte is allocated.
+_SIZE_SLACK = 1_000_000
+
+
+def _check_size(arch_name: str, config: Mapping[str, Any], state_dict: Mapping[str, Tensor], what: str) -> None:
+    """Refuse a config that asks for a network larger than the weights in the file (built on meta: no memory)."""
+    wanted = count_elements(_build(arch_name, config, device=None, meta=True, what=what))
+    have = sum(t.numel() for t in state_dict.values())
+    if wanted > have + _SIZE_SLACK:
+        raise ArchitectureMismatchError(
+            f"{what}: its config asks for a {arch_name} network of {wanted:,} values ({wanted * 4 / 1e9:.2f} GB in "
+            f"float32) but the file holds only {have:,}; the metadata does not describe these weights"
+        )
+
+
+def _json_meta(metadata: Mapping[str, str], key: str, what: str, default: str | None = None) -> Any:
+    """A JSON metadata entry of a weights file, with an error naming the file and the key."""
+    text = metadata.get(key, default)
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise CorruptCheckpointError(f"{what}: metadata entry {key!r} is not valid JSON ({err}): {text!r:.120}") \
+            from None
 
 
 def _kind_of(arch_name: str, metadata: Mapping[str, str]) -> str:
@@ -192,14 +229,21 @@ def _instantiate(
     name: str,
     device: DeviceLike,
     metadata: Mapping[str, str] | None = None,
+    source: str | None = None,
 ) -> nn.Module:
-    """Build ``arch_name(config)``, load ``state_dict`` strictly, wrap for freqpure's conventions."""
+    """Build ``arch_name(config)``, load ``state_dict`` strictly, wrap for freqpure's conventions.
+
+    ``source`` (the file) names the weights in error messages (default: ``name``).
+    """
     metadata = metadata or {}
+    what = source or name
     meta = arch_name in ARCHS and ARCHS[arch_name].meta_init
-    net = load_weights(_build(arch_name, config, device=device, meta=meta), state_dict, what=name)
+    if not meta:
+        _check_size(arch_name, config, state_dict, what)
+    net = load_weights(_build(arch_name, config, device=device, meta=meta, what=what), state_dict, what=what)
     if _kind_of(arch_name, metadata) == "diffusion":
         if "freqpure_eps" in metadata:
-            eps = json.loads(metadata["freqpure_eps"])
+            eps = _json_meta(metadata, "freqpure_eps", what)
         elif arch_name in ARCHS:
             eps = ARCHS[arch_name].eps_kwargs(config)
         else:
@@ -208,7 +252,7 @@ def _instantiate(
                    "learn_sigma": bool(config.get("learn_sigma", False))}
         return wrap_diffusion(net, eps, name)
     if "freqpure_preprocess" in metadata:
-        preprocess = json.loads(metadata["freqpure_preprocess"])
+        preprocess = _json_meta(metadata, "freqpure_preprocess", what)
     else:
         preprocess = ARCHS[arch_name].preprocess if arch_name in ARCHS else {}
     return wrap_classifier(net, preprocess)
@@ -250,9 +294,10 @@ def _load_path(path: Path, *, kind: str | None, spec: ModelSpec | None, device: 
             raise ArchitectureMismatchError(
                 f"{path} holds a {arch_name!r} network, but model {spec.name!r} is a {spec.arch!r}"
             )
-        config = json.loads(metadata.get("freqpure_config", "{}"))
+        config = _json_meta(metadata, "freqpure_config", str(path), "{}")
         name = metadata.get("freqpure_name") or path.stem
-        return _instantiate(arch_name, config, obj.state_dict, name=name, device=device, metadata=metadata)
+        return _instantiate(arch_name, config, obj.state_dict, name=name, device=device, metadata=metadata,
+                            source=str(path))
     spec = spec or _spec_for_file(path) or _guess_spec(obj, kind, path)
     _check_kind(spec.kind, kind, f"{path} ({spec.name})")
     _verify_checksum(spec, path)
@@ -270,7 +315,11 @@ def _finish(model: nn.Module, device: DeviceLike) -> nn.Module:
 
 def _load(name_or_path: str | os.PathLike[str], kind: str, device: DeviceLike,
           directory: str | os.PathLike[str] | None) -> nn.Module:
+    if not isinstance(name_or_path, str | os.PathLike):
+        raise UsageError(f"model must be a registered name or a path, got {type(name_or_path).__name__}")
     key = os.fspath(name_or_path)
+    if not key.strip():
+        raise UsageError(f"the {kind} model name is empty; give a registered name (freqpure models) or a path")
     if key in PUBLISHED:
         spec = PUBLISHED[key]
         _check_kind(spec.kind, kind, repr(key))
@@ -282,8 +331,10 @@ def _load(name_or_path: str | os.PathLike[str], kind: str, device: DeviceLike,
         return _finish(loader(key, device=device), device)
     path = Path(key).expanduser()
     if path.is_dir():
-        if kind != "diffusion":
-            raise UsageError(f"{path} is a directory; only diffusers UNet2DModel directories are supported")
+        if kind != "diffusion" or not (path / "config.json").is_file():
+            raise UsageError(f"{path} is a folder, not a checkpoint file; give a registered name (freqpure models), "
+                             "a checkpoint file" + (", or a diffusers UNet2DModel folder (with config.json)"
+                                                    if kind == "diffusion" else ""))
         from freqpure.models.diffusers_adapter import load_diffusers_unet
 
         return _finish(load_diffusers_unet(path), device)
@@ -352,6 +403,8 @@ def convert_checkpoint(
     src = Path(src).expanduser()
     if dst is not None and Path(dst).expanduser().exists() and not overwrite:
         raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
+    if dst is not None:
+        check_writable_output(dst, "--to")  # before the (long) work, not after it
     obj = read_checkpoint(src, trust_pickle=trust_pickle)
     if arch in PUBLISHED:
         spec: ModelSpec | None = PUBLISHED[arch]
@@ -395,4 +448,5 @@ def convert_checkpoint(
         raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
     if dst.resolve() == src.resolve():
         raise UsageError("the output would overwrite the input checkpoint")
+    check_writable_output(dst, "--to")
     return write_safetensors(dst, sd, metadata), metadata
