@@ -279,15 +279,17 @@ def test_table_escapes_labels_and_names() -> None:
     """Attack labels and run names with pipes, newlines or backticks cannot break the markdown table."""
     import re
 
+    from freqpure.evaluation.results import Results
     from freqpure.evaluation.table import render_table
 
-    acc = {"accuracy": 0.5, "ci95": [0.1, 0.9], "n": 2}
+    acc = {"accuracy": 0.5, "ci95": [0.1, 0.9], "n": 2, "correct": 1}
     label = "pgd | evil\n`x`"
     attack = {"name": "pgd", "norm": "linf", "eps": 8 / 255, "steps": 1, "step_size": None, "eot": 1,
               "random_start": True, "gradient": "full"}
     res = {"name": "run|*one*", "n": 2, "seed": 0, "clean": acc, "robust": acc, "per_attack": {label: acc},
-           "config": {"purifier": {"method": "none"}, "defence": {}, "attacks": [attack]}, "timings": {}}
-    text = render_table([res])
+           "config": {"purifier": {"method": "none"}, "defence": {}, "attacks": [attack]},
+           "timings": {"sample_seconds_total": 1.0, "seconds_per_sample": 0.5}}
+    text = render_table([Results.from_dict(res)])
     header, rule, row = text.splitlines()[:3]
     cells = [len(re.split(r"(?<!\\)\|", line)) for line in (header, row)]
     assert cells == [8, 8] and rule.count("---") == 6, text
