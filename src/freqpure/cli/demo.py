@@ -78,7 +78,9 @@ def demo_configs(args: argparse.Namespace) -> dict[str, Any]:
 
     surrogate = args.surrogate_rounds
     if args.gradient == "surrogate" and not surrogate:
-        surrogate = ",".join(f"{r.split(':')[0]}:1" for r in args.rounds.split(","))
+        from freqpure.attacks.gradients import matched_surrogate
+
+        surrogate = matched_surrogate(args.rounds)  # keeps *k repeats: 20:5*5,50:5*5 -> 20:1*5,50:1*5
     cfgs = {}
     for method in DEFENCES:
         attack = AttackConfig(name="pgd", norm="linf", eps=args.eps, steps=args.steps, eot=args.eot,
