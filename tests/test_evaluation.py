@@ -21,6 +21,7 @@ from torch import nn
 import freqpure
 from freqpure.cli.main import main
 from freqpure.config import dump_yaml
+from freqpure.errors import RunFolderError
 from freqpure.evaluation import AttackConfig, evaluate, load_eval_config, wilson_interval
 from freqpure.evaluation.store import SampleStore
 from freqpure.samplers import NOISE_SCHEME
@@ -205,6 +206,18 @@ def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, re
         SampleStore(reference / "samples.jsonl").load())
     a, b = (json.loads((d / "results.json").read_text()) for d in (run, reference))
     assert (a["clean"], a["robust"]) == (b["clean"], b["robust"])
+
+
+def test_a_run_of_the_old_noise_scheme_is_not_continued(tmp_path: Path, small_cfg, models, reference: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    lines = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert all(r["noise_scheme"] == NOISE_SCHEME for r in lines)
+    for r in lines[:3]:
+        del r["noise_scheme"]  # as the linear-v1 runs in benchmarks/results wrote them
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:3]))
+    with pytest.raises(RunFolderError, match="noise scheme linear-v1.*cannot be continued"):
+        evaluate(small_cfg, run, resume=True, models=models, progress=False)
 
 
 # --------------------------------------------------------------------------------------------- sharding

@@ -273,8 +273,11 @@ class PurifiedClassifier(nn.Module):
         purifier: a :class:`Purifier` (or any module ``[B,C,H,W] → [B,C,H,W]`` accepting ``noise=``).
         ensemble: number of independent purification runs per input (batched into one call).
         vote: ``"majority"`` — the value is the vote share of each class (ties broken by the mean
-            softmax), the gradient that of the mean softmax (straight-through), so attack libraries can
-            differentiate it; ``"softmax"`` — log of the mean softmax; ``"logits"`` — mean logits.
+            softmax), the gradient that of the mean softmax (straight-through). The value is piecewise
+            constant, so a loss computed on it (what AutoAttack's APGD tracks) is flat: give attack
+            libraries ``"softmax"`` instead, as the evaluation does for AutoAttack
+            (:meth:`freqpure.evaluation.components.Defence.mean_softmax_model`); ``"softmax"`` — log of
+            the mean softmax; ``"logits"`` — mean logits.
         preprocess: applied to the input before purification (e.g. ``Resize(256)``).
         postprocess: applied to the purified image before the classifier (e.g. ``Resize(224)`` and
             ImageNet normalisation, see :func:`freqpure.transforms.imagenet_classifier_input`).

@@ -163,6 +163,8 @@ class AttackConfig:
             raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
         if self.eot_batch is not None and self.eot_batch < 1:
             raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
+        if self.version not in ("standard", "rand"):  # a field of every attack: no typo passes silently
+            raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
         if self.band_max_radius is not None:
             self.band_max_radius = parse_number(self.band_max_radius, "attack band_max_radius")
         spec.validate(self)

@@ -34,7 +34,7 @@ from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
 from freqpure.attacks.registry import AttackContext, AttackOutcome
 from freqpure.config import config_diff, dump_yaml, from_dict, to_dict
-from freqpure.errors import UsageError
+from freqpure.errors import RunFolderError, UsageError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
@@ -224,6 +224,7 @@ class BatchRunner:
             clean_ok = bool(pred_clean[s].item() == labels[s])
             records.append({
                 "index": int(indices[s]), "position": int(positions[s]), "batch": batch, "label": labels[s],
+                "noise_scheme": NOISE_SCHEME,
                 "clean_pred": int(pred_clean[s]), "clean_correct": clean_ok, "attacks": attacks,
                 "robust": clean_ok and all(v["correct"] for v in attacks.values()),
                 "undefended": {k: bool(v[s]) for k, v in undefended.items()},
@@ -297,7 +298,9 @@ def evaluate(
         classifier, eps_model = models if models is not None else load_models(cfg, ctx.device)
         defence = build_defence(cfg, classifier, eps_model)
         runner = BatchRunner(cfg, defence, ctx.device)
-        done = set(store.load())
+        existing = store.load()
+        check_noise_scheme(existing, out)
+        done = set(existing)
         n = len(data.indices)
         batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(0, n, cfg.batch_size)]
         todo = [b for b in ctx.shard(list(range(len(batches))))
@@ -312,6 +315,16 @@ def evaluate(
     finally:
         if own_ctx:
             ctx.close()
+
+
+def check_noise_scheme(records: dict[int, dict[str, Any]], out: Path) -> None:
+    """Refuse to continue a run whose samples were drawn with another noise scheme (a record without
+    ``noise_scheme`` predates the field: ``linear-v1``); mixing schemes would break replay and pairing."""
+    schemes = {r.get("noise_scheme", "linear-v1") for r in records.values()}
+    other = sorted(schemes - {NOISE_SCHEME})
+    if other:
+        raise RunFolderError(f"{out} holds samples made with noise scheme {', '.join(other)}; this freqpure draws "
+                             f"with {NOISE_SCHEME}, so the run cannot be continued: choose a new --out")
 
 
 def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], todo: list[int],
@@ -357,7 +370,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     wanted = [int(i) for i in data.indices]
     missing = [i for i in wanted if i not in records]
     if missing:
-        raise RuntimeError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
+        raise RunFolderError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
                            "run again with --resume to finish them")
     recs = [records[i] for i in wanted]
     labels = [a.display() for a in cfg.attacks]
