@@ -301,8 +301,8 @@ def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> N
     label = cfg.attacks[0].display()
     assert label.startswith("autoattack-rand-linf-8/255")
     assert res["per_attack"][label]["n"] == 2
-    assert "re-judged" in res["protocol"]["attack_iterate"][label]
-    assert "best-loss" in res["protocol"]["attack_iterate"][label]
+    assert "re-judged" in res["protocol"]["attacks"][label]
+    assert "best-loss" in res["protocol"]["attacks"][label] and "mean softmax" in res["protocol"]["attacks"][label]
     rec = next(iter(SampleStore(tmp_path / "run" / "samples.jsonl").load().values()))
     assert rec["attacks"][label]["linf"] <= 8 / 255 + 1e-6
     assert res["sanity"]["gradients_finite_nonzero"][label]["ok"]

@@ -203,7 +203,8 @@ class SanityConfig:
     eps) — it must fall to at most ``undefended_max_accuracy``. ``gradients``: the first attack
     gradient through the purifier must be finite and non-zero. ``eps_sweep``: eps multipliers run on
     the first ``sweep_samples`` samples with the first attack; robust accuracy should fall as eps grows
-    (a warning otherwise: a sign of gradient masking). ``[]`` disables the sweep.
+    (a warning otherwise: a sign of gradient masking); when it is already 0 at the base eps the sweep
+    is reported as "not informative" (``falls: null``). ``[]`` disables the sweep.
     """
 
     enabled: bool = True

@@ -416,14 +416,6 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     return results
 
 
-AUTOATTACK_NOTE = (
-    "AutoAttack's attacks in its order and settings; against a purifier APGD attacks the defence's mean softmax "
-    "over its ensemble and the EOT draws, returns its best-loss iterate for every point, and the defence (own noise "
-    "and vote) decides who leaves the pool between attacks, instead of AutoAttack's single stochastic forward; the "
-    "final images are re-judged by the defence"
-)
-
-
 def protocol(cfg: EvalConfig) -> dict[str, Any]:
     """The decisions that change robustness numbers, stated explicitly (field notes §5)."""
     d = cfg.defence
@@ -436,10 +428,6 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
         "worst_case_across_attacks": f"robust = correct on the clean image and on the final image of every attack "
                                      f"({len(cfg.attacks)} attack(s))",
         "attacks": {a.display(): a.protocol_text() for a in cfg.attacks},
-        "attack_iterate": {a.display(): ("best iterate by the attack's own EOT-averaged loss (final iterate included)"
-                                         if a.keep == "best" and a.name != "autoattack" else
-                                         AUTOATTACK_NOTE if a.name == "autoattack"
-                                         else "final iterate") for a in cfg.attacks},
         "gradients": {a.display(): a.gradient + (f" ({'' if a.surrogate_match else 'MISMATCHED '}surrogate "
                                                   f"{a.surrogate_rounds})" if a.gradient == "surrogate" else "")
                       for a in cfg.attacks},
