@@ -13,7 +13,7 @@ from torch import nn
 
 import freqpure
 from freqpure import DiffPure, FreqPure, PurifiedClassifier, StepNoise
-from freqpure.attacks import EOTGradient, attack_purifier
+from freqpure.attacks import EOTGradient, StochasticModel, attack_purifier
 from freqpure.attacks.band import band_constrain, band_project, out_of_band_fraction
 from freqpure.attacks.gradients import matched_surrogate
 from freqpure.attacks.pgd import pgd
@@ -202,6 +202,7 @@ class _OwnNoiseWrapper(nn.Module):
 
 def test_eot_needs_a_model_that_takes_noise(classifier, eps_model, images) -> None:
     defended = PurifiedClassifier(classifier, DiffPure(eps_model, t_star=20, steps=1), ensemble=1)
+    assert isinstance(defended, StochasticModel) and not isinstance(_OwnNoiseWrapper(defended), StochasticModel)
     oracle = EOTGradient(defended, eot=3, seed=1)  # PurifiedClassifier declares stochastic = True
     assert oracle.eot == 3 and oracle.stochastic
     x, y = images[0][:2], images[1][:2]

@@ -61,7 +61,6 @@ class AttackContext:
     start: StepNoise
     judge: Judge | None = None
     check_gradients: bool = True
-    stochastic: bool = True
 
 
 @dataclass

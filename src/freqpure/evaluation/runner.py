@@ -168,8 +168,7 @@ class BatchRunner:
                 return self.defence.predict(xa, pool.child(stage)) == ya
 
         ctx = AttackContext(x, y, noise=stream(Purpose.ATTACK), start=stream(Purpose.START), judge=judge,
-                            check_gradients=self.cfg.sanity.enabled and self.cfg.sanity.gradients,
-                            stochastic=self.defence.purifier is not None)
+                            check_gradients=self.cfg.sanity.enabled and self.cfg.sanity.gradients)
         return attack.spec.run(self._model_for(i, attack), attack, ctx)
 
     def undefended(self, j: int, norm: str, eps: float, x: Tensor, y: Tensor, batch: int) -> Tensor:
