@@ -77,8 +77,15 @@ def _encode(values: Sequence[int]) -> bytes:
 
 
 def _encode_int(v: int) -> bytes:
+    if 0 <= v < _SMALL_N:
+        return _SMALL[v]
     raw = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
     return bytes((len(raw),)) + raw
+
+
+_SMALL_N = 1 << 17  # step keys, rounds, draws, images, batches: encoded once (same bytes as below)
+_SMALL = [bytes((len(r),)) + r for r in (v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
+                                         for v in range(_SMALL_N))]
 
 
 def derive_key(tag: bytes, path: Sequence[int]) -> int:
