@@ -21,8 +21,10 @@ from torch import nn
 import freqpure
 from freqpure.cli.main import main
 from freqpure.config import dump_yaml
+from freqpure.errors import RunFolderError
 from freqpure.evaluation import AttackConfig, evaluate, load_eval_config, wilson_interval
 from freqpure.evaluation.store import SampleStore
+from freqpure.samplers import NOISE_SCHEME
 from helpers import model_name, one_thread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +91,6 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 # --------------------------------------------------------------------------------------------- config errors
 @pytest.mark.parametrize("override,message", [
     ("data.nn=3", r"unknown config key 'data.nn'.*valid keys of data: dataset, split, n,"),
-    ("attacks.0.name=fgsm", "unknown attack 'fgsm'; valid: pgd, bpda, autoattack"),
     ("attacks.0.norm=l1", "unknown norm .*'l1'; valid: linf, l2"),
     ("attacks.0.eps=0.9", "eps=0.9 is out of range for linf"),
     ("attacks.0.eps=-1", "out of range"),
@@ -127,7 +128,7 @@ def test_cli_refuses_unwritable_dir_and_changed_config(tmp_path: Path, capsys, s
 
 
 # --------------------------------------------------------------------------------------------- results
-def test_results_layout(reference: Path) -> None:
+def test_results_layout(reference: Path, small_cfg) -> None:
     for name in ("config.yaml", "results.json", "results.md", "samples.jsonl", "examples.npz"):
         assert (reference / name).is_file(), name
     res = json.loads((reference / "results.json").read_text())
@@ -140,6 +141,10 @@ def test_results_layout(reference: Path) -> None:
     assert res["sanity"]["undefended_falls"]["ok"], res["undefended"]
     assert len(res["sanity"]["eps_sweep"]["accuracy"]) == 2
     assert {"torch", "numpy", "freqpure"} <= set(res["versions"]) and res["seed"] == 0
+    assert res["noise_scheme"] == res["protocol"]["noise_scheme"] == NOISE_SCHEME == "blake2b-philox-v2"
+    label = next(iter(res["per_attack"]))
+    assert res["protocol"]["attacks"][label].startswith("PGD-2 in L∞")
+    assert res["protocol"]["settings"][label] == small_cfg.attacks[0].settings_key()
     assert "| clean (standard) |" in (reference / "results.md").read_text()
     ex = np.load(reference / "examples.npz")
     assert ex["clean"].shape == ex["adversarial"].shape == ex["purified"].shape == (6, 3, 32, 32)
@@ -204,6 +209,18 @@ def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, re
     assert (a["clean"], a["robust"]) == (b["clean"], b["robust"])
 
 
+def test_a_run_of_the_old_noise_scheme_is_not_continued(tmp_path: Path, small_cfg, models, reference: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    lines = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert all(r["noise_scheme"] == NOISE_SCHEME for r in lines)
+    for r in lines[:3]:
+        del r["noise_scheme"]  # as the linear-v1 runs in benchmarks/results wrote them
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:3]))
+    with pytest.raises(RunFolderError, match="noise scheme linear-v1.*cannot be continued"):
+        evaluate(small_cfg, run, resume=True, models=models, progress=False)
+
+
 # --------------------------------------------------------------------------------------------- sharding
 def test_two_process_gloo_run_equals_one_process(tmp_path: Path, small_cfg, reference: Path) -> None:
     run = tmp_path / "run"
@@ -242,6 +259,41 @@ def test_sanity_checks_flag_a_masked_gradient(tmp_path: Path, models) -> None:
     assert any("undefended classifier keeps" in w for w in res.warnings)
 
 
+def test_eps_sweep_is_not_informative_when_the_base_accuracy_is_zero(tmp_path: Path, models) -> None:
+    """Accuracy 0 at the base eps cannot fall: the check says so instead of passing."""
+    cfg = load_eval_config(None, [*SMALL, "data.n=4", "batch_size=4", "purifier.method=none", "attacks.0.steps=10",
+                                  "sanity.sweep_samples=4", "sanity.undefended=false"])
+    res = evaluate(cfg, tmp_path / "run", models=models, progress=False)
+    sweep = res.sanity["eps_sweep"]
+    assert sweep["accuracy"][0] == 0, sweep
+    assert sweep["falls"] is None and sweep["verdict"].startswith("not informative")
+    assert not any("does not fall" in w for w in res.warnings)
+
+
+def test_cli_shows_the_traceback_of_an_internal_bug(tmp_path: Path, small_cfg) -> None:
+    """A user error is one line (exit 2); a bug inside an attack keeps its traceback (exit 1)."""
+    cfg_path = write_config(tmp_path / "c.yaml", small_cfg)
+    user = run_cli("evaluate", "--config", str(cfg_path), "--set", "attacks.0.name=fgsm", "--out",
+                   str(tmp_path / "a"))
+    assert user.returncode == 2 and "Traceback" not in user.stderr
+    assert "freqpure evaluate: error: unknown attack 'fgsm'; valid: autoattack, band-pgd, bpda, pgd" in user.stderr
+    script = (
+        "import sys\n"
+        "from freqpure.attacks.pgd import PGDAttack\n"
+        "def broken(self, model, cfg, ctx):\n"
+        "    raise RuntimeError('internal bug in an attack')\n"
+        "PGDAttack.run = broken\n"
+        "from freqpure.cli.main import main\n"
+        f"sys.exit(main(['evaluate', '--config', {str(cfg_path)!r}, '--out', {str(tmp_path / 'b')!r}, "
+        "'--no-progress']))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    bug = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert bug.returncode == 1, bug.stderr[-2000:]
+    assert "Traceback (most recent call last)" in bug.stderr and "RuntimeError: internal bug in an attack" in bug.stderr
+    assert "in run" in bug.stderr and "freqpure evaluate: error" not in bug.stderr
+
+
 def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> None:
     cfg = load_eval_config(None, [*SMALL, "data.n=2", "purifier.rounds=20:1", "defence.ensemble=1",
                                   "attacks.0.name=autoattack", "attacks.0.version=rand", "attacks.0.eot=1",
@@ -250,8 +302,8 @@ def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> N
     label = cfg.attacks[0].display()
     assert label.startswith("autoattack-rand-linf-8/255")
     assert res.per_attack[label].n == 2
-    assert "re-judged" in res.protocol["attack_iterate"][label]
-    assert "best-loss" in res.protocol["attack_iterate"][label]
+    assert "re-judged" in res.protocol["attacks"][label]
+    assert "best-loss" in res.protocol["attacks"][label] and "mean softmax" in res.protocol["attacks"][label]
     rec = next(iter(SampleStore(tmp_path / "run" / "samples.jsonl").load().values()))
     assert rec["attacks"][label]["linf"] <= 8 / 255 + 1e-6
     assert res.sanity["gradients_finite_nonzero"][label]["ok"]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from freqpure._checks import check_images
 from freqpure.errors import UsageError
-from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
+from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
 
@@ -90,7 +90,12 @@ class Purifier(nn.Module):
         clip_x0: clamp every x0 estimate to [-1, 1] (guided-diffusion's ``clip_denoised``).
         checkpoint: per-step gradient checkpointing (flat memory for full-gradient attacks).
         seed: seed of the generator that draws a fresh noise seed for each call without ``noise``.
+
+    A purifier is stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`):
+    every random draw comes from the ``noise`` passed to :meth:`forward`.
     """
+
+    stochastic = True
 
     def __init__(
         self,
@@ -332,13 +337,25 @@ class PurifiedClassifier(nn.Module):
         purifier: a :class:`Purifier` (or any module ``[B,C,H,W] → [B,C,H,W]`` accepting ``noise=``).
         ensemble: number of independent purification runs per input (batched into one call).
         vote: ``"majority"`` — the value is the vote share of each class (ties broken by the mean
-            softmax), the gradient that of the mean softmax (straight-through), so attack libraries can
-            differentiate it; ``"softmax"`` — log of the mean softmax; ``"logits"`` — mean logits.
+            softmax), the gradient that of the mean softmax (straight-through). The value is piecewise
+            constant, so a loss computed on it (what AutoAttack's APGD tracks) is flat: give attack
+            libraries ``"softmax"`` instead, as the evaluation does for AutoAttack
+            (:meth:`freqpure.evaluation.components.Defence.mean_softmax_model`); ``"softmax"`` — log of
+            the mean softmax; ``"logits"`` — mean logits.
         preprocess: applied to the input before purification (e.g. ``Resize(256)``).
         postprocess: applied to the purified image before the classifier (e.g. ``Resize(224)`` and
             ImageNet normalisation, see :func:`freqpure.transforms.imagenet_classifier_input`).
-        max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch).
+        max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch). Never
+            changes the result: the noise is addressed per image and per ensemble draw (row ``b`` of
+            draw ``e`` uses stream ``noise.rows(B)[b].child(e)``), not per chunk.
+
+    Stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`): ``forward(x,
+    noise)`` takes any noise source with ``rows(n)`` (a :class:`~freqpure.samplers.StepNoise` or
+    :class:`~freqpure.samplers.DrawNoise`), so :class:`~freqpure.attacks.EOTGradient` can average
+    over fresh draws of it.
     """
+
+    stochastic = True
 
     def __init__(
         self,
@@ -367,21 +384,31 @@ class PurifiedClassifier(nn.Module):
         self.vote = vote
         self.preprocess = preprocess
         self.postprocess = postprocess
+        if max_batch is not None and max_batch < 1:
+            raise UsageError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.max_batch = max_batch
 
-    def purify(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
+    def purify(self, x: Tensor, noise: StepNoise | DrawNoise | None = None) -> Tensor:
         """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
         x = self._check_input(x)
         if self.preprocess is not None:
             x = self.preprocess(x)
+        n = x.shape[0]
         batch = x.repeat(self.ensemble, 1, 1, 1)
         if noise is None and hasattr(self.purifier, "new_noise"):
             noise = self.purifier.new_noise()
+        streams = None
+        if noise is not None:
+            if not hasattr(noise, "rows"):
+                raise UsageError(f"PurifiedClassifier needs a noise source with rows(n) (StepNoise or DrawNoise), "
+                                 f"got {type(noise).__name__}")
+            per_image = noise.rows(n)
+            streams = [s.child(e) for e in range(self.ensemble) for s in per_image]  # row e·B + b
         chunk = self.max_batch or batch.shape[0]
         outs = []
-        for k, start in enumerate(range(0, batch.shape[0], chunk)):
-            part_noise = noise.child(k) if (noise is not None and chunk < batch.shape[0]) else noise
-            outs.append(self.purifier(batch[start : start + chunk], noise=part_noise))
+        for start in range(0, batch.shape[0], chunk):
+            part = None if streams is None else DrawNoise(streams[start : start + chunk])
+            outs.append(self.purifier(batch[start : start + chunk], noise=part))
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     @staticmethod

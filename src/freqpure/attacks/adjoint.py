@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from freqpure.errors import UsageError
+from freqpure.errors import DependencyError, UsageError
 from freqpure.purifiers import _FORWARD_KEY, Purifier
 from freqpure.samplers import EpsFn, NoiseFn, X0Hook, add_noise, vpsde_reverse_drift
 from freqpure.schedules import VPSDE
@@ -42,7 +42,7 @@ def _torchsde():
     try:
         import torchsde
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise ImportError("gradient mode 'adjoint' needs torchsde: pip install 'freqpure[attacks]'") from err
+        raise DependencyError("gradient mode 'adjoint' needs torchsde: pip install 'freqpure[attacks]'") from err
     return torchsde
 
 

@@ -13,6 +13,21 @@ APGD returns its best-loss iterate for every point (``best_loss=True``, the EOT-
 the ``judge`` decides which points leave the pool before the next attack. Without a judge (a
 deterministic model) it is AutoAttack's ``run_standard_evaluation`` unchanged. Either way the caller
 judges the returned images once more, one-shot.
+
+What APGD sees of a voting defence (the ``autoattack`` attack of the evaluation, :class:`AutoAttackAttack`):
+not the defence's majority vote, whose value (vote shares) is piecewise constant, so APGD's CE/DLR loss
+is flat and its best-loss bookkeeping meaningless; and not one draw per forward with AutoAttack's own
+``eot_iter`` loop, because APGD then tracks the loss of the *last* EOT draw (its ``loss_indiv``) as the
+"best loss", not the average. Instead the model handed to AutoAttack returns the log of the defence's
+mean softmax over its ensemble and ``eot`` fresh draws (a :class:`~freqpure.purifiers.PurifiedClassifier`
+with ``vote="softmax"`` and ``ensemble × eot`` runs): one forward is already the EOT average, so
+``eot_iter`` is 1, the loss APGD keeps is the averaged one, and its gradient is the gradient of the
+defence's mean softmax, as for PGD. The defence's own vote decides who leaves the pool and the final
+verdict (``judge``).
+
+pyautoattack's internals driven here (the ``apgd``, ``apgd_targeted``, ``fab``, ``square`` attributes,
+``attacks_to_run``, ``get_seed`` and ``perturb(..., best_loss=True)``) are pinned by the exact version in
+``pyproject.toml`` (:data:`PYAUTOATTACK_VERSION`) and checked by the tests.
 """
 
 from __future__ import annotations
@@ -23,12 +38,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from freqpure.attacks.types import Norm, parse_enum
-from freqpure.errors import UsageError
+from freqpure.attacks.eot import EOTGradient
+from freqpure.attacks.gradients import SeededModel
+from freqpure.attacks.pgd import gradient_sentence, gradient_text, surrogate_settings
+from freqpure.attacks.registry import AttackContext, AttackOutcome, register_attack
+from freqpure.attacks.types import Norm, eps_text, parse_enum
+from freqpure.errors import DependencyError, UsageError
 
-__all__ = ["run_autoattack", "AUTOATTACK_VERSIONS"]
+__all__ = ["run_autoattack", "AutoAttackAttack", "AUTOATTACK_VERSIONS", "PYAUTOATTACK_VERSION"]
 
 AUTOATTACK_VERSIONS = ("standard", "rand")
+# The pyautoattack release whose internals this module drives (pinned in pyproject.toml).
+PYAUTOATTACK_VERSION = "0.2.0"
 
 Judge = Callable[[Tensor, Tensor, int], Tensor]  # (x_adv [k,C,H,W], y [k], stage) -> correct [k] bool
 
@@ -37,7 +58,7 @@ def _import():
     try:
         from pyautoattack import AutoAttack
     except ImportError as err:  # pragma: no cover - depends on the install
-        raise ImportError("AutoAttack needs the pyautoattack package: pip install 'freqpure[attacks]'") from err
+        raise DependencyError("AutoAttack needs the pyautoattack package: pip install 'freqpure[attacks]'") from err
     return AutoAttack
 
 
@@ -121,3 +142,54 @@ def _judged(adversary, x: Tensor, y: Tensor, judge: Judge) -> Tensor:
         correct = judge(adv, y[pool], stage).to(torch.bool)
         pool = pool[correct]
     return x_adv
+
+
+# ---------------------------------------------------------------------------------------------
+# The attack (see freqpure.attacks.registry)
+# ---------------------------------------------------------------------------------------------
+class AutoAttackAttack:
+    """AutoAttack ``standard`` or ``rand`` against the defence (see the module docstring for what APGD sees)."""
+
+    name = "autoattack"
+
+    def validate(self, cfg) -> None:
+        if cfg.version not in AUTOATTACK_VERSIONS:
+            raise UsageError(f"unknown AutoAttack version {cfg.version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
+        if cfg.band_max_radius is not None:
+            raise UsageError("attack 'autoattack' takes no band_max_radius; use name: band-pgd")
+
+    def label(self, cfg) -> str:
+        return f"autoattack-{cfg.version}-{cfg.norm}-{eps_text(cfg.eps)}-{gradient_text(cfg)}"
+
+    def settings(self, cfg) -> dict:
+        return {"norm": cfg.norm, "eps": float(cfg.eps), "version": cfg.version, "eot": cfg.eot,
+                "gradient": cfg.gradient, **surrogate_settings(cfg)}
+
+    def protocol_text(self, cfg) -> str:
+        return (f"AutoAttack {cfg.version} in its attack order and settings (eps {eps_text(cfg.eps)}); against a "
+                f"purifier APGD attacks the log of the defence's mean softmax over its ensemble and {cfg.eot} fresh "
+                f"draw(s) per forward (eot_iter 1), following {gradient_sentence(cfg)}, returns its best-loss "
+                "iterate for every point, and the defence (own noise and vote) decides who leaves the pool between "
+                "attacks; the final images are re-judged by the defence")
+
+    def build_model(self, defence, cfg):
+        """``(model for AutoAttack, model for the first-gradient probe or None)``."""
+        if defence.purifier is None:
+            return defence.model, None
+        return defence.mean_softmax_model(cfg, draws=cfg.eot), defence.attack_model(cfg)
+
+    def run(self, model, cfg, ctx: AttackContext) -> AttackOutcome:
+        aa_model, probe = model
+        nan = torch.full((ctx.x.shape[0],), float("nan"), device=ctx.x.device)
+        grad_norm = nan
+        if probe is not None and ctx.check_gradients:
+            oracle = EOTGradient(probe, eot=1, loss=cfg.loss, seed=ctx.noise.child(1))
+            grad_norm = oracle(ctx.x, ctx.y)[1].flatten(1).norm(dim=1)
+        target = SeededModel(aa_model, ctx.noise.child(0)) if probe is not None else aa_model
+        x_adv = run_autoattack(target, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, version=cfg.version,
+                               seed=ctx.start.int_seed(31), eot_iter=1 if cfg.version == "rand" else None,
+                               judge=ctx.judge if probe is not None else None)
+        return AttackOutcome(x_adv, nan, grad_norm)
+
+
+register_attack(AutoAttackAttack())

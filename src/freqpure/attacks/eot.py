@@ -8,7 +8,7 @@ numbers, and the EOT gradient is exactly the mean of the per-draw gradients.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -16,48 +16,44 @@ from torch import Tensor, nn
 from freqpure.attacks.losses import attack_loss
 from freqpure.attacks.types import Loss, parse_enum
 from freqpure.errors import UsageError
-from freqpure.samplers import StepNoise
+from freqpure.samplers import DrawNoise, StepNoise
 
-__all__ = ["DrawNoise", "EOTGradient"]
+__all__ = ["DrawNoise", "EOTGradient", "NoiseSource", "StochasticModel", "is_stochastic"]
 
 
-class DrawNoise:
-    """Noise for a draw-major batch ``[K·B, ...]``: draw ``k`` takes its slice from its own stream.
+@runtime_checkable
+class NoiseSource(Protocol):
+    """What a stochastic model takes as ``noise``: ``noise(key, like) -> Tensor`` (standard normal,
+    shaped like ``like``, the same for the same key), ``child(salt)`` (an independent source) and
+    ``rows(n)`` (one :class:`~freqpure.samplers.StepNoise` per row of an ``n``-row batch).
+    :class:`~freqpure.samplers.StepNoise` and :class:`DrawNoise` are noise sources."""
 
-    Behaves like :class:`~freqpure.samplers.StepNoise` (``noise(key, like)``, ``child(salt)``), so any
-    purifier accepts it.
+    def __call__(self, key: int, like: Tensor) -> Tensor: ...
+
+    def child(self, salt: int) -> NoiseSource: ...
+
+    def rows(self, n: int) -> list[StepNoise]: ...
+
+
+@runtime_checkable
+class StochasticModel(Protocol):
+    """What EOT needs from a model: ``stochastic = True`` and ``model(x, noise) -> logits`` where every
+    random draw comes from ``noise`` (a :class:`NoiseSource`), so that different noise gives
+    independent draws and the same noise replays the same draws.
+
+    :class:`~freqpure.attacks.gradients.AttackModel`, :class:`~freqpure.purifiers.PurifiedClassifier`
+    and every :class:`~freqpure.purifiers.Purifier` follow it. A deterministic model says
+    ``stochastic = False`` (or has no such attribute) and is called as ``model(x)``.
     """
 
-    def __init__(self, streams: Sequence[StepNoise]) -> None:
-        if not streams:
-            raise UsageError("DrawNoise needs at least one stream")
-        self.streams = list(streams)
+    stochastic: bool
 
-    @classmethod
-    def from_seed(cls, seed: int, draws: int) -> DrawNoise:
-        """``draws`` independent streams derived from ``seed``."""
-        base = StepNoise(seed)
-        return cls([base.child(k) for k in range(draws)])
+    def __call__(self, x: Tensor, noise: NoiseSource | None = None) -> Tensor: ...
 
-    def __len__(self) -> int:
-        return len(self.streams)
 
-    def __call__(self, key: int, like: Tensor) -> Tensor:
-        k = len(self.streams)
-        if like.shape[0] % k:
-            raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
-        part = like[: like.shape[0] // k]
-        return torch.cat([s(key, part) for s in self.streams]) if k > 1 else self.streams[0](key, part)
-
-    def child(self, salt: int) -> DrawNoise:
-        return DrawNoise([s.child(salt) for s in self.streams])
-
-    def select(self, start: int, stop: int) -> DrawNoise:
-        """The streams of draws ``start..stop-1``."""
-        return DrawNoise(self.streams[start:stop])
-
-    def __repr__(self) -> str:
-        return f"DrawNoise({len(self.streams)} draws, first={self.streams[0]!r})"
+def is_stochastic(model: object) -> bool:
+    """True when ``model`` declares ``stochastic = True`` (see :class:`StochasticModel`)."""
+    return getattr(model, "stochastic", False) is True
 
 
 class EOTGradient:
@@ -67,36 +63,53 @@ class EOTGradient:
     ``grad`` its gradient with respect to ``x`` (exact: the mean of the per-draw gradients).
 
     Args:
-        model: ``model(x [N,C,H,W] in [0,1], noise) -> logits [N, K]``, e.g.
-            :class:`~freqpure.attacks.gradients.AttackModel`. A model whose ``stochastic`` attribute
-            is false (or missing) is called as ``model(x)`` with ``eot`` forced to 1.
+        model: ``model(x [N,C,H,W] in [0,1], noise) -> logits [N, K]``: a :class:`StochasticModel`
+            (``stochastic = True``), e.g. :class:`~freqpure.attacks.gradients.AttackModel` or
+            :class:`~freqpure.purifiers.PurifiedClassifier`; or a deterministic model, called as
+            ``model(x)``, which only makes sense with ``eot=1``: ``eot > 1`` on a model that does not
+            declare ``stochastic = True`` is a :class:`~freqpure.errors.UsageError` (it cannot take
+            fresh noise, so the draws would all be the same — or, for a wrapper that draws its own
+            noise inside, not replayable).
         eot: number of independent draws per call.
         loss: ``"ce"`` or ``"margin"`` (:class:`~freqpure.attacks.types.Loss`).
-        seed: call ``i`` uses the draws of :meth:`noise_at` ``(i)``; the whole attack is replayable.
+        seed: an int or a :class:`~freqpure.samplers.StepNoise` root; call ``i`` uses the draws of
+            :meth:`noise_at` ``(i)`` (stream ``root.child(i).child(k)`` for draw ``k``), so the whole
+            attack is replayable.
         max_batch: at most this many images per model call (whole draws per chunk; ``None``: one call).
             On an out-of-memory error the draws per call are halved and the call is redone; chunking
             never changes the numbers.
     """
 
-    def __init__(self, model: nn.Module, *, eot: int = 1, loss: Loss | str = Loss.CE, seed: int = 0,
+    def __init__(self, model: nn.Module, *, eot: int = 1, loss: Loss | str = Loss.CE, seed: int | StepNoise = 0,
                  max_batch: int | None = None) -> None:
         if eot < 1:
             raise UsageError(f"eot must be >= 1, got {eot}")
         if max_batch is not None and max_batch < 1:
             raise UsageError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.model = model
-        self.stochastic = bool(getattr(model, "stochastic", False))
-        self.eot = eot if self.stochastic else 1
+        self.stochastic = is_stochastic(model)
+        if eot > 1 and not self.stochastic:
+            raise UsageError(
+                f"EOTGradient(eot={eot}) needs a model that takes fresh noise, but {type(model).__name__} does not "
+                "declare stochastic = True. Give it forward(x, noise) that draws every random number from noise "
+                "(a freqpure NoiseSource) and set stochastic = True (freqpure.attacks.StochasticModel; AttackModel "
+                "and PurifiedClassifier do this), or use eot=1 for a deterministic model")
+        self.eot = eot
         self.loss_name = parse_enum(Loss, loss, "loss")
-        self.seed = int(seed)
+        self.root = seed if isinstance(seed, StepNoise) else StepNoise(int(seed))
         self.max_batch = max_batch
         self.calls = 0
+
+    @property
+    def seed(self) -> int:
+        return self.root.seed
 
     def noise_at(self, call: int) -> DrawNoise | None:
         """The draws used by call number ``call`` (``None`` for a deterministic model)."""
         if not self.stochastic:
             return None
-        return DrawNoise.from_seed(StepNoise(self.seed).child(call).seed, self.eot)
+        base = self.root.child(call)
+        return DrawNoise([base.child(k) for k in range(self.eot)])
 
     def _chunks(self, batch: int) -> list[tuple[int, int]]:
         per = self.eot if self.max_batch is None else max(1, self.max_batch // batch)

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from freqpure.attacks.types import GradientMode, parse_enum
 from freqpure.errors import UsageError
+from freqpure.samplers import StepNoise
 
-__all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier"]
+__all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier", "matched_surrogate"]
 
 
 class BPDAPurifier(nn.Module):
@@ -26,6 +27,8 @@ class BPDAPurifier(nn.Module):
     ``forward(x [B,C,H,W] in [0,1], noise) -> purified`` with value ``purifier(x)`` and
     ``d out / d x = I``. The purifier runs without building a graph (that is the point of BPDA).
     """
+
+    stochastic = True
 
     def __init__(self, purifier: nn.Module) -> None:
         super().__init__()
@@ -37,13 +40,31 @@ class BPDAPurifier(nn.Module):
         return x + (purified - x).detach()
 
 
-def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rounds: str | None = None) -> nn.Module:
+def matched_surrogate(rounds: str, steps: int = 1) -> str:
+    """The matched surrogate plan of ``rounds``: every round (``*k`` repeats expanded) at its own noise
+    level with ``steps`` denoising steps, e.g. ``"20:5*5,50:5*5"`` → ``"20:1*5,50:1*5"``."""
+    from freqpure.schedules import parse_rounds
+
+    plan = parse_rounds(rounds)
+    parts: list[list[int]] = []  # [t_star, repeat], consecutive equal rounds folded back into *k
+    for r in plan:
+        if parts and parts[-1][0] == r.t_star:
+            parts[-1][1] += 1
+        else:
+            parts.append([r.t_star, 1])
+    return ",".join(f"{t}:{min(steps, t)}" + (f"*{k}" if k > 1 else "") for t, k in parts)
+
+
+def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rounds: str | None = None, *,
+                    surrogate_match: bool = True) -> nn.Module:
     """The module an attack differentiates in place of ``purifier``.
 
     * ``full``: a shallow copy with per-step gradient checkpointing switched on (exact gradient,
       memory flat in the number of steps);
     * ``surrogate``: ``purifier.with_rounds(surrogate_rounds)`` (same total noise, fewer steps; e.g.
-      ``"100:1"``), checkpointed;
+      ``"100:1"``), checkpointed. With ``surrogate_match=False`` the surrogate may noise to other
+      levels than the defence (the official FreqPure/DiffPure v2 evaluation differentiates one
+      ``"50:1"`` round against a 10-round defence): a *mismatched* surrogate, allowed only when asked;
     * ``adjoint``: :class:`~freqpure.attacks.adjoint.AdjointSDEPurifier` (needs ``sampler="sde"``);
     * ``bpda``: :class:`BPDAPurifier`.
     """
@@ -60,7 +81,8 @@ def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rou
         if not hasattr(purifier, "with_rounds"):
             raise UsageError(f"{type(purifier).__name__} has no with_rounds(): cannot build a surrogate")
         clone = purifier.with_rounds(surrogate_rounds)
-        _check_same_noise(purifier, clone)
+        if surrogate_match:
+            _check_same_noise(purifier, clone)
     else:
         clone = copy.copy(purifier)
     if hasattr(clone, "checkpoint"):
@@ -74,7 +96,9 @@ def _check_same_noise(purifier: nn.Module, surrogate: nn.Module) -> None:
     b = [r.t_star for r in getattr(surrogate, "rounds", [])]
     if a != b:
         raise UsageError(
-            f"surrogate rounds must keep the defence's noise levels t* = {a} (only fewer steps per round); got {b}"
+            f"surrogate rounds must keep the defence's noise levels t* = {a} (only fewer steps per round); got {b}. "
+            "A surrogate at other noise levels (e.g. the official evaluation's single 50:1 round) needs "
+            "surrogate_match=False"
         )
 
 
@@ -114,17 +138,17 @@ class AttackModel(nn.Module):
 
 
 class SeededModel(nn.Module):
-    """``model(x)`` for libraries that call a model with one argument (AutoAttack): every call passes
-    ``model`` a fresh :class:`~freqpure.samplers.StepNoise` drawn from a generator seeded with ``seed``,
-    so a whole attack run is replayable."""
+    """``model(x)`` for libraries that call a model with one argument (AutoAttack): call ``i`` passes
+    ``model`` the noise stream ``root.child(i)`` (``root``: a :class:`~freqpure.samplers.StepNoise` or
+    an int seed), so a whole attack run is replayable and every call gets fresh draws."""
 
-    def __init__(self, model: nn.Module, seed: int) -> None:
+    def __init__(self, model: nn.Module, seed: int | StepNoise) -> None:
         super().__init__()
         self.model = model
-        self._gen = torch.Generator().manual_seed(int(seed))
+        self.root = seed if isinstance(seed, StepNoise) else StepNoise(int(seed))
+        self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        from freqpure.samplers import StepNoise
-
-        seed = int(torch.randint(0, 2**62, (1,), generator=self._gen))
-        return self.model(x, StepNoise(seed))
+        noise = self.root.child(self.calls)
+        self.calls += 1
+        return self.model(x, noise)

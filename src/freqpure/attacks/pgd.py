@@ -15,13 +15,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from freqpure.attacks.types import Norm, parse_enum
+from freqpure.attacks.eot import EOTGradient, is_stochastic
+from freqpure.attacks.registry import AttackContext, AttackOutcome, register_attack
+from freqpure.attacks.types import GradientMode, Norm, eps_text, parse_enum
 from freqpure.errors import UsageError
 
-__all__ = ["LossAndGrad", "PGDResult", "pgd", "project", "random_start", "default_step_size"]
+__all__ = ["LossAndGrad", "PGDResult", "PGDAttack", "BPDAAttack", "pgd", "project", "random_start",
+           "default_step_size"]
 
 LossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -48,16 +52,34 @@ def project(delta: Tensor, norm: Norm | str, eps: float) -> Tensor:
     return delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
 
 
-def random_start(x: Tensor, norm: Norm | str, eps: float, generator: torch.Generator | None = None) -> Tensor:
-    """A uniform draw from the ``eps``-ball around ``x`` (clipped to [0, 1])."""
+Generator = torch.Generator | np.random.Generator
+
+
+def _uniform(shape, generator: Generator | None, like: Tensor) -> Tensor:
+    if isinstance(generator, np.random.Generator):
+        return torch.from_numpy(generator.random(tuple(shape))).to(device=like.device, dtype=like.dtype)
+    return torch.rand(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+
+
+def _normal(shape, generator: Generator | None, like: Tensor) -> Tensor:
+    if isinstance(generator, np.random.Generator):
+        return torch.from_numpy(generator.standard_normal(tuple(shape))).to(device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+
+
+def random_start(x: Tensor, norm: Norm | str, eps: float, generator: Generator | None = None) -> Tensor:
+    """A uniform draw from the ``eps``-ball around ``x`` (clipped to [0, 1]).
+
+    ``generator``: a ``torch.Generator`` or a ``numpy.random.Generator`` (e.g.
+    :meth:`freqpure.samplers.StepNoise.rng`, whose 128-bit keys do not collide across a run).
+    """
     norm = parse_enum(Norm, norm, "norm")
     if norm is Norm.LINF:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-        delta = (2 * u - 1) * eps
+        delta = (2 * _uniform(x.shape, generator, x) - 1) * eps
     else:
         d = x[0].numel()
-        g = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-        r = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device="cpu").to(x.device) ** (1.0 / d)
+        g = _normal(x.shape, generator, x)
+        r = _uniform((x.shape[0],), generator, x) ** (1.0 / d)
         delta = g / _flat_norm(g).clamp_min(1e-12) * (eps * r).view(-1, *([1] * (x.ndim - 1)))
     return (x + delta).clamp(0, 1)
 
@@ -84,7 +106,8 @@ def pgd(
     step_size: float | None = None,
     random_init: bool = True,
     keep: str = "best",
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
+    band_max_radius: float | None = None,
 ) -> PGDResult:
     """Untargeted PGD maximising the oracle's loss within the ``eps``-ball of ``norm`` around ``x``.
 
@@ -95,7 +118,11 @@ def pgd(
         steps: iterations (gradient calls); ``step_size``: default :func:`default_step_size`.
         random_init: start from a uniform point of the ball (else from ``x``).
         keep: ``"best"`` (per-sample best iterate by the oracle's loss) or ``"last"``.
-        generator: seeded generator for the random start.
+        generator: seeded generator for the random start (torch or numpy).
+        band_max_radius: restrict the perturbation to the centred-spectrum disc of this radius
+            (frequency-index units): after every step (and after the random start) the perturbation is
+            projected onto the band, then onto the eps ball, then into [0, 1] (see
+            :func:`freqpure.attacks.band.band_constrain`); ``None``: unrestricted.
     """
     norm = parse_enum(Norm, norm, "norm")
     if not (eps > 0 and math.isfinite(eps)):
@@ -106,7 +133,19 @@ def pgd(
         raise UsageError(f"keep must be 'best' or 'last', got {keep!r}")
     alpha = default_step_size(norm, eps, steps) if step_size is None else float(step_size)
     x = x.detach()
+    if band_max_radius is None:
+        def constrain(delta: Tensor) -> Tensor:
+            return (x + project(delta, norm, eps)).clamp(0, 1)
+    else:
+        from freqpure.attacks.band import band_constrain, check_band_radius
+
+        radius = check_band_radius(band_max_radius)
+
+        def constrain(delta: Tensor) -> Tensor:
+            return x + band_constrain(delta, x, norm, eps, radius)
     x_adv = random_start(x, norm, eps, generator) if random_init else x.clone()
+    if random_init and band_max_radius is not None:
+        x_adv = constrain(x_adv - x).detach()
     best_x, best_loss = x_adv.clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
     first_norm = None
     for _ in range(steps):
@@ -116,7 +155,7 @@ def pgd(
         better = loss > best_loss
         best_x[better], best_loss[better] = x_adv[better], loss[better]
         step = x_adv + alpha * _ascent(torch.nan_to_num(grad), norm)
-        x_adv = (x + project(step - x, norm, eps)).clamp(0, 1).detach()
+        x_adv = constrain(step - x).detach()
     if keep == "last":  # no extra model call: the final iterate's loss is not measured
         return PGDResult(x_adv, torch.full_like(best_loss, math.nan), first_norm)
     final_loss = _final_loss(loss_and_grad, x_adv, y)
@@ -130,3 +169,111 @@ def _final_loss(loss_and_grad: LossAndGrad, x: Tensor, y: Tensor) -> Tensor:
     if loss_only is not None:
         return loss_only(x, y)
     return loss_and_grad(x, y)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The attacks the evaluation runs (see freqpure.attacks.registry)
+# ---------------------------------------------------------------------------------------------
+_NORM_TEXT = {"linf": "L∞", "l2": "L2"}
+
+
+def gradient_text(cfg) -> str:
+    """The gradient part of a label: the mode, ``surrogate-mismatched`` for a surrogate at other noise levels."""
+    if cfg.gradient == GradientMode.SURROGATE.value and not cfg.surrogate_match:
+        return "surrogate-mismatched"
+    return cfg.gradient
+
+
+def gradient_sentence(cfg) -> str:
+    """How the attack differentiates the purifier, in words (for protocol texts)."""
+    if cfg.gradient == GradientMode.SURROGATE.value:
+        if cfg.surrogate_match:
+            return (f"the gradient of the matched surrogate {cfg.surrogate_rounds} (the defence's noise levels, "
+                    "fewer steps)")
+        return (f"the gradient of a MISMATCHED surrogate {cfg.surrogate_rounds} (other noise levels than the defence, "
+                "as the official v2 evaluation does)")
+    return {"full": "the exact gradient through every purification step",
+            "adjoint": "adjoint gradients through the reverse VP-SDE",
+            "bpda": "BPDA (purifier in the forward pass, identity in the backward pass)"}[cfg.gradient]
+
+
+def surrogate_settings(cfg) -> dict:
+    surrogate = cfg.gradient == GradientMode.SURROGATE.value
+    return {"surrogate_rounds": cfg.surrogate_rounds if surrogate else None,
+            "surrogate_match": bool(cfg.surrogate_match) if surrogate else None}
+
+
+class PGDAttack:
+    """PGD with EOT (Madry et al.; Athalye et al.): :func:`pgd` on an :class:`EOTGradient` oracle over the
+    defence's purifier in the attack's gradient mode. Per-sample best iterate or last, restarts kept by loss."""
+
+    name = "pgd"
+
+    def validate(self, cfg) -> None:
+        if cfg.band_max_radius is not None:
+            raise UsageError(f"attack {cfg.name!r} takes no band_max_radius; use name: band-pgd for a "
+                             "frequency-band-limited PGD")
+
+    def band(self, cfg) -> float | None:
+        return None
+
+    def step_size(self, cfg) -> float:
+        return default_step_size(cfg.norm, cfg.eps, cfg.steps) if cfg.step_size is None else float(cfg.step_size)
+
+    def label(self, cfg) -> str:
+        return f"{self.name}-{cfg.norm}-{eps_text(cfg.eps)}-{gradient_text(cfg)}-eot{cfg.eot}"
+
+    def settings(self, cfg) -> dict:
+        return {"norm": cfg.norm, "eps": float(cfg.eps), "steps": cfg.steps, "step_size": self.step_size(cfg),
+                "eot": cfg.eot, "loss": cfg.loss, "gradient": cfg.gradient, **surrogate_settings(cfg),
+                "band_max_radius": self.band(cfg), "restarts": cfg.restarts, "random_start": bool(cfg.random_start),
+                "keep": cfg.keep}
+
+    def describe(self, cfg) -> str:
+        return "PGD"
+
+    def protocol_text(self, cfg) -> str:
+        start = "a random start in the eps-ball" if cfg.random_start else "the clean image (no random start)"
+        keep = ("the per-sample best iterate by the EOT-averaged loss (final iterate included)" if cfg.keep == "best"
+                else "the last iterate")
+        restarts = f", best of {cfg.restarts} restarts" if cfg.restarts > 1 else ""
+        return (f"{self.describe(cfg)}-{cfg.steps} in {_NORM_TEXT[cfg.norm]} (eps {eps_text(cfg.eps)}, step "
+                f"{self.step_size(cfg):.4g}, {cfg.loss} loss) from {start}, EOT over {cfg.eot} draw(s) per gradient "
+                f"(1 against a deterministic defence), following {gradient_sentence(cfg)}; returns {keep}{restarts}")
+
+    def build_model(self, defence, cfg):
+        return defence.attack_model(cfg)
+
+    def run(self, model, cfg, ctx: AttackContext) -> AttackOutcome:
+        eot = cfg.eot if is_stochastic(model) else 1  # a deterministic defence has nothing to average
+        oracle = EOTGradient(model, eot=eot, loss=cfg.loss, seed=ctx.noise, max_batch=cfg.eot_batch)
+        gen = ctx.start.rng()
+        best = None
+        for _ in range(cfg.restarts):
+            res = pgd(oracle, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
+                      random_init=cfg.random_start, keep=cfg.keep, generator=gen, band_max_radius=self.band(cfg))
+            if best is None:
+                best = res
+                continue
+            better = torch.nan_to_num(res.loss, nan=-math.inf) > torch.nan_to_num(best.loss, nan=-math.inf)
+            best.x_adv[better], best.loss[better] = res.x_adv[better], res.loss[better]
+        return AttackOutcome(best.x_adv, best.loss, best.first_grad_norm)
+
+
+class BPDAAttack(PGDAttack):
+    """PGD-EOT with ``gradient: bpda`` (the purifier's output forward, identity backward)."""
+
+    name = "bpda"
+
+    def validate(self, cfg) -> None:
+        super().validate(cfg)
+        if cfg.gradient not in (GradientMode.BPDA.value, GradientMode.FULL.value):
+            raise UsageError(f"attack 'bpda' uses gradient 'bpda', got gradient={cfg.gradient!r}")
+        cfg.gradient = GradientMode.BPDA.value
+
+    def describe(self, cfg) -> str:
+        return "BPDA-PGD"
+
+
+register_attack(PGDAttack())
+register_attack(BPDAAttack())

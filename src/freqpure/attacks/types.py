@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from enum import Enum
+from fractions import Fraction
 from typing import TypeVar
 
 from freqpure.errors import UsageError
 
-__all__ = ["Norm", "GradientMode", "Loss", "parse_enum"]
+__all__ = ["Norm", "GradientMode", "Loss", "parse_enum", "eps_text"]
 
 E = TypeVar("E", bound=Enum)
 
@@ -63,3 +64,11 @@ def parse_enum(cls: type[E], value: str | E, what: str) -> E:
                 return member
     valid = ", ".join(m.value for m in cls)
     raise UsageError(f"unknown {what} {value!r}; valid: {valid}")
+
+
+def eps_text(eps: float) -> str:
+    """``0.0313…`` → ``"8/255"`` (a fraction when one with a small denominator is exact), else ``"0.5"``."""
+    frac = Fraction(eps).limit_denominator(1000)
+    if frac.denominator > 1 and abs(float(frac) - eps) < 1e-12:
+        return f"{frac.numerator}/{frac.denominator}"
+    return f"{eps:g}"

@@ -66,6 +66,8 @@ def load_models(cfg: EvalConfig, device: torch.device) -> tuple[nn.Module, nn.Mo
 class _Plain(nn.Module):
     """The undefended classifier with the optional classifier-input transform; ``noise`` is ignored."""
 
+    stochastic = False
+
     def __init__(self, classifier: nn.Module, post: nn.Module | None) -> None:
         super().__init__()
         self.classifier, self.post = classifier, post
@@ -105,21 +107,27 @@ class Defence:
             x = self.pre(x)
         return self.purifier(x, noise=noise).clamp(0, 1)
 
+    def attack_purifier(self, attack: AttackConfig) -> nn.Module:
+        """The purifier in the attack's gradient mode (see :func:`freqpure.attacks.attack_purifier`)."""
+        return attack_purifier(self.purifier, attack.gradient, attack.surrogate_rounds,
+                               surrogate_match=attack.surrogate_match)
+
     def attack_model(self, attack: AttackConfig) -> AttackModel:
         """What PGD differentiates: classifier ∘ (purifier in the attack's gradient mode), one draw per call."""
         if self.purifier is None:
             return AttackModel(self.classifier, None, postprocess=self.post)
-        return AttackModel(self.classifier, attack_purifier(self.purifier, attack.gradient, attack.surrogate_rounds),
-                           preprocess=self.pre, postprocess=self.post)
+        return AttackModel(self.classifier, self.attack_purifier(attack), preprocess=self.pre, postprocess=self.post)
 
-    def autoattack_model(self, attack: AttackConfig) -> nn.Module:
-        """What AutoAttack gets: the defended model as is (ensemble and vote), its purifier in the attack's
-        gradient mode (``full``: the defence's own purifier, checkpointed)."""
+    def mean_softmax_model(self, attack: AttackConfig, draws: int = 1) -> PurifiedClassifier:
+        """The defence's smooth score for attack libraries: ``model(x, noise)`` → log of the mean softmax
+        over ``ensemble × draws`` purifications (purifier in the attack's gradient mode), ``[B, K]``.
+
+        Unlike :attr:`model` (majority vote: piecewise-constant vote shares), its value and gradient are
+        those of the defence's mean softmax, and one call is already the EOT average over ``draws``."""
         if self.purifier is None:
-            return self.model
-        purifier = attack_purifier(self.purifier, attack.gradient, attack.surrogate_rounds)
-        return PurifiedClassifier(self.classifier, purifier, self.ensemble, self.vote, preprocess=self.pre,
-                                  postprocess=self.post, max_batch=self.max_batch)
+            raise UsageError("mean_softmax_model needs a purifier (method none is deterministic)")
+        return PurifiedClassifier(self.classifier, self.attack_purifier(attack), self.ensemble * draws, "softmax",
+                                  preprocess=self.pre, postprocess=self.post, max_batch=self.max_batch)
 
 
 def build_defence(cfg: EvalConfig, classifier: nn.Module, eps_model: nn.Module | None) -> Defence:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from freqpure.attacks.types import GradientMode, Loss, Norm, parse_enum
+from freqpure.attacks.registry import get_attack, settings_key
+from freqpure.attacks.types import GradientMode, Loss, Norm, eps_text, parse_enum
 from freqpure.config import PurifierConfig, apply_overrides, load_yaml
 from freqpure.errors import UsageError
 
@@ -25,11 +26,10 @@ __all__ = [
     "SanityConfig",
     "load_eval_config",
     "parse_number",
-    "ATTACK_NAMES",
+    "eps_text",
     "EPS_LIMITS",
 ]
 
-ATTACK_NAMES = ("pgd", "bpda", "autoattack")
 # Radii above these are not adversarial robustness any more (pixel units of [0, 1] images).
 EPS_LIMITS = {Norm.LINF: 0.5, Norm.L2: 50.0}
 
@@ -44,14 +44,6 @@ def parse_number(value: float | int | str, where: str) -> float:
         return float(Fraction(str(value).replace(" ", "")))
     except (ValueError, ZeroDivisionError):
         raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}") from None
-
-
-def eps_text(eps: float) -> str:
-    """``0.0313…`` → ``"8/255"`` (a fraction when one with a small denominator is exact), else ``"0.5"``."""
-    frac = Fraction(eps).limit_denominator(1000)
-    if frac.denominator > 1 and abs(float(frac) - eps) < 1e-12:
-        return f"{frac.numerator}/{frac.denominator}"
-    return f"{eps:g}"
 
 
 @dataclass
@@ -121,13 +113,22 @@ class DefenceConfig:
 
 @dataclass
 class AttackConfig:
-    """One attack. ``name``: ``pgd`` (PGD-EOT), ``bpda`` (PGD-EOT with ``gradient: bpda``) or
-    ``autoattack`` (``version``: ``standard`` or ``rand``).
+    """One attack. ``name``: a registered attack (:func:`freqpure.attacks.registry.attack_names`):
+    ``pgd`` (PGD-EOT), ``bpda`` (PGD-EOT with ``gradient: bpda``), ``band-pgd`` (PGD-EOT with the
+    perturbation restricted to the spectrum disc of radius ``band_max_radius``) or ``autoattack``
+    (``version``: ``standard`` or ``rand``). Each attack validates its own keys, labels itself and
+    states its protocol (:mod:`freqpure.attacks.registry`).
 
     ``eps`` and ``step_size`` accept fractions (``8/255``). ``gradient``: ``full``, ``surrogate``
-    (differentiate ``surrogate_rounds``), ``adjoint`` (VP-SDE sampler) or ``bpda``. ``eot``: draws per
-    gradient (PGD; AutoAttack rand uses ``eot`` too, 20 by default). ``eot_batch``: at most this many
-    images per purifier call while attacking. ``keep``: ``best`` iterate by the EOT loss, or ``last``.
+    (differentiate ``surrogate_rounds``), ``adjoint`` (VP-SDE sampler) or ``bpda``. The surrogate must
+    keep the defence's noise levels unless ``surrogate_match: false``: then any plan is allowed and
+    the attack is labelled and recorded as a *mismatched* surrogate (the official v2 evaluation:
+    ``gradient: surrogate, surrogate_rounds: "50:1", surrogate_match: false, random_start: false,
+    keep: last, step_size: 0.007, steps: 200, eot: 20`` against ``20:5*5,50:5*5``). ``eot``: draws
+    per gradient (PGD; AutoAttack averages the defence's softmax over ``eot`` draws per forward).
+    ``eot_batch``: at most this many images per purifier call while attacking. ``keep``: ``best``
+    iterate by the EOT loss, or ``last``. ``band_max_radius``: ``band-pgd`` only, in frequency-index
+    units of the centred spectrum.
     """
 
     name: str = "pgd"
@@ -142,13 +143,14 @@ class AttackConfig:
     keep: str = "best"
     gradient: str = "full"
     surrogate_rounds: str | None = None
+    surrogate_match: bool = True
+    band_max_radius: float | None = None
     version: str = "rand"
     eot_batch: int | None = None
     label: str | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACK_NAMES:
-            raise UsageError(f"unknown attack {self.name!r}; valid: {', '.join(ATTACK_NAMES)}")
+        spec = get_attack(self.name)  # UnknownNameError listing the registered attacks
         norm = parse_enum(Norm, self.norm, "norm (attacks.norm)")
         self.norm = norm.value
         self.eps = parse_number(self.eps, "attack eps")
@@ -165,31 +167,40 @@ class AttackConfig:
                 raise UsageError(f"attack {key} must be >= 1, got {getattr(self, key)}")
         self.loss = parse_enum(Loss, self.loss, "loss (attacks.loss)").value
         self.gradient = parse_enum(GradientMode, self.gradient, "gradient mode (attacks.gradient)").value
-        if self.name == "bpda":
-            if self.gradient not in (GradientMode.BPDA.value, GradientMode.FULL.value):
-                raise UsageError(f"attack 'bpda' uses gradient 'bpda', got gradient={self.gradient!r}")
-            self.gradient = GradientMode.BPDA.value
-        if self.gradient == GradientMode.SURROGATE.value and not self.surrogate_rounds:
-            raise UsageError("gradient 'surrogate' needs surrogate_rounds (e.g. '100:1': same t*, 1 step)")
         if self.keep not in ("best", "last"):
             raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
-        if self.version not in ("standard", "rand"):
-            raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
         if self.eot_batch is not None and self.eot_batch < 1:
             raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
+        if self.version not in ("standard", "rand"):  # a field of every attack: no typo passes silently
+            raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
+        if self.band_max_radius is not None:
+            self.band_max_radius = parse_number(self.band_max_radius, "attack band_max_radius")
+        spec.validate(self)
+        if self.gradient == GradientMode.SURROGATE.value and not self.surrogate_rounds:
+            raise UsageError("gradient 'surrogate' needs surrogate_rounds (e.g. '100:1': same t*, 1 step)")
 
     @property
     def norm_enum(self) -> Norm:
         return Norm(self.norm)
 
+    @property
+    def spec(self):
+        """The registered attack (:class:`freqpure.attacks.registry.Attack`) that runs this config."""
+        return get_attack(self.name)
+
     def display(self) -> str:
-        """A readable label, e.g. ``pgd-linf-8/255-full-eot20``."""
-        if self.label:
-            return self.label
-        eps = eps_text(self.eps)
-        if self.name == "autoattack":
-            return f"autoattack-{self.version}-{self.norm}-{eps}-{self.gradient}"
-        return f"{self.name}-{self.norm}-{eps}-{self.gradient}-eot{self.eot}"
+        """A readable label, e.g. ``pgd-linf-8/255-full-eot20`` (``label`` when given)."""
+        return self.label or self.spec.label(self)
+
+    def protocol_text(self) -> str:
+        """One sentence for results files: exactly what this attack runs."""
+        return self.spec.protocol_text(self)
+
+    def settings_key(self) -> str:
+        """A stable string of every setting that changes the attack's strength (norm, eps, steps, step
+        size, EOT, loss, gradient, surrogate plan and match, band, restarts, random start, keep, ...),
+        without the label; equal keys = the same attack (``table`` refuses to merge different ones)."""
+        return settings_key(self)
 
 
 @dataclass
@@ -200,7 +211,8 @@ class SanityConfig:
     eps) — it must fall to at most ``undefended_max_accuracy``. ``gradients``: the first attack
     gradient through the purifier must be finite and non-zero. ``eps_sweep``: eps multipliers run on
     the first ``sweep_samples`` samples with the first attack; robust accuracy should fall as eps grows
-    (a warning otherwise: a sign of gradient masking). ``[]`` disables the sweep.
+    (a warning otherwise: a sign of gradient masking); when it is already 0 at the base eps the sweep
+    is reported as "not informative" (``falls: null``). ``[]`` disables the sweep.
     """
 
     enabled: bool = True
@@ -253,11 +265,14 @@ class EvalConfig:
         if self.purifier.method != "none":
             defence_t = [r.t_star for r in _rounds(self.purifier.rounds, "purifier.rounds")]
             for a in self.attacks:
-                if a.gradient == GradientMode.SURROGATE.value:
+                if a.gradient == GradientMode.SURROGATE.value and not a.surrogate_match:
+                    _rounds(a.surrogate_rounds, "surrogate_rounds")  # any plan, but a valid one
+                if a.gradient == GradientMode.SURROGATE.value and a.surrogate_match:
                     surrogate_t = [r.t_star for r in _rounds(a.surrogate_rounds, "surrogate_rounds")]
                     if surrogate_t != defence_t:
                         raise UsageError(f"attack {a.display()}: surrogate_rounds {a.surrogate_rounds!r} must keep the "
-                                         f"defence's noise levels t* = {defence_t} (only fewer steps per round)")
+                                         f"defence's noise levels t* = {defence_t} (only fewer steps per round), "
+                                         "or set surrogate_match: false for a mismatched surrogate")
                 if a.gradient == GradientMode.ADJOINT.value and self.purifier.sampler != "sde":
                     raise UsageError(f"attack {a.display()}: gradient 'adjoint' needs purifier.sampler=sde, "
                                      f"got {self.purifier.sampler!r}")

@@ -73,7 +73,9 @@ def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]
 
     surrogate = s.surrogate_rounds
     if s.gradient == "surrogate" and not surrogate:
-        surrogate = ",".join(f"{r.split(':')[0]}:1" for r in s.rounds.split(","))
+        from freqpure.attacks.gradients import matched_surrogate
+
+        surrogate = matched_surrogate(s.rounds)  # keeps *k repeats: 20:5*5,50:5*5 -> 20:1*5,50:1*5
     cfgs = {}
     for method in DEFENCES:
         attack = AttackConfig(name="pgd", norm="linf", eps=s.eps, steps=s.steps, eot=s.eot,

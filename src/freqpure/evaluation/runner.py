@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from freqpure.attacks.autoattack import run_autoattack
 from freqpure.attacks.eot import EOTGradient
-from freqpure.attacks.gradients import AttackModel, SeededModel
+from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
+from freqpure.attacks.registry import AttackContext, AttackOutcome
 from freqpure.config import to_dict
+from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
@@ -51,25 +53,39 @@ from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir
 from freqpure.evaluation.store import SampleStore, config_fingerprint
 from freqpure.samplers import NOISE_SCHEME, StepNoise
 
-__all__ = ["evaluate", "prepare_run_dir", "batch_seed", "Purpose"]
+__all__ = ["evaluate", "prepare_run_dir", "batch_stream", "Purpose", "Scope"]
 
 
-class Purpose:
-    """Salts of the per-batch noise streams: ``batch_seed(seed, b, Purpose.X + attack_index)``."""
+class Purpose(IntEnum):
+    """What a per-batch noise stream is for: ``batch_stream(seed, b, Purpose.X, index)``."""
 
-    CLEAN = 0
-    EXAMPLE = 1
-    ATTACK = 100  # + attack index: the attack's EOT draws / AutoAttack's model noise
-    START = 200  # + attack index: random starts
-    JUDGE = 300  # + attack index: the defence's judgement of the adversarial images
-    UNDEFENDED = 400  # + sanity index
-    POOL = 500  # + attack index: the defence's verdicts between AutoAttack's attacks
-    SWEEP = 10_000  # eps sweep pseudo-batches
+    CLEAN = 1  # the defence's judgement of the clean images
+    EXAMPLE = 2  # the purification shown in examples.npz
+    ATTACK = 3  # index = attack: its EOT draws / the attacked model's noise
+    START = 4  # index = attack: its random starts (and AutoAttack's seed)
+    JUDGE = 5  # index = attack: the defence's judgement of its final images
+    UNDEFENDED = 6  # index = sanity check: random start of PGD on the bare classifier
+    POOL = 7  # index = attack: the defence's verdicts between AutoAttack's attacks (child = stage)
 
 
-def batch_seed(seed: int, batch: int, purpose: int) -> int:
-    """A seed that depends on ``(seed, batch, purpose)`` only — never on the process rank."""
-    return StepNoise(seed).child(batch).child(purpose).seed
+class Scope(IntEnum):
+    """Which batches a stream belongs to: the run's batches, or the eps sweep's (per multiplier)."""
+
+    BATCH = 0
+    SWEEP = 1
+
+
+def batch_stream(seed: int, batch: int, purpose: Purpose, index: int = 0, *, sweep: int | None = None) -> StepNoise:
+    """The noise stream of ``(seed, batch, purpose, index)`` — never of the process rank.
+
+    Its path is ``(seed, Scope.BATCH, batch, purpose, index)``, or ``(seed, Scope.SWEEP, sweep, batch,
+    purpose, index)`` for batch ``batch`` of the eps sweep's multiplier number ``sweep``; below it the
+    attacks and the defence derive children (EOT call and draw, image, ensemble draw, round). Paths are
+    hashed injectively (:class:`~freqpure.samplers.StepNoise`, scheme :data:`NOISE_SCHEME`), so
+    different paths never share draws.
+    """
+    scope = (Scope.BATCH, batch) if sweep is None else (Scope.SWEEP, sweep, batch)
+    return StepNoise(seed, (*scope, int(purpose), int(index)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,73 +107,48 @@ def _finite(v: float) -> float | None:
 
 
 @dataclass
-class _AttackOutcome:
-    x_adv: Tensor
-    loss: Tensor
-    grad_norm: Tensor
-
-
-@dataclass
 class BatchRunner:
-    """Runs the attacks of ``cfg`` on one batch and judges them with ``defence``."""
+    """Runs the attacks of ``cfg`` on one batch and judges them with ``defence``.
+
+    Attacks are dispatched through the registry (:mod:`freqpure.attacks.registry`): attack ``i``'s
+    model is built once by its ``build_model`` and each batch runs its ``run``.
+    """
 
     cfg: EvalConfig
     defence: Defence
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    attack_models: dict[int, nn.Module] = field(default_factory=dict)
+    attack_models: dict[int, Any] = field(default_factory=dict)
 
-    def _model_for(self, i: int, attack: AttackConfig) -> nn.Module:
+    def _model_for(self, i: int, attack: AttackConfig) -> Any:
         if i not in self.attack_models:
-            self.attack_models[i] = (self.defence.autoattack_model(attack) if attack.name == "autoattack"
-                                     else self.defence.attack_model(attack))
+            self.attack_models[i] = attack.spec.build_model(self.defence, attack)
         return self.attack_models[i]
 
-    def attack(self, i: int, attack: AttackConfig, x: Tensor, y: Tensor, batch: int) -> _AttackOutcome:
-        """Attack ``x`` with attack number ``i``; randomness from ``(seed, batch, i)`` only."""
+    def attack(self, i: int, attack: AttackConfig, x: Tensor, y: Tensor, batch: int,
+               sweep: int | None = None) -> AttackOutcome:
+        """Attack ``x`` with attack number ``i``; randomness from ``(seed, batch, i)`` (and ``sweep``) only."""
         seed = self.cfg.seed
-        model = self._model_for(i, attack)
-        if attack.name == "autoattack":
-            grad_norm = self._autoattack_grad_norm(i, attack, x, y, batch)
-            judge = None
-            if self.defence.purifier is not None:  # randomised: the defence decides who leaves the pool
-                noise = StepNoise(batch_seed(seed, batch, Purpose.POOL + i))
 
-                def judge(xa: Tensor, ya: Tensor, stage: int) -> Tensor:
-                    return self.defence.predict(xa, noise.child(stage)) == ya
+        def stream(purpose: Purpose) -> StepNoise:
+            return batch_stream(seed, batch, purpose, i, sweep=sweep)
 
-            x_adv = run_autoattack(SeededModel(model, batch_seed(seed, batch, Purpose.ATTACK + i)), x, y,
-                                   norm=attack.norm, eps=attack.eps, version=attack.version,
-                                   seed=batch_seed(seed, batch, Purpose.START + i) % (2**31),
-                                   eot_iter=attack.eot if attack.version == "rand" else None, judge=judge)
-            return _AttackOutcome(x_adv, torch.full((x.shape[0],), math.nan), grad_norm)
-        oracle = EOTGradient(model, eot=attack.eot, loss=attack.loss, seed=batch_seed(seed, batch, Purpose.ATTACK + i),
-                             max_batch=attack.eot_batch)
-        gen = torch.Generator().manual_seed(batch_seed(seed, batch, Purpose.START + i))
-        best = None
-        for _ in range(attack.restarts):
-            res = pgd(oracle, x, y, norm=attack.norm, eps=attack.eps, steps=attack.steps, step_size=attack.step_size,
-                      random_init=attack.random_start, keep=attack.keep, generator=gen)
-            if best is None:
-                best = res
-                continue
-            better = torch.nan_to_num(res.loss, nan=-math.inf) > torch.nan_to_num(best.loss, nan=-math.inf)
-            best.x_adv[better], best.loss[better] = res.x_adv[better], res.loss[better]
-        return _AttackOutcome(best.x_adv, best.loss, best.first_grad_norm)
+        judge = None
+        if self.defence.purifier is not None:  # randomised: the defence decides who leaves a pool
+            pool = stream(Purpose.POOL)
 
-    def _autoattack_grad_norm(self, i: int, attack: AttackConfig, x: Tensor, y: Tensor, batch: int) -> Tensor:
-        """One gradient of the attack's model on the clean batch (sanity: finite and non-zero)."""
-        if not (self.cfg.sanity.enabled and self.cfg.sanity.gradients):
-            return torch.full((x.shape[0],), math.nan)
-        oracle = EOTGradient(self.defence.attack_model(attack), eot=1, loss=attack.loss,
-                             seed=batch_seed(self.cfg.seed, batch, Purpose.ATTACK + i) + 1)
-        return oracle(x, y)[1].flatten(1).norm(dim=1)
+            def judge(xa: Tensor, ya: Tensor, stage: int) -> Tensor:
+                return self.defence.predict(xa, pool.child(stage)) == ya
+
+        ctx = AttackContext(x, y, noise=stream(Purpose.ATTACK), start=stream(Purpose.START), judge=judge,
+                            check_gradients=self.cfg.sanity.enabled and self.cfg.sanity.gradients)
+        return attack.spec.run(self._model_for(i, attack), attack, ctx)
 
     def undefended(self, j: int, norm: str, eps: float, x: Tensor, y: Tensor, batch: int) -> Tensor:
         """Sanity: PGD on the bare classifier; returns correctness ``[B]`` (should be ~all False)."""
         steps = self.cfg.sanity.undefended_steps
         bare = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)
         oracle = EOTGradient(bare, loss="ce")
-        gen = torch.Generator().manual_seed(batch_seed(self.cfg.seed, batch, Purpose.UNDEFENDED + j))
+        gen = batch_stream(self.cfg.seed, batch, Purpose.UNDEFENDED, j).rng()
         res = pgd(oracle, x, y, norm=norm, eps=eps, steps=steps, random_init=True, generator=gen)
         with torch.no_grad():
             return bare(res.x_adv).argmax(1) == y
@@ -167,7 +158,7 @@ class BatchRunner:
         """Records for the batch, and its example images when it holds one of the first samples."""
         cfg, seed = self.cfg, self.cfg.seed
         t0 = time.perf_counter()
-        pred_clean = self.defence.predict(x, StepNoise(batch_seed(seed, batch, Purpose.CLEAN)))
+        pred_clean = self.defence.predict(x, batch_stream(seed, batch, Purpose.CLEAN))
         t_judge = time.perf_counter() - t0
         per_attack: list[dict[str, Any]] = []
         advs, preds = [], []
@@ -176,7 +167,7 @@ class BatchRunner:
             t1 = time.perf_counter()
             out = self.attack(i, attack, x, y, batch)
             t2 = time.perf_counter()
-            pred = self.defence.predict(out.x_adv, StepNoise(batch_seed(seed, batch, Purpose.JUDGE + i)))
+            pred = self.defence.predict(out.x_adv, batch_stream(seed, batch, Purpose.JUDGE, i))
             t_attack += t2 - t1
             t_judge += time.perf_counter() - t2
             linf, l2 = _norms(out.x_adv, x)
@@ -205,6 +196,7 @@ class BatchRunner:
             records.append({
                 "schema_version": SCHEMA_VERSION,
                 "index": int(indices[s]), "position": int(positions[s]), "batch": batch, "label": labels[s],
+                "noise_scheme": NOISE_SCHEME,
                 "clean_pred": int(pred_clean[s]), "clean_correct": clean_ok, "attacks": attacks,
                 "robust": clean_ok and all(v["correct"] for v in attacks.values()),
                 "undefended": {k: bool(v[s]) for k, v in undefended.items()},
@@ -225,7 +217,7 @@ class BatchRunner:
             take = (~fooled) & (p_a != y)
             chosen_x[take], chosen_pred[take] = x_a[take], p_a[take]
             fooled |= take
-        noise = StepNoise(batch_seed(self.cfg.seed, batch, Purpose.EXAMPLE))
+        noise = batch_stream(self.cfg.seed, batch, Purpose.EXAMPLE)
         purified = self.defence.purify_once(chosen_x[keep], noise)
         with torch.no_grad():  # the bare classifier on this one purification (the grid's caption under it)
             pred_purified = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)(purified)
@@ -282,7 +274,9 @@ def evaluate(
         classifier, eps_model = models if models is not None else load_models(cfg, ctx.device)
         defence = build_defence(cfg, classifier, eps_model)
         runner = BatchRunner(cfg, defence, ctx.device)
-        done = set(store.load())
+        existing = store.load()
+        check_noise_scheme(existing, out)
+        done = set(existing)
         resumed = resume and bool(done)  # a real resume: this invocation continues finished work
         n = len(data.indices)
         batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(0, n, cfg.batch_size)]
@@ -303,6 +297,16 @@ def evaluate(
             lock.release()
         if own_ctx:
             ctx.close()
+
+
+def check_noise_scheme(records: dict[int, dict[str, Any]], out: Path) -> None:
+    """Refuse to continue a run whose samples were drawn with another noise scheme (a record without
+    ``noise_scheme`` predates the field: ``linear-v1``); mixing schemes would break replay and pairing."""
+    schemes = {r.get("noise_scheme", "linear-v1") for r in records.values()}
+    other = sorted(schemes - {NOISE_SCHEME})
+    if other:
+        raise RunFolderError(f"{out} holds samples made with noise scheme {', '.join(other)}; this freqpure draws "
+                             f"with {NOISE_SCHEME}, so the run cannot be continued: choose a new --out")
 
 
 def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], todo: list[int],
@@ -351,7 +355,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     wanted = [int(i) for i in data.indices]
     missing = [i for i in wanted if i not in raw]
     if missing:
-        raise RuntimeError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
+        raise RunFolderError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
                            "run again with --resume to finish them")
     recs = [SampleRecord.from_dict(raw[i], f"samples.jsonl: index {i}") for i in wanted]
     labels = [a.display() for a in cfg.attacks]
@@ -386,13 +390,6 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     return results
 
 
-AUTOATTACK_NOTE = (
-    "AutoAttack's attacks in its order and settings; against a purifier APGD returns its best-loss (EOT) iterate "
-    "for every point and the defence (own noise and vote) decides who leaves the pool between attacks, instead of "
-    "AutoAttack's single stochastic forward; the final images are re-judged by the defence"
-)
-
-
 def protocol(cfg: EvalConfig) -> dict[str, Any]:
     """The decisions that change robustness numbers, stated explicitly (field notes §5)."""
     d = cfg.defence
@@ -404,15 +401,15 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
         else "deterministic classifier",
         "worst_case_across_attacks": f"robust = correct on the clean image and on the final image of every attack "
                                      f"({len(cfg.attacks)} attack(s))",
-        "attack_iterate": {a.display(): ("best iterate by the attack's own EOT-averaged loss (final iterate included)"
-                                         if a.keep == "best" and a.name != "autoattack" else
-                                         AUTOATTACK_NOTE if a.name == "autoattack"
-                                         else "final iterate") for a in cfg.attacks},
-        "gradients": {a.display(): a.gradient + (f" (surrogate {a.surrogate_rounds})" if a.gradient == "surrogate"
-                                                  else "") for a in cfg.attacks},
+        "attacks": {a.display(): a.protocol_text() for a in cfg.attacks},
+        "gradients": {a.display(): a.gradient + (f" ({'' if a.surrogate_match else 'MISMATCHED '}surrogate "
+                                                  f"{a.surrogate_rounds})" if a.gradient == "surrogate" else "")
+                      for a in cfg.attacks},
+        "settings": {a.display(): a.settings_key() for a in cfg.attacks},
         "eot": {a.display(): a.eot for a in cfg.attacks},
         "noise": "independent diffusion noise per EOT draw and per batch, derived from (seed, batch index, purpose) "
                  "— never from the process rank",
+        "noise_scheme": NOISE_SCHEME,
         "classifier_mode": "eval mode, parameters frozen; no clamp, rounding or no_grad on the gradient path "
                            "(except BPDA's identity backward, by design)",
     }
@@ -450,7 +447,12 @@ def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[st
 
 def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, data: EvalData,
               warnings: list[str]) -> dict[str, Any]:
-    """Accuracy under the first attack at eps × each multiplier, on the first ``sweep_samples`` samples."""
+    """Accuracy under the first attack at eps × each multiplier, on the first ``sweep_samples`` samples.
+
+    ``falls``: ``True`` when accuracy never rises with eps and ends below the base accuracy, ``False``
+    otherwise (a warning: gradient masking or a too-weak attack), ``None`` when the base accuracy is
+    already 0 — then the sweep cannot fall and says nothing (``verdict``: ``"not informative"``).
+    """
     s, attack = cfg.sanity, cfg.attacks[0]
     k = min(s.sweep_samples, len(recs))
     base = [r.attacks[attack.display()].correct for r in recs[:k]]
@@ -460,18 +462,22 @@ def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, da
         scaled = replace(attack, eps=min(attack.eps * mult, 0.5 if attack.norm == "linf" else 50.0), label="sweep",
                          step_size=None if attack.step_size is None else attack.step_size * mult)
         correct = 0
-        for start in range(0, k, cfg.batch_size):
+        for b, start in enumerate(range(0, k, cfg.batch_size)):
             pos = list(range(start, min(start + cfg.batch_size, k)))
             x, y = data.images(pos).to(device), data.labels[pos].to(device)
-            pseudo = Purpose.SWEEP + 1000 * m_i + start // cfg.batch_size  # a batch index no real batch has
-            out = runner.attack(0, scaled, x, y, pseudo)
-            pred = runner.defence.predict(out.x_adv, StepNoise(batch_seed(cfg.seed, pseudo, Purpose.JUDGE)))
+            out = runner.attack(0, scaled, x, y, b, sweep=m_i)  # streams of their own: (Scope.SWEEP, m_i, b)
+            pred = runner.defence.predict(out.x_adv, batch_stream(cfg.seed, b, Purpose.JUDGE, 0, sweep=m_i))
             correct += int((pred == y).sum())
         eps_list.append(scaled.eps)
         accs.append(correct / k)
-    falls = all(b <= a for a, b in zip(accs, accs[1:])) and (accs[0] == 0 or accs[-1] < accs[0])
-    if not falls:
+    if accs[0] == 0:
+        falls, verdict = None, "not informative (accuracy is already 0 at the base eps)"
+    else:
+        falls = all(b <= a for a, b in zip(accs, accs[1:])) and accs[-1] < accs[0]
+        verdict = "falls" if falls else "does not fall"
+    if falls is False:
         warnings.append(f"accuracy under {attack.display()} does not fall as eps grows "
                         f"({', '.join(f'{e:.4g}: {a:.0%}' for e, a in zip(eps_list, accs))} on {k} samples): "
                         "a sign of gradient masking or a too-weak attack")
-    return {"attack": attack.display(), "samples": k, "eps": eps_list, "accuracy": accs, "falls": falls}
+    return {"attack": attack.display(), "samples": k, "eps": eps_list, "accuracy": accs, "falls": falls,
+            "verdict": verdict}

@@ -1,0 +1,118 @@
+"""Noise derivation (scheme blake2b-philox-v2): addressable, replayable, and collision-free over a realistic run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from freqpure.attacks.eot import EOTGradient
+from freqpure.evaluation.runner import Purpose, Scope, batch_stream
+from freqpure.samplers import NOISE_SCHEME, DrawNoise, StepNoise, _encode, derive_key
+
+
+def test_scheme_is_named() -> None:
+    assert NOISE_SCHEME == "blake2b-philox-v2"
+
+
+def test_draws_replay_and_do_not_depend_on_order_device_or_dtype() -> None:
+    like = torch.empty(2, 3, 4, 4)
+    a = StepNoise(7).child(3)
+    first = a(5, like)
+    a(6, like)
+    assert torch.equal(StepNoise(7, (3,))(5, like), first)  # same path, same draw, any call order
+    assert not torch.equal(a(6, like), first)
+    torch.testing.assert_close(a(5, like.double()), first.double())  # drawn in float32, then cast
+    assert abs(first.mean().item()) < 0.3 and 0.7 < first.std().item() < 1.3
+
+
+def test_the_linear_v1_collisions_are_gone() -> None:
+    like = torch.empty(1, 3, 4, 4)
+    # linear-v1: StepNoise(0).child(31) == StepNoise(17).child(0), batch_seed(0, 5, POOL+3) == batch_seed(0, 18, ATTACK)
+    assert not torch.equal(StepNoise(0).child(31)(0, like), StepNoise(17).child(0)(0, like))
+    assert batch_stream(0, 5, Purpose.POOL, 3) != batch_stream(0, 18, Purpose.ATTACK, 0)
+    assert batch_stream(0, 5, Purpose.UNDEFENDED, 3) != batch_stream(0, 18, Purpose.CLEAN)
+    # the eps sweep has streams of its own, never a real batch's
+    assert batch_stream(0, 0, Purpose.ATTACK, 0, sweep=0) != batch_stream(0, 10_000, Purpose.ATTACK, 0)
+    # torch's CPU generator keeps 32 bits of a seed; the new keys are 128-bit and use every bit of the path
+    assert StepNoise(5).key(0) != StepNoise(5 + 2**32).key(0)
+    assert not torch.equal(StepNoise(5)(0, like), StepNoise(5 + 2**32)(0, like))
+
+
+def test_path_encoding_is_injective() -> None:
+    """SeedSequence would merge (5, 2**32 + 3) and (5, 3, 1) (32-bit words); the prefix-free encoding does not."""
+    paths = [(5, 2**32 + 3), (5, 3, 1), (5, 3), (5, 3, 0), (5, -3), (-5, 3), (5, 253), (5, 0, 253), (0,), (0, 0),
+             (256,), (1, 0), (2**63, 1), (2**63 + 1,)]
+    encoded = [_encode(p) for p in paths]
+    assert len(set(encoded)) == len(paths)
+    assert len({derive_key(b"draw", p) for p in paths}) == len(paths)
+    with pytest.raises(ValueError, match="64 bits"):
+        StepNoise(0).child(2**70)
+
+
+def _run_streams(n: int = 10_000, batch: int = 8, attacks: int = 8, rounds: int = 10, eot: int = 20,
+                 calls: int = 1, ensemble: int = 1, stages: int = 2, sweep_mults: int = 2,
+                 sweep_samples: int = 64) -> Iterator[StepNoise]:
+    """The noise streams of a realistic run, down to the round level, derived exactly as the code derives them.
+
+    Per batch: the defence's clean and judge verdicts and examples (per image, per ensemble draw, per round),
+    each attack's EOT draws (per gradient call and draw, per round), AutoAttack's pool verdicts (per stage),
+    random starts and the undefended checks; plus the eps sweep's batches. Within a round the draws are keyed
+    by step index, so distinct round streams mean distinct draws.
+    """
+
+    def defence_rows(stream: StepNoise, rows: int) -> Iterator[StepNoise]:  # PurifiedClassifier: image, draw
+        for s in stream.rows(rows):
+            for e in range(ensemble):
+                base = s.child(e)
+                yield from (base.child(r) for r in range(rounds))  # Purifier: round r
+
+    def attack_draws(stream: StepNoise) -> Iterator[StepNoise]:
+        oracle = EOTGradient.__new__(EOTGradient)  # the real noise_at, without a model
+        oracle.root, oracle.eot, oracle.stochastic = stream, eot, True
+        for c in range(calls):
+            for s in oracle.noise_at(c).streams:
+                yield from (s.child(r) for r in range(rounds))
+
+    def one_batch(b: int, rows: int, sweep: int | None = None) -> Iterator[StepNoise]:
+        for i in range(attacks):
+            yield from attack_draws(batch_stream(0, b, Purpose.ATTACK, i, sweep=sweep))
+            yield batch_stream(0, b, Purpose.START, i, sweep=sweep)
+            yield from defence_rows(batch_stream(0, b, Purpose.JUDGE, i, sweep=sweep), rows)
+            pool = batch_stream(0, b, Purpose.POOL, i, sweep=sweep)
+            for stage in range(stages):
+                yield from defence_rows(pool.child(stage), rows)
+        if sweep is None:
+            yield from defence_rows(batch_stream(0, b, Purpose.CLEAN), rows)
+            yield from defence_rows(batch_stream(0, b, Purpose.EXAMPLE), rows)
+            yield from (batch_stream(0, b, Purpose.UNDEFENDED, j) for j in range(attacks))
+
+    batches = (n + batch - 1) // batch
+    for b in range(batches):
+        yield from one_batch(b, min(batch, n - b * batch))
+    for m in range(sweep_mults):
+        for b in range(sweep_samples // batch):
+            yield from one_batch(b, batch, sweep=m)
+
+
+@pytest.mark.slow
+def test_no_two_streams_of_a_realistic_run_collide() -> None:
+    """n = 10,000, batch 8, 8 attacks, 10 rounds, EOT 20, 2 AutoAttack stages (rand), the eps sweep: every stream's
+    128-bit key differs already in its first 64 bits (equal paths would give equal keys, so paths differ too)."""
+    mask = 2**64 - 1
+    keys = np.fromiter((s.key(0) & mask for s in _run_streams()), dtype=np.uint64)
+    assert keys.size > 4_000_000
+    assert np.unique(keys).size == keys.size, "two streams of the run share a key"
+    assert Scope.SWEEP != Scope.BATCH
+
+
+def test_draw_noise_rows_address_each_image() -> None:
+    noise = DrawNoise.from_seed(3, 2)
+    rows = noise.rows(6)  # 2 draws × 3 images
+    assert rows[4] == noise.streams[1].child(1)
+    like = torch.empty(6, 3, 4, 4)
+    per_row = DrawNoise(rows)
+    whole = per_row(0, like)
+    assert torch.equal(whole[2:5], DrawNoise(rows[2:5])(0, like[2:5]))  # any chunk: the same rows
