@@ -133,14 +133,11 @@ def test_matched_surrogate_keeps_repeats() -> None:
     assert matched_surrogate("20:5*5,50:5*5") == "20:1*5,50:1*5"
     assert matched_surrogate("100:5") == "100:1"
     assert matched_surrogate("20:5,20:5,50:5") == "20:1*2,50:1"
-    import argparse
+    from freqpure.evaluation.demo import DemoSettings, demo_configs
 
-    from freqpure.cli.demo import demo_configs
-
-    args = argparse.Namespace(surrogate_rounds=None, gradient="surrogate", rounds="20:5*5,50:5*5", eps=EPS, steps=2,
-                              eot=1, seed=0, batch_size=2, n=2, classifier="cifar10-resnet-small",
-                              diffusion="cifar10-ddpm-small", radius=3, ensemble=1, sweep=False)
-    cfgs = demo_configs(args)
+    settings = DemoSettings(gradient="surrogate", rounds="20:5*5,50:5*5", eps=EPS, steps=2, eot=1, seed=0,
+                            batch_size=2, n=2, radius=3, ensemble=1, sweep=False)
+    cfgs = demo_configs(settings)
     assert cfgs["freqpure"].attacks[0].surrogate_rounds == "20:1*5,50:1*5"
 
 
@@ -181,9 +178,9 @@ def test_a_new_attack_plugs_in_through_one_registration(tmp_path: Path, classifi
                                       "attacks.0.steps=1", "sanity.enabled=false",
                                       f"classifier.name={model_name('cifar10-resnet-small')}"])
         res = evaluate(cfg, tmp_path / "run", models=(classifier, None), progress=False)
-        assert res["per_attack"]["fgsm-test-linf"]["n"] == 4
-        assert res["protocol"]["attacks"]["fgsm-test-linf"].startswith("one signed-gradient step")
-        assert res["per_attack"]["fgsm-test-linf"]["accuracy"] <= res["clean"]["accuracy"]
+        assert res.per_attack["fgsm-test-linf"].n == 4
+        assert res.protocol["attacks"]["fgsm-test-linf"].startswith("one signed-gradient step")
+        assert res.per_attack["fgsm-test-linf"].accuracy <= res.clean.accuracy
     finally:
         _REGISTRY.pop("fgsm-test", None)
 
@@ -277,9 +274,9 @@ def test_band_pgd_runs_in_an_evaluation(tmp_path: Path, classifier) -> None:
                                   f"classifier.name={model_name('cifar10-resnet-small')}"])
     res = evaluate(cfg, tmp_path / "run", models=(classifier, None), progress=False)
     label = "band-pgd-r2-linf-8/255-full-eot1"
-    assert res["per_attack"][label]["n"] == 2
-    assert "band-limited PGD" in res["protocol"]["attacks"][label]
-    assert "band_max_radius=2.0" in res["protocol"]["settings"][label]
+    assert res.per_attack[label].n == 2
+    assert "band-limited PGD" in res.protocol["attacks"][label]
+    assert "band_max_radius=2.0" in res.protocol["settings"][label]
 
 
 # --------------------------------------------------------------------------------------------- AutoAttack

@@ -150,7 +150,7 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
     bare-classifier gradients. The estimate is the sum over defences of ``batches x per-batch cost``, plus the
     timing itself. ``done``: samples already finished per defence (a resumed demo), left out of the count.
     """
-    from freqpure.attacks.eot import EOTGradient
+    from freqpure.attacks.eot import EOTGradient, is_stochastic
     from freqpure.attacks.gradients import AttackModel
     from freqpure.evaluation.components import build_defence
     from freqpure.samplers import StepNoise
@@ -171,7 +171,9 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
         y = torch.randint(0, 10, (b,), generator=gen).to(dev)
         defence = build_defence(cfg, classifier, eps_model if method != "none" else None)
         attack = cfg.attacks[0]
-        oracle = EOTGradient(defence.attack_model(attack), eot=attack.eot, loss=attack.loss, seed=0)
+        model = defence.attack_model(attack)
+        eot = attack.eot if is_stochastic(model) else 1  # as the attack runs it: a bare classifier has no draws
+        oracle = EOTGradient(model, eot=eot, loss=attack.loss, seed=0)
         oracle(x[:1], y[:1])  # warm-up on one image: the first call pays one-off allocation costs
         t_grad = timed(lambda oracle=oracle, x=x, y=y: oracle(x, y))
         with torch.no_grad():
