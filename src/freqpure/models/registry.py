@@ -206,6 +206,10 @@ def _instantiate(
             in_ch = config.get("in_channels", config.get("channels", 3))
             eps = {"image_size": config.get("image_size"), "channels": in_ch,
                    "learn_sigma": bool(config.get("learn_sigma", False))}
+        if "freqpure_t_max" in metadata:  # the range it was trained on (freqpure's training export)
+            from freqpure.models.bundled import file_t_max
+
+            eps = {**eps, "t_max": file_t_max(dict(metadata))}
         return wrap_diffusion(net, eps, name)
     if "freqpure_preprocess" in metadata:
         preprocess = json.loads(metadata["freqpure_preprocess"])
@@ -301,6 +305,10 @@ def load_diffusion(
     checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> EpsModel:
     """A diffusion network as an ε-model: ``(x_t [B,C,H,W] in [-1,1], t [B] in 0..999) -> ε [B,C|2C,H,W]``.
+
+    ``model.t_max``: the model was trained on step indices ``0..t_max-1`` (1000 for published models
+    and files without ``freqpure_t_max`` metadata; 200 for ``cifar10-ddpm-pure``). Purifiers refuse
+    plans that noise beyond it; ``repr(model)`` and ``model_info(name)["t_max"]`` state it.
 
     ``name_or_path``: a registry name (:func:`list_models`), a ``.safetensors`` file (freqpure
     metadata or a published architecture's keys), a published checkpoint file, or a diffusers
