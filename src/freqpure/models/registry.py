@@ -18,6 +18,7 @@ import difflib
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -247,6 +248,8 @@ def _guess_spec(obj: Any, kind: str | None, path: Path) -> ModelSpec:
 def _load_path(path: Path, *, kind: str | None, spec: ModelSpec | None, device: DeviceLike) -> nn.Module:
     obj = read_checkpoint(path)
     metadata = obj.metadata if isinstance(obj, SafetensorsFile) else {}
+    if "freqpure_standin" in metadata:  # see freqpure.models.standins
+        warnings.warn(f"{path} is a stand-in, not the real model: {metadata['freqpure_standin']}", stacklevel=4)
     if "freqpure_arch" in metadata:
         arch_name = metadata["freqpure_arch"]
         _check_kind(metadata.get("freqpure_kind") or _kind_of(arch_name, metadata), kind, str(path))
