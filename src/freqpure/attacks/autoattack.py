@@ -54,12 +54,14 @@ def run_autoattack(
     judge: Judge | None = None,
     batch_size: int | None = None,
     verbose: bool = False,
+    n_iter: int | None = None,
 ) -> Tensor:
     """Adversarial images ``[B, C, H, W]`` in [0, 1] from AutoAttack against ``model(x) -> logits``.
 
     ``model`` is passed to AutoAttack as is (wrap a noise-taking model in
     :class:`~freqpure.attacks.gradients.SeededModel`); ``eot_iter`` overrides the rand version's 20;
     ``judge(x_adv, y, stage) -> correct`` switches to the judged loop of the module docstring.
+    ``n_iter``: iterations (Square: queries) per attack instead of AutoAttack's own (smoke runs only).
     """
     norm = parse_enum(Norm, norm, "norm")
     if version not in AUTOATTACK_VERSIONS:
@@ -71,6 +73,12 @@ def run_autoattack(
         if version != "rand":
             raise UsageError("eot_iter applies to AutoAttack's 'rand' version only")
         adversary.apgd.eot_iter = int(eot_iter)
+    if n_iter is not None:
+        for apgd in (adversary.apgd, adversary.apgd_targeted):
+            apgd.n_iter = apgd.n_iter_orig = int(n_iter)
+            apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = (max(int(f * n_iter), 1) for f in (0.22, 0.06, 0.03))
+        adversary.fab.n_iter = int(n_iter)
+        adversary.square.n_queries = int(n_iter)
     logger = logging.getLogger("auto-attack")
     level = logger.level
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -137,6 +137,7 @@ class AttackConfig:
     version: str = "rand"
     eot_batch: int | None = None
     label: str | None = None
+    autoattack_iters: int | None = None  # AutoAttack only: iterations per attack (None: its own 100); smoke runs
 
     def __post_init__(self) -> None:
         if self.name not in ATTACK_NAMES:
@@ -167,6 +168,9 @@ class AttackConfig:
             raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
         if self.version not in ("standard", "rand"):
             raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
+        if self.autoattack_iters is not None and (self.name != "autoattack" or self.autoattack_iters < 1):
+            raise UsageError("autoattack_iters applies to AutoAttack only and must be >= 1, "
+                             f"got {self.autoattack_iters}")
         if self.eot_batch is not None and self.eot_batch < 1:
             raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
 
@@ -180,7 +184,8 @@ class AttackConfig:
             return self.label
         eps = eps_text(self.eps)
         if self.name == "autoattack":
-            return f"autoattack-{self.version}-{self.norm}-{eps}-{self.gradient}"
+            iters = f"-iters{self.autoattack_iters}" if self.autoattack_iters else ""  # not standard AutoAttack
+            return f"autoattack-{self.version}-{self.norm}-{eps}-{self.gradient}{iters}"
         return f"{self.name}-{self.norm}-{eps}-{self.gradient}-eot{self.eot}"
 
 

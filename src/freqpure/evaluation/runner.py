@@ -157,7 +157,8 @@ class BatchRunner:
             x_adv = run_autoattack(SeededModel(model, batch_seed(seed, batch, Purpose.ATTACK + i)), x, y,
                                    norm=attack.norm, eps=attack.eps, version=attack.version,
                                    seed=batch_seed(seed, batch, Purpose.START + i) % (2**31),
-                                   eot_iter=attack.eot if attack.version == "rand" else None, judge=judge)
+                                   eot_iter=attack.eot if attack.version == "rand" else None, judge=judge,
+                                   n_iter=attack.autoattack_iters)
             return _AttackOutcome(x_adv, torch.full((x.shape[0],), math.nan), grad_norm)
         oracle = EOTGradient(model, eot=attack.eot, loss=attack.loss, seed=batch_seed(seed, batch, Purpose.ATTACK + i),
                              max_batch=attack.eot_batch)
