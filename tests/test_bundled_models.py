@@ -56,10 +56,14 @@ def test_registry_tables_consistent() -> None:
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_file_metadata(name: str) -> None:
+    if name == "cifar10-ddpm-pure" and not weights_path(name).is_file():
+        pytest.skip("cifar10-ddpm-pure weights are still training; the lead adds the file at merge time")
     meta = read_metadata(_require(name))
     assert meta["freqpure_kind"] == BUNDLED[name]["kind"]
     assert meta["freqpure_arch"] == BUNDLED[name]["arch"]
     assert isinstance(json.loads(meta["freqpure_config"]), dict)
+    if BUNDLED[name]["kind"] == "diffusion":  # the trained step range in the file matches the registry's
+        assert int(meta.get("freqpure_t_max", "1000")) == BUNDLED[name]["t_max"]
 
 
 def test_bundled_weights_small_enough() -> None:

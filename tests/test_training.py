@@ -166,3 +166,52 @@ def test_cli_train_and_export(cifar_test_tar: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("no_such_key: 1\n")
     assert main(["train", "classifier", "--config", str(bad), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_cli_train_set_overrides_and_conflicts(cifar_test_tar: Path, tmp_path: Path, capsys) -> None:
+    """--config + --set like evaluate: typed, strict, and a key given twice (--set and its flag) is refused."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"model": TINY_UNET, "batch_size": 4, "eval_images": 4, "amp": "none"}))
+    base = ["train", "diffusion", "--config", str(cfg), "--data-dir", str(cifar_test_tar.parent), "--no-progress",
+            "--threads", "1"]
+    out = tmp_path / "run"
+    sets = ["--set", "steps=1", "--set", "t_max=200", "--set", "lr_schedule=cosine"]
+    assert main([*base, "--out", str(out), *sets]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["steps"], saved["t_max"], saved["lr_schedule"], saved["batch_size"]) == (1, 200, "cosine", 4)
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "b"), "--set", "steps=2", "--steps", "3"]) == 2
+    assert "steps given both by --set and by its own flag" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "c"), "--set", "stpes=2"]) == 2
+    assert "unknown config key 'stpes'" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "d"), "--set", "steps=many"]) == 2
+    assert "steps must be an integer" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "e"), "--set", "t_max=2000"]) == 2
+    assert "t_max must be in 1..1000" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # refused before any folder is made
+
+
+def test_train_help_lists_every_subcommand_without_markup(capsys) -> None:
+    for args in (["train", "--help"], *[["train", s, "--help"] for s in ("diffusion", "classifier", "purify-data")]):
+        with pytest.raises(SystemExit):
+            main(args)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":mod:" not in text and ":func:" not in text
+        if args == ["train", "--help"]:
+            for sub in ("diffusion", "classifier", "purify-data", "export", "summary"):
+                assert f"\n    {sub}" in text
+        else:
+            assert "--config FILE" in text and "--set KEY=VALUE" in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("train_*.yaml")),
+                         ids=lambda p: p.stem)
+def test_training_configs_load_strictly(path: Path) -> None:
+    """Every training config in configs/ loads strictly (known keys, right types, valid values)."""
+    from freqpure.config import load_yaml
+
+    cls = DiffusionTrainConfig if path.stem.startswith("train_diffusion") else ClassifierTrainConfig
+    assert path.stem.startswith(("train_diffusion", "train_classifier")), f"{path.name}: which task is it for?"
+    cfg = load_yaml(cls, path)
+    raw = yaml.safe_load(path.read_text())
+    assert {k: getattr(cfg, k) for k in raw} == raw  # nothing coerced away or dropped

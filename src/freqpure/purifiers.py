@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from freqpure._checks import check_images
 from freqpure.errors import UsageError
+from freqpure.models.adapters import check_step_range
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
@@ -122,6 +123,7 @@ class Purifier(nn.Module):
         for r in self.rounds:
             if r.t_star > self.schedule.num_steps:
                 raise UsageError(f"t_star={r.t_star} exceeds the schedule's {self.schedule.num_steps} steps")
+        check_step_range(eps_model, [r.t_star for r in self.rounds])  # the model's trained range
         self.clamp_input = clamp_input
         self.clip_x0 = clip_x0
         self.checkpoint = checkpoint
@@ -191,6 +193,7 @@ class Purifier(nn.Module):
         """A shallow copy with another purification plan (same model and settings): used for surrogates."""
         clone = copy.copy(self)
         clone.rounds = parse_rounds(rounds)
+        check_step_range(self.eps_model, [r.t_star for r in clone.rounds])
         clone._seeds = torch.Generator().manual_seed(self.seed)
         return clone
 
@@ -279,6 +282,8 @@ class FreqPure(Purifier):
             raise UsageError(f"delta must be a finite number >= 0 (radians), got {delta}")
         if not 0 <= reference_t < self.schedule.num_steps:
             raise UsageError(f"reference_t must be a step index in 0..{self.schedule.num_steps - 1}, got {reference_t}")
+        if reference == "denoised":
+            check_step_range(eps_model, [], reference_t)
         for r, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius")):
             if r is not None and (r < 0 or not math.isfinite(r)):
                 raise UsageError(f"{name} must be a finite number >= 0 or None, got {r}")

@@ -75,12 +75,14 @@ def run_autoattack(
     judge: Judge | None = None,
     batch_size: int | None = None,
     verbose: bool = False,
+    n_iter: int | None = None,
 ) -> Tensor:
     """Adversarial images ``[B, C, H, W]`` in [0, 1] from AutoAttack against ``model(x) -> logits``.
 
     ``model`` is passed to AutoAttack as is (wrap a noise-taking model in
     :class:`~freqpure.attacks.gradients.SeededModel`); ``eot_iter`` overrides the rand version's 20;
     ``judge(x_adv, y, stage) -> correct`` switches to the judged loop of the module docstring.
+    ``n_iter``: iterations (Square: queries) per attack instead of AutoAttack's own (smoke runs only).
     """
     norm = parse_enum(Norm, norm, "norm")
     if version not in AUTOATTACK_VERSIONS:
@@ -92,6 +94,12 @@ def run_autoattack(
         if version != "rand":
             raise UsageError("eot_iter applies to AutoAttack's 'rand' version only")
         adversary.apgd.eot_iter = int(eot_iter)
+    if n_iter is not None:
+        for apgd in (adversary.apgd, adversary.apgd_targeted):
+            apgd.n_iter = apgd.n_iter_orig = int(n_iter)
+            apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = (max(int(f * n_iter), 1) for f in (0.22, 0.06, 0.03))
+        adversary.fab.n_iter = int(n_iter)
+        adversary.square.n_queries = int(n_iter)
     logger = logging.getLogger("auto-attack")
     level = logger.level
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -159,11 +167,12 @@ class AutoAttackAttack:
             raise UsageError("attack 'autoattack' takes no band_max_radius; use name: band-pgd")
 
     def label(self, cfg) -> str:
-        return f"autoattack-{cfg.version}-{cfg.norm}-{eps_text(cfg.eps)}-{gradient_text(cfg)}"
+        iters = f"-iters{cfg.autoattack_iters}" if cfg.autoattack_iters else ""  # not standard AutoAttack
+        return f"autoattack-{cfg.version}-{cfg.norm}-{eps_text(cfg.eps)}-{gradient_text(cfg)}{iters}"
 
     def settings(self, cfg) -> dict:
         return {"norm": cfg.norm, "eps": float(cfg.eps), "version": cfg.version, "eot": cfg.eot,
-                "gradient": cfg.gradient, **surrogate_settings(cfg)}
+                "gradient": cfg.gradient, **surrogate_settings(cfg), "iterations": cfg.autoattack_iters or "default"}
 
     def protocol_text(self, cfg) -> str:
         return (f"AutoAttack {cfg.version} in its attack order and settings (eps {eps_text(cfg.eps)}); against a "
@@ -188,7 +197,7 @@ class AutoAttackAttack:
         target = SeededModel(aa_model, ctx.noise.child(0)) if probe is not None else aa_model
         x_adv = run_autoattack(target, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, version=cfg.version,
                                seed=ctx.start.int_seed(31), eot_iter=1 if cfg.version == "rand" else None,
-                               judge=ctx.judge if probe is not None else None)
+                               judge=ctx.judge if probe is not None else None, n_iter=cfg.autoattack_iters)
         return AttackOutcome(x_adv, nan, grad_norm)
 
 

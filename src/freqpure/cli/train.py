@@ -1,75 +1,72 @@
-"""``freqpure train {diffusion,classifier,export}``: train the bundled CIFAR-10 models.
-
-Runs are resumable: re-running the same command with the same ``--out`` continues from
-``<out>/checkpoint.pt`` (Ctrl-C / SIGTERM write a checkpoint before exiting).
-"""
+"""freqpure train: train the bundled CIFAR-10 models (resumable), export and summarise runs."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from freqpure.errors import UsageError
-
 __all__ = ["register"]
 
+DESCRIPTION = """Train the bundled CIFAR-10 models and manage their runs. Sub-commands:
+  diffusion    train a DDPM eps-model (EMA weights are exported every export_every steps)
+  classifier   train the fast CIFAR-10 classifier (optionally purifier-aware)
+  purify-data  write DiffPure-purified copies of a CIFAR-10 split (for purifier-aware fine-tuning)
+  export       export a run's latest checkpoint to a .safetensors weights file
+  summary      print a run's key numbers (and optionally plot its curves)
 
-def _load_config(cls: type, path: str | None, overrides: dict[str, Any]) -> Any:
-    from freqpure.training import config_from_dict
+Settings come from the defaults, then --config FILE (see configs/train_*.yaml), then --set KEY=VALUE,
+then the explicit flags; a key given both by --set and by its own flag is an error. Runs are resumable:
+re-running the same command with the same --out continues from OUT/checkpoint.pt on the same
+trajectory (Ctrl-C / SIGTERM write a checkpoint before exiting)."""
 
-    values: dict[str, Any] = {}
-    if path:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise UsageError(f"{path}: expected a mapping of config keys")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_dict(cls, values)
+EPILOG = """examples:
+  freqpure train diffusion --config configs/train_diffusion_pure.yaml --out work/train/cifar10-ddpm-pure --threads 1
+  freqpure train classifier --config configs/train_classifier_small.yaml --set epochs=30 --out work/train/cls
+  freqpure train export work/train/cifar10-ddpm-pure src/freqpure/weights/cifar10-ddpm-pure.safetensors
+  freqpure train summary work/train/cifar10-ddpm-pure --plot curve.png"""
 
 
-def _common(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--config", help="YAML file with config keys (flags override it)")
-    p.add_argument("--out", default=default_out, help="run directory (checkpoint, metrics.jsonl, export/)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--data-dir", dest="data_dir", help="CIFAR-10 folder (default: $FREQPURE_DATA or search)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--amp", choices=["bf16", "none"])
-    p.add_argument("--export-to", dest="export_to", help="also write the exported weights to this file")
-    p.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
+def _training_args(p: argparse.ArgumentParser, default_out: str, what: str) -> None:
+    from freqpure.cli.common import add_config_args, add_runtime_args
+
+    add_config_args(p, what)
+    p.add_argument("--out", default=default_out, metavar="DIR",
+                   help=f"run directory: checkpoint.pt, config.json, metrics.jsonl, export/ (default: {default_out})")
+    add_runtime_args(p)
+    p.add_argument("--data-dir", dest="data_dir", metavar="DIR",
+                   help="CIFAR-10 folder (default: $FREQPURE_DATA, else a search next to the repository)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="images per optimiser step")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (fp32)")
+    p.add_argument("--export-to", dest="export_to", metavar="FILE", help="also write the exported weights here")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", default=None, help="require a checkpoint to resume")
-    g.add_argument("--no-resume", dest="resume", action="store_false", help="refuse to resume")
+    g.add_argument("--resume", action="store_true", default=None, help="require a checkpoint in --out to resume")
+    g.add_argument("--no-resume", dest="resume", action="store_false", help="refuse to resume (a fresh run only)")
 
 
-def _overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+_FLAGS = ("data_dir", "batch_size", "lr", "amp", "seed", "steps", "export_every", "ema_decay", "epochs")
 
 
-def _setup(args: argparse.Namespace) -> None:
-    import torch
+def _config(cls: type, args: argparse.Namespace) -> Any:
+    from freqpure.cli.common import apply_runtime_args, load_command_config
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda given but CUDA is not available")
+    apply_runtime_args(args)
+    return load_command_config(cls, args, {k: getattr(args, k, None) for k in _FLAGS})
+
+
+def _device(args: argparse.Namespace) -> str:
+    from freqpure.cli.common import resolve_device
+
+    return str(resolve_device(args.device))
 
 
 def _run_diffusion(args: argparse.Namespace) -> int:
     from freqpure.training import DiffusionTrainConfig, train_diffusion
 
-    _setup(args)
-    cfg = _load_config(DiffusionTrainConfig, args.config, _overrides(args, DiffusionTrainConfig))
-    snap = train_diffusion(
-        cfg, args.out, device=args.device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress
-    )
+    cfg = _config(DiffusionTrainConfig, args)
+    snap = train_diffusion(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
+                           progress=not args.no_progress)
     print(f"diffusion: stopped at step {snap['step']}; checkpoint in {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
@@ -77,11 +74,9 @@ def _run_diffusion(args: argparse.Namespace) -> int:
 def _run_classifier(args: argparse.Namespace) -> int:
     from freqpure.training import ClassifierTrainConfig, train_classifier
 
-    _setup(args)
-    cfg = _load_config(ClassifierTrainConfig, args.config, _overrides(args, ClassifierTrainConfig))
-    snap = train_classifier(
-        cfg, args.out, device=args.device, resume=args.resume, export_to=args.export_to, progress=not args.no_progress
-    )
+    cfg = _config(ClassifierTrainConfig, args)
+    snap = train_classifier(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
+                            progress=not args.no_progress)
     print(f"classifier: stopped at step {snap['step']}; checkpoint in {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
@@ -95,21 +90,12 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_purify_data(args: argparse.Namespace) -> int:
+    from freqpure.cli.common import apply_runtime_args, load_command_config
     from freqpure.purified_data import PurifySplitConfig, purify_split
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    cfg = PurifySplitConfig(
-        split=args.split,
-        diffusion=args.diffusion,
-        t_star=args.t_star,
-        steps=args.steps,
-        sampler=args.sampler,
-        seed=args.seed,
-        amp=args.amp,
-    )
+    apply_runtime_args(args)
+    flags = {k: getattr(args, k) for k in ("split", "diffusion", "t_star", "steps", "sampler", "seed", "amp")}
+    cfg = load_command_config(PurifySplitConfig, args, flags)
     out = purify_split(cfg, args.out, data_dir=args.data_dir, limit=args.limit, progress=not args.no_progress)
     print(f"purified {cfg.split} split -> {out}")
     return 0
@@ -127,51 +113,60 @@ def _run_summary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``freqpure train`` with its ``diffusion``, ``classifier`` and ``export`` sub-commands."""
-    p = subparsers.add_parser(
-        "train",
-        help="train the bundled CIFAR-10 models (resumable)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="train_command", metavar="WHAT", required=True)
+    """Add freqpure train with its diffusion, classifier, purify-data, export and summary sub-commands."""
+    from freqpure.cli.common import add_config_args, add_runtime_args
 
-    d = sub.add_parser("diffusion", help="train the small DDPM ε-model (EMA weights are exported)")
-    _common(d, "work/train/cifar10-ddpm-small")
-    d.add_argument("--steps", type=int, help="total optimiser steps (default: until stopped)")
-    d.add_argument("--export-every", dest="export_every", type=int, help="export EMA weights every N steps")
-    d.add_argument("--ema-decay", dest="ema_decay", type=float)
+    raw = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("train", help="train the bundled CIFAR-10 models (resumable), export and summarise runs",
+                              description=DESCRIPTION, epilog=EPILOG, formatter_class=raw)
+    sub = p.add_subparsers(dest="train_command", title="sub-commands", required=True,
+                           metavar="{diffusion,classifier,purify-data,export,summary}")
+
+    d = sub.add_parser("diffusion", help="train a DDPM eps-model (EMA weights are exported)",
+                       description="Train (or resume) a DDPM eps-model on the CIFAR-10 train split. Settings: the "
+                                   "fields of DiffusionTrainConfig (configs/train_diffusion_*.yaml).")
+    _training_args(d, "work/train/cifar10-ddpm-small", "diffusion training")
+    d.add_argument("--steps", type=int, metavar="N", help="total optimiser steps (default: the config's)")
+    d.add_argument("--export-every", dest="export_every", type=int, metavar="N",
+                   help="export the EMA weights every N steps (0: only at the end)")
+    d.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay per step")
     d.set_defaults(func=_run_diffusion)
 
-    c = sub.add_parser("classifier", help="train the fast CIFAR-10 classifier")
-    _common(c, "work/train/cifar10-resnet-small")
-    c.add_argument("--epochs", type=int)
+    c = sub.add_parser("classifier", help="train the fast CIFAR-10 classifier (optionally purifier-aware)",
+                       description="Train (or resume) the fast CIFAR-10 classifier. Settings: the fields of "
+                                   "ClassifierTrainConfig (configs/train_classifier_*.yaml).")
+    _training_args(c, "work/train/cifar10-resnet-small", "classifier training")
+    c.add_argument("--epochs", type=int, metavar="N", help="training epochs (sets the LR schedule)")
     c.set_defaults(func=_run_classifier)
 
-    e = sub.add_parser("export", help="export a run's latest checkpoint to a safetensors file")
-    e.add_argument("run_dir", help="run directory holding checkpoint.pt")
-    e.add_argument("out", help="output .safetensors path (e.g. src/freqpure/weights/cifar10-ddpm-small.safetensors)")
-    e.set_defaults(func=_run_export)
-
-    q = sub.add_parser(
-        "purify-data",
-        help="write DiffPure-purified copies of a CIFAR-10 split (for purifier-aware classifier fine-tuning)",
-    )
-    q.add_argument("out", help="output .safetensors file (resumes from <out>.partial)")
-    q.add_argument("--split", default="train", choices=["train", "test"])
-    q.add_argument("--diffusion", default="cifar10-ddpm-small", help="bundled diffusion model or .safetensors path")
-    q.add_argument("--t-star", dest="t_star", type=int, default=100)
-    q.add_argument("--steps", type=int, default=5)
-    q.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "sde"])
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--amp", default="bf16", choices=["bf16", "none"])
-    q.add_argument("--limit", type=int, help="only the first N images (tests)")
-    q.add_argument("--threads", type=int, default=None)
-    q.add_argument("--data-dir", dest="data_dir")
-    q.add_argument("--no-progress", action="store_true")
+    q = sub.add_parser("purify-data", help="write DiffPure-purified copies of a CIFAR-10 split",
+                       description="Purify every image of a CIFAR-10 split with DiffPure (DDPM chain) and store "
+                                   "the copies for purifier-aware classifier fine-tuning. Settings: the fields of "
+                                   "PurifySplitConfig (split, diffusion, t_star, steps, sampler, seed, chunk, amp).")
+    q.add_argument("out", help="output .safetensors file (resumes from OUT.partial)")
+    add_config_args(q, "purify-data")
+    q.add_argument("--split", choices=["train", "test"], help="which split (default: train)")
+    q.add_argument("--diffusion", metavar="NAME|PATH",
+                   help="bundled diffusion model or .safetensors path (default: cifar10-ddpm-small)")
+    q.add_argument("--t-star", dest="t_star", type=int, metavar="T", help="noise level t* (default: 100)")
+    q.add_argument("--steps", type=int, metavar="N", help="reverse steps (default: 5)")
+    q.add_argument("--sampler", choices=["ddpm", "ddim", "sde"], help="reverse sampler (default: ddpm)")
+    q.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (default: bf16)")
+    q.add_argument("--limit", type=int, metavar="N", help="only the first N images (tests)")
+    q.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="CIFAR-10 folder")
+    add_runtime_args(q, device=False)
     q.set_defaults(func=_run_purify_data)
 
-    s = sub.add_parser("summary", help="print a run's key numbers (and optionally plot its curves)")
+    e = sub.add_parser("export", help="export a run's latest checkpoint to a .safetensors weights file",
+                       description="Export the latest checkpoint of a run (diffusion: the EMA weights) to a "
+                                   "weights file with its construction recipe, step range and quality in the metadata.")
+    e.add_argument("run_dir", help="run directory holding checkpoint.pt")
+    e.add_argument("out", help="output .safetensors path, e.g. src/freqpure/weights/cifar10-ddpm-small.safetensors")
+    e.set_defaults(func=_run_export)
+
+    s = sub.add_parser("summary", help="print a run's key numbers (and optionally plot its curves)",
+                       description="Print a run's step, training hours, recent loss and evaluations from its "
+                                   "metrics.jsonl.")
     s.add_argument("run_dir", help="run directory holding metrics.jsonl")
-    s.add_argument("--plot", help="write a small PNG of the loss / accuracy curves here")
+    s.add_argument("--plot", metavar="PNG", help="write a small PNG of the loss / accuracy curves here")
     s.set_defaults(func=_run_summary)

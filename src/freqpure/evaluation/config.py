@@ -148,6 +148,7 @@ class AttackConfig:
     version: str = "rand"
     eot_batch: int | None = None
     label: str | None = None
+    autoattack_iters: int | None = None  # AutoAttack only: iterations per attack (None: its own 100); smoke runs
 
     def __post_init__(self) -> None:
         spec = get_attack(self.name)  # UnknownNameError listing the registered attacks
@@ -169,6 +170,9 @@ class AttackConfig:
         self.gradient = parse_enum(GradientMode, self.gradient, "gradient mode (attacks.gradient)").value
         if self.keep not in ("best", "last"):
             raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
+        if self.autoattack_iters is not None and (self.name != "autoattack" or self.autoattack_iters < 1):
+            raise UsageError("autoattack_iters applies to AutoAttack only and must be >= 1, "
+                             f"got {self.autoattack_iters}")
         if self.eot_batch is not None and self.eot_batch < 1:
             raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
         if self.version not in ("standard", "rand"):  # a field of every attack: no typo passes silently

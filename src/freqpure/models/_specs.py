@@ -33,6 +33,7 @@ class ModelSpec:
     expected_clean_accuracy: float | None = None  # percent, on the model's test set
     accuracy_note: str = ""
     verified: str = ""
+    t_max: int = 1000  # diffusion models: trained on step indices 0..t_max-1 (all published ones: 1000)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able description (for listings and manifests)."""
@@ -42,6 +43,7 @@ class ModelSpec:
             "urls": list(self.urls), "sha256": dict(self.sha256), "sha256_prefix": dict(self.sha256_prefix),
             "preprocessing": self.preprocessing, "expected_clean_accuracy": self.expected_clean_accuracy,
             "accuracy_note": self.accuracy_note, "verified": self.verified,
+            **({"t_max": self.t_max} if self.kind == "diffusion" else {}),
         }
 
 

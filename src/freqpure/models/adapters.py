@@ -12,10 +12,16 @@ The samplers in :mod:`freqpure.samplers` drive any callable ``eps_model(x_t, t) 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EpsModel"]
+from freqpure.errors import UsageError
+
+__all__ = ["EpsModel", "NUM_STEPS", "check_step_range", "model_t_max"]
+
+NUM_STEPS = 1000  # the discrete schedule every supported model uses (step indices 0..999)
 
 
 class EpsModel(nn.Module):
@@ -30,6 +36,9 @@ class EpsModel(nn.Module):
             networks (integer steps) and for NCSN++ trained in continuous VP time (label ``t·999``,
             which equals the step index under ``t = n / 999``).
         name: a human-readable name for manifests.
+        t_max: the model was trained on step indices ``0..t_max-1`` only (1000: the whole schedule;
+            a purification-range model such as ``cifar10-ddpm-pure`` has 200). Purifiers refuse to
+            noise beyond it (:func:`check_step_range`).
     """
 
     def __init__(
@@ -41,14 +50,18 @@ class EpsModel(nn.Module):
         learn_sigma: bool = False,
         time_scale: float = 1.0,
         name: str = "eps-model",
+        t_max: int = NUM_STEPS,
     ) -> None:
         super().__init__()
+        if not 1 <= int(t_max) <= NUM_STEPS:
+            raise UsageError(f"diffusion model {name!r}: t_max must be in 1..{NUM_STEPS}, got {t_max}")
         self.net = net
         self.image_size = image_size
         self.channels = channels
         self.learn_sigma = learn_sigma
         self.time_scale = time_scale
         self.name = name
+        self.t_max = int(t_max)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``x`` [B, C, H, W] in diffusion space, ``t`` [B] step indices → [B, C or 2C, H, W]."""
@@ -56,3 +69,33 @@ class EpsModel(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         return self.net(x, t * self.time_scale)
+
+    def extra_repr(self) -> str:
+        size = f"{self.image_size}x{self.image_size}" if self.image_size else "any size"
+        return f"name={self.name!r}, {size}, steps 0..{self.t_max - 1} (t_max={self.t_max})"
+
+
+def model_t_max(eps_model: object) -> int:
+    """The step range a model was trained on (``eps_model.t_max``; 1000 for callables that do not say)."""
+    return int(getattr(eps_model, "t_max", NUM_STEPS) or NUM_STEPS)
+
+
+def check_step_range(eps_model: object, t_stars: Iterable[int], reference_t: int | None = None) -> None:
+    """Refuse a plan that noises beyond the model's trained range (``UsageError`` naming model, range, t*).
+
+    ``t_stars``: the noise level of each round (the chain starts at step index ``t_star - 1``, so
+    ``t_star <= t_max`` is needed); ``reference_t``: a step index the model is also called at (FreqPure's
+    ``denoised`` reference), which needs ``reference_t < t_max``.
+    """
+    t_max = model_t_max(eps_model)
+    if t_max >= NUM_STEPS:
+        return
+    name = getattr(eps_model, "name", type(eps_model).__name__)
+    where = f"diffusion model {name!r} was trained on step indices 0..{t_max - 1} only (t_max = {t_max})"
+    for i, t_star in enumerate(t_stars):
+        if t_star > t_max:
+            raise UsageError(f"purification round {i + 1} noises to t* = {t_star}, but {where}; "
+                             f"use t* <= {t_max} or a full-range model (e.g. cifar10-ddpm-small)")
+    if reference_t is not None and reference_t >= t_max:
+        raise UsageError(f"the denoised reference re-noises to reference_t = {reference_t}, but {where}; "
+                         f"use reference_t <= {t_max - 1}")

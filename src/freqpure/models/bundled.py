@@ -36,6 +36,7 @@ __all__ = [
     "build_from_file",
     "load_bundled_diffusion",
     "load_bundled_classifier",
+    "file_t_max",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -54,8 +55,22 @@ BUNDLED: dict[str, dict[str, Any]] = {
         "image_size": 32,
         "input_range": "[-1, 1]",
         "schedule": "linear-beta 1e-4..2e-2, 1000 steps",
-        "description": "Small ε-prediction DDPM UNet (2.3M params) trained on CPU on CIFAR-10; EMA weights. "
-        "Forward of 64 images at 32x32 takes about 0.2 s on 2 CPU threads. See docs/models.md.",
+        "t_max": 1000,
+        "description": "Small ε-prediction DDPM UNet (2.3M params) trained on CPU on CIFAR-10, all steps "
+        "0..999; EMA weights. Forward of 64 images at 32x32 takes about 0.2 s on 2 CPU threads. "
+        "See docs/models.md.",
+    },
+    "cifar10-ddpm-pure": {
+        "kind": "diffusion",
+        "file": "cifar10-ddpm-pure.safetensors",
+        "arch": "small-unet",
+        "dataset": "cifar10",
+        "image_size": 32,
+        "input_range": "[-1, 1]",
+        "schedule": "linear-beta 1e-4..2e-2, 1000 steps",
+        "t_max": 200,
+        "description": "Purification-range ε-model: cifar10-ddpm-small fine-tuned on steps 0..199 only "
+        "(t_max = 200; purifiers refuse t* > 200). Same 2.3M-parameter UNet; EMA weights. See docs/models.md.",
     },
     "cifar10-resnet-small": {
         "kind": "classifier",
@@ -158,7 +173,10 @@ def build_from_file(
 
 
 def load_bundled_diffusion(name: str = "cifar10-ddpm-small", device: torch.device | str | None = None) -> EpsModel:
-    """A bundled diffusion model as an :class:`EpsModel` (x in [-1,1], t step indices 0..999; eval, fp32)."""
+    """A bundled diffusion model as an :class:`EpsModel` (x in [-1,1], t step indices 0..999; eval, fp32).
+
+    ``model.t_max`` is the range it was trained on (steps ``0..t_max-1``), read from the file.
+    """
     entry = _entry(name, "diffusion")
     path = weights_path(name)
     if not path.is_file():
@@ -166,8 +184,21 @@ def load_bundled_diffusion(name: str = "cifar10-ddpm-small", device: torch.devic
             f"weights of {name!r} not found at {path}; train and export them with "
             f"`freqpure train diffusion` / `freqpure train export work/train/{name} {path}` (see docs/models.md)"
         )
-    net, _ = build_from_file(path, kind="diffusion", arch=entry["arch"], device=device)
-    return EpsModel(net, image_size=entry["image_size"], channels=3, name=name).eval()
+    net, meta = build_from_file(path, kind="diffusion", arch=entry["arch"], device=device)
+    t_max = file_t_max(meta)
+    if t_max != entry.get("t_max", 1000):
+        raise UsageError(f"{path}: trained on steps 0..{t_max - 1} (freqpure_t_max = {t_max}), but the registry "
+                         f"entry {name!r} declares t_max = {entry.get('t_max', 1000)}; wrong weights file?")
+    return EpsModel(net, image_size=entry["image_size"], channels=3, name=name, t_max=t_max).eval()
+
+
+def file_t_max(meta: dict[str, str]) -> int:
+    """The step range (``t_max``) a weights file was trained on: ``freqpure_t_max`` metadata, else 1000."""
+    raw = meta.get("freqpure_t_max", "1000")
+    try:
+        return int(json.loads(raw))
+    except (ValueError, TypeError):
+        raise UsageError(f"freqpure_t_max metadata must be an integer, got {raw!r}") from None
 
 
 def load_bundled_classifier(name: str = "cifar10-resnet-small", device: torch.device | str | None = None) -> nn.Module:

@@ -18,6 +18,7 @@ import difflib
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
@@ -250,6 +251,10 @@ def _instantiate(
             in_ch = config.get("in_channels", config.get("channels", 3))
             eps = {"image_size": config.get("image_size"), "channels": in_ch,
                    "learn_sigma": bool(config.get("learn_sigma", False))}
+        if "freqpure_t_max" in metadata:  # the range it was trained on (freqpure's training export)
+            from freqpure.models.bundled import file_t_max
+
+            eps = {**eps, "t_max": file_t_max(dict(metadata))}
         return wrap_diffusion(net, eps, name)
     if "freqpure_preprocess" in metadata:
         preprocess = _json_meta(metadata, "freqpure_preprocess", what)
@@ -287,6 +292,8 @@ def _guess_spec(obj: Any, kind: str | None, path: Path) -> ModelSpec:
 def _load_path(path: Path, *, kind: str | None, spec: ModelSpec | None, device: DeviceLike) -> nn.Module:
     obj = read_checkpoint(path)
     metadata = obj.metadata if isinstance(obj, SafetensorsFile) else {}
+    if "freqpure_standin" in metadata:  # see freqpure.models.standins
+        warnings.warn(f"{path} is a stand-in, not the real model: {metadata['freqpure_standin']}", stacklevel=4)
     if "freqpure_arch" in metadata:
         arch_name = metadata["freqpure_arch"]
         _check_kind(metadata.get("freqpure_kind") or _kind_of(arch_name, metadata), kind, str(path))
@@ -352,6 +359,10 @@ def load_diffusion(
     checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> EpsModel:
     """A diffusion network as an ε-model: ``(x_t [B,C,H,W] in [-1,1], t [B] in 0..999) -> ε [B,C|2C,H,W]``.
+
+    ``model.t_max``: the model was trained on step indices ``0..t_max-1`` (1000 for published models
+    and files without ``freqpure_t_max`` metadata; 200 for ``cifar10-ddpm-pure``). Purifiers refuse
+    plans that noise beyond it; ``repr(model)`` and ``model_info(name)["t_max"]`` state it.
 
     ``name_or_path``: a registry name (:func:`list_models`), a ``.safetensors`` file (freqpure
     metadata or a published architecture's keys), a published checkpoint file, or a diffusers

@@ -1,0 +1,124 @@
+"""Settings of the two training tasks (dataclasses, loaded strictly by :mod:`freqpure.config`).
+
+The field names are part of the checkpoint format: ``<run_dir>/config.json`` and the checkpoint's
+``config`` entry are ``dataclasses.asdict`` of these classes, and a resume compares them field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from freqpure.errors import UsageError
+
+__all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "AMP_CHOICES", "LR_SCHEDULES"]
+
+AMP_CHOICES = ("bf16", "none")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _check_common(cfg: Any) -> None:
+    if cfg.amp not in AMP_CHOICES:
+        raise UsageError(f"amp must be 'bf16' or 'none', got {cfg.amp!r}")
+    for key in ("batch_size", "log_every", "ckpt_every"):
+        if getattr(cfg, key) < 1:
+            raise UsageError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise UsageError(f"lr must be > 0, got {cfg.lr}")
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """ε-prediction DDPM training on the CIFAR-10 train split (linear β 1e-4..2e-2, 1000 steps).
+
+    Each batch draws its step indices uniformly from 0..t_max-1; with t_low_frac > 0 that share of the
+    batch draws from 0..t_low_max-1 instead (t_low_frac = 0: plain DDPM). t_max < 1000 trains a
+    purification-range model (cifar10-ddpm-pure: t_max = 200), which purifiers refuse to use beyond
+    t* = t_max. lr_schedule: "constant" after the linear warm-up, or "cosine" decay to lr_min at
+    steps. init_from: start from a bundled diffusion model's (or a .safetensors file's) weights.
+    """
+
+    name: str = "cifar10-ddpm-small"
+    arch: str = "small-unet"
+    model: dict[str, Any] = field(
+        default_factory=lambda: {
+            "base": 32,
+            "mults": [1, 2, 2, 2],
+            "num_res_blocks": 2,
+            "attn_levels": [2],
+            "dropout": 0.0,
+        }
+    )
+    steps: int = 1_000_000  # effectively "until stopped": the LR is constant after warm-up
+    batch_size: int = 64
+    lr: float = 4e-4
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    t_low_frac: float = 0.5
+    t_low_max: int = 400
+    t_max: int = 1000
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    init_from: str | None = None
+    hflip: bool = True
+    amp: str = "bf16"  # "bf16" autocast or "none"
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 250
+    export_every: int = 1000
+    eval_images: int = 256
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 1 <= self.t_max <= 1000:
+            raise UsageError(f"t_max must be in 1..1000, got {self.t_max}")
+        if not 0.0 <= self.t_low_frac <= 1.0:
+            raise UsageError(f"t_low_frac must be in [0, 1], got {self.t_low_frac}")
+        if self.t_low_frac > 0 and not 1 <= self.t_low_max <= 1000:
+            raise UsageError(f"t_low_max must be in 1..1000, got {self.t_low_max}")
+        if self.steps < 1 or self.export_every < 0:
+            raise UsageError(f"steps must be >= 1 and export_every >= 0, got {self.steps}, {self.export_every}")
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Fast CIFAR-10 classifier: label smoothing, Nesterov SGD, linear warm-up/decay, flip + translate.
+
+    Purifier-aware fine-tuning: init_from (a bundled classifier name or a .safetensors path) starts
+    from trained weights, and purified_data (a freqpure.purified_data.purify_split file of the train
+    split) swaps each training image for its purified copy with probability purified_frac before
+    augmentation, so the classifier learns the detail a purifier re-draws.
+    """
+
+    name: str = "cifar10-resnet-small"
+    arch: str = "fast-resnet"
+    model: dict[str, Any] = field(default_factory=lambda: {"widths": [64, 256, 256], "stem": 32})
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 0.4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_frac: float = 0.2
+    label_smoothing: float = 0.2
+    translate: int = 2
+    amp: str = "bf16"
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 50
+    eval_every_epoch: bool = True
+    tta: bool = True
+    data_dir: str | None = None
+    init_from: str | None = None
+    purified_data: str | None = None
+    purified_frac: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.purified_data and not 0.0 < self.purified_frac <= 1.0:
+            raise UsageError(f"purified_frac must be in (0, 1], got {self.purified_frac}")
