@@ -11,6 +11,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FREQPURE_SHARED", REPO.parent / "shared"))
 
+# precision "auto" means fp32 in the tests (exact reference values on every machine); the bf16 tests
+# ask for bf16 explicitly. Set before any test runs; subprocesses (CLI tests) inherit it.
+os.environ["FREQPURE_PRECISION"] = "fp32"
+
 # Two cores on CI: keep each test process from oversubscribing them.
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

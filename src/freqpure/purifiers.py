@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from freqpure._checks import check_images
 from freqpure.errors import UsageError
+from freqpure.runtime import resolve_precision, run_in_precision
 from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
@@ -48,6 +49,9 @@ class Purifier(nn.Module):
         clip_x0: clamp every x0 estimate to [-1, 1] (guided-diffusion's ``clip_denoised``).
         checkpoint: per-step gradient checkpointing (flat memory for full-gradient attacks).
         seed: seed of the generator that draws a fresh noise seed for each call without ``noise``.
+        precision: ``"fp32"`` (default: exact library behaviour), ``"bf16"`` or ``"auto"`` (bf16 where the
+            hardware has fast bf16, see :func:`freqpure.runtime.resolve_precision`) for the ε-model calls
+            only; images, the sampler arithmetic, the frequency exchange and input gradients stay fp32.
     """
 
     def __init__(
@@ -61,8 +65,10 @@ class Purifier(nn.Module):
         clip_x0: bool = False,
         checkpoint: bool = False,
         seed: int = 0,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        resolve_precision(precision)  # refuse a bad name here
         if sampler not in ("ddpm", "ddim", "sde"):
             raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
         self.eps_model = eps_model
@@ -76,7 +82,12 @@ class Purifier(nn.Module):
         self.clip_x0 = clip_x0
         self.checkpoint = checkpoint
         self.seed = seed
+        self.precision = precision
         self._seeds = torch.Generator().manual_seed(seed)
+
+    def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The ε-model call in this purifier's ``precision`` (fp32 in and out)."""
+        return run_in_precision(self.eps_model, self.precision, x_t, t)
 
     # -- hooks for subclasses -----------------------------------------------------------------
     def make_x0_hook(self, x_round: Tensor, x_input: Tensor, noise: StepNoise) -> X0Hook | None:
@@ -116,12 +127,12 @@ class Purifier(nn.Module):
             t_cont = rnd.t_star / self.schedule.num_steps
             x_t = add_noise(x, sde.alpha_bar(torch.tensor(t_cont, dtype=torch.float64)), z)
             return sample_vpsde_euler(
-                self.eps_model, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=self.checkpoint
+                self.eps, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=self.checkpoint
             )
         ts = self.timesteps(rnd)
         x_t = add_noise(x, self.schedule.alpha_bar(ts[0]), z)
         return sample_ddpm(
-            self.eps_model,
+            self.eps,
             x_t,
             ts,
             self.schedule,
@@ -141,7 +152,7 @@ class Purifier(nn.Module):
 
     def extra_repr(self) -> str:
         plan = ",".join(f"{r.t_star}:{r.steps}" for r in self.rounds)
-        return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}"
+        return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}, precision={self.precision}"
 
 
 class DiffPure(Purifier):
@@ -234,7 +245,7 @@ class FreqPure(Purifier):
         alpha_bar = self.schedule.alpha_bar(self.reference_t)
         x_t = add_noise(x, alpha_bar, noise)
         t = torch.full((x.shape[0],), float(self.reference_t), device=x.device, dtype=torch.float32)
-        eps = self.eps_model(x_t, t)[:, : x.shape[1]]
+        eps = self.eps(x_t, t)[:, : x.shape[1]]
         a = float(alpha_bar)
         return (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
@@ -274,6 +285,8 @@ class PurifiedClassifier(nn.Module):
         postprocess: applied to the purified image before the classifier (e.g. ``Resize(224)`` and
             ImageNet normalisation, see :func:`freqpure.transforms.imagenet_classifier_input`).
         max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the classifier call (autocast; the
+            purifier has its own ``precision``).
     """
 
     def __init__(
@@ -286,8 +299,10 @@ class PurifiedClassifier(nn.Module):
         preprocess: Callable[[Tensor], Tensor] | None = None,
         postprocess: Callable[[Tensor], Tensor] | None = None,
         max_batch: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        resolve_precision(precision)  # refuse a bad name here
         if ensemble < 1:
             raise UsageError(f"ensemble must be >= 1, got {ensemble}")
         if vote not in ("majority", "logits", "softmax"):
@@ -299,6 +314,7 @@ class PurifiedClassifier(nn.Module):
         self.preprocess = preprocess
         self.postprocess = postprocess
         self.max_batch = max_batch
+        self.precision = precision
 
     def purify(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
@@ -319,7 +335,7 @@ class PurifiedClassifier(nn.Module):
         purified = self.purify(x, noise)
         if self.postprocess is not None:
             purified = self.postprocess(purified)
-        logits = self.classifier(purified)
+        logits = run_in_precision(self.classifier, self.precision, purified)
         return logits.view(self.ensemble, x.shape[0], -1)
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:

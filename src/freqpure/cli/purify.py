@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from freqpure.cli.common import add_dataclass_flags, dataclass_overrides, resolve_device
-from freqpure.config import PurifierConfig, build_purifier, from_dict, load_yaml, to_dict
+from freqpure.cli.common import add_dataclass_flags, add_precision_arg, dataclass_overrides, resolve_device
+from freqpure.config import PurifierConfig, build_purifier, from_dict, load_yaml, to_dict, with_resolved_precision
 from freqpure.errors import UsageError
 from freqpure.imageio import collect_images, read_images, write_png
 from freqpure.provenance import environment, write_json_atomic
@@ -32,10 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="single-round denoising steps (with --t-start)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: $FREQPURE_THREADS, else the project's thread policy)")
+    add_precision_arg(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--resize", action="store_true", help="resize inputs to the model's image size")
     p.add_argument("--clamp", action="store_true", help="clip out-of-range inputs instead of refusing them")
-    add_dataclass_flags(p, PurifierConfig, exclude=("diffusion",), help_prefix="purifier settings")
+    add_dataclass_flags(p, PurifierConfig, exclude=("diffusion", "precision"), help_prefix="purifier settings")
     p.set_defaults(func=run)
 
 
@@ -53,10 +56,14 @@ def _settings(args: argparse.Namespace) -> PurifierConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from freqpure.runtime import configure_threads
+
+    configure_threads(args.threads)
     cfg = _settings(args)
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
+    cfg = with_resolved_precision(cfg, device)  # the manifest records fp32 or bf16
     files = collect_images(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
 

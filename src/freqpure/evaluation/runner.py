@@ -32,7 +32,7 @@ from freqpure.attacks.autoattack import run_autoattack
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel, SeededModel
 from freqpure.attacks.pgd import pgd
-from freqpure.config import config_diff, dump_yaml, from_dict, to_dict
+from freqpure.config import config_diff, dump_yaml, from_dict, to_dict, with_resolved_precision
 from freqpure.errors import UsageError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
@@ -295,6 +295,7 @@ def evaluate(
     out = Path(out)
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device)
+    cfg = with_resolved_precision(cfg, ctx.device)  # config.yaml / results.json record fp32 or bf16, never auto
     try:
         prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)
         store = SampleStore(out / "samples.jsonl")
