@@ -374,6 +374,8 @@ def _console_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_report_renders_in_chromium(demo_dir, tmp_path):
     exe = _chromium()
     page_path = write_report(demo_dir, tmp_path / "report.html")

@@ -56,7 +56,7 @@ class PurifierConfig:
     recompute_reference: bool = False
     clip_x0: bool = False
     # Arithmetic of the ε-model (and, in ``evaluate``, of the classifier): auto | fp32 | bf16. ``auto`` is bf16
-    # on CPUs with AMX/AVX512-BF16 and on CUDA with bf16, else fp32; commands record the resolved value.
+    # on CPUs with AMX-BF16 and on CUDA with bf16, else fp32; commands record the resolved value.
     precision: str = "auto"
 
     def __post_init__(self) -> None:

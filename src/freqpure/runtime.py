@@ -70,15 +70,17 @@ def configure_threads(threads: int | None = None) -> int:
 
 @functools.cache
 def _cpu_has_fast_bf16() -> bool:
+    """AMX-BF16 only: on a CPU with AVX512-BF16 but no AMX (this project's Xeon VMs) bf16 autocast ran the
+    bundled UNet 0.8x as fast as fp32 (benchmarks/RESULTS.md, "Speed"), so ``auto`` stays fp32 there."""
     try:
         flags = open("/proc/cpuinfo").read()  # noqa: SIM115 - tiny read-only file
     except OSError:
         return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+    return " amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``auto`` → ``bf16`` where it pays off (CPUs with AMX/AVX512-BF16, CUDA with bf16), else ``fp32``.
+    """``auto`` → ``bf16`` where it pays off (CPUs with AMX-BF16, CUDA with bf16), else ``fp32``.
 
     ``$FREQPURE_PRECISION`` (``fp32`` or ``bf16``), when set, is what ``auto`` means (the test suite pins
     it to ``fp32`` so that exact reference values hold on every machine); explicit values always win.

@@ -136,7 +136,7 @@ def add_precision_arg(parser: argparse.ArgumentParser, dest: str = "precision") 
 
     parser.add_argument("--precision", dest=dest, choices=PRECISIONS, default=None,
                         help="arithmetic of the diffusion model and the classifier: auto (bf16 on CPUs with "
-                             "AMX/AVX512-BF16 and on CUDA with bf16, else fp32), fp32 or bf16; inputs, outputs "
+                             "AMX-BF16 and on CUDA with bf16, else fp32), fp32 or bf16; inputs, outputs "
                              "and input gradients stay fp32 (default: the config's, else auto)")
 
 
