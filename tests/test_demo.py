@@ -13,6 +13,8 @@ from PIL import Image
 from freqpure.cli.main import main
 from helpers import model_name
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
+
 
 @pytest.fixture(autouse=True)
 def restore_threads():
@@ -21,6 +23,7 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_demo_tiny(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--n", "3", "--batch-size", "2", "--steps", "2", "--eot", "2",

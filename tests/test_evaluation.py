@@ -25,6 +25,8 @@ from freqpure.evaluation import AttackConfig, evaluate, load_eval_config, wilson
 from freqpure.evaluation.store import SampleStore
 from helpers import model_name, one_thread
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
+
 REPO = Path(__file__).resolve().parents[1]
 
 

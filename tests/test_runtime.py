@@ -74,6 +74,7 @@ def test_bf16_purification_is_close_to_fp32_and_stays_fp32(models, real_images) 
     assert not torch.equal(low, ref)  # bf16 really ran
 
 
+@pytest.mark.slow
 def test_bf16_gradient_wrt_input_is_fp32_and_agrees_with_fp32(models, real_images) -> None:
     eps, clf = models
     x = real_images[:2]
