@@ -146,3 +146,41 @@ def test_import_freqpure_sets_the_wait_policy_before_torch_loads() -> None:
     code = "import os, freqpure; print(os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "PASSIVE"
+
+
+@pytest.mark.data
+def test_purify_manifest_records_the_resolved_precision(tmp_path, real_images) -> None:
+    import json
+
+    from freqpure.cli.main import main
+    from freqpure.imageio import write_png
+
+    (tmp_path / "in").mkdir()
+    write_png(real_images[0], tmp_path / "in" / "a.png")
+    for flag, want in ((None, "fp32"), ("bf16", "bf16")):  # auto means fp32 under the tests' FREQPURE_PRECISION
+        out = tmp_path / f"out-{want}"
+        extra = ["--precision", flag] if flag else []
+        assert main(["purify", str(tmp_path / "in"), "--out", str(out), "--model", model_name("cifar10-ddpm-small"),
+                     "--method", "diffpure", "--rounds", "20:1", "--device", "cpu", "--threads", "1", *extra]) == 0
+        assert json.loads((out / "manifest.json").read_text())["settings"]["precision"] == want
+    with pytest.raises(SystemExit):  # argparse refuses a value outside auto, fp32, bf16
+        main(["purify", str(tmp_path / "in"), "--out", str(tmp_path / "x"), "--precision", "fp16"])
+
+
+def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> None:
+    import yaml
+
+    from freqpure.config import dump_yaml, to_dict
+    from freqpure.errors import UsageError as Usage
+    from freqpure.evaluation.config import load_eval_config
+    from freqpure.evaluation.runner import prepare_run_dir
+
+    cfg = with_resolved_precision(load_eval_config(None, ["purifier.precision=fp32"]))
+    old = to_dict(cfg)
+    del old["purifier"]["precision"]  # a config.yaml written before precision existed
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    prepare_run_dir(tmp_path, cfg, resume=True, write=False)  # same run: accepted
+    with pytest.raises(Usage, match="precision"):
+        prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=bf16"])),
+                        resume=True, write=False)
+    assert "precision: fp32" in dump_yaml(cfg)

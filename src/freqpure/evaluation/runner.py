@@ -86,7 +86,10 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
     store = SampleStore(out / "samples.jsonl")
     if saved_path.exists():
         try:
-            saved = to_dict(from_dict(EvalConfig, yaml.safe_load(saved_path.read_text()) or {}))
+            raw = yaml.safe_load(saved_path.read_text()) or {}
+            if isinstance(raw, dict) and isinstance(raw.get("purifier", {}), dict):
+                raw.setdefault("purifier", {}).setdefault("precision", "fp32")  # runs from before the key: fp32
+            saved = to_dict(from_dict(EvalConfig, raw))
         except (ValueError, yaml.YAMLError) as err:
             raise UsageError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
         diff = config_diff(saved, to_dict(cfg))
