@@ -112,6 +112,7 @@ def test_unknown_yaml_key_is_named_with_the_valid_ones(tmp_path: Path) -> None:
         load_eval_config(path)
 
 
+@pytest.mark.slow
 def test_cli_refuses_unwritable_dir_and_changed_config(tmp_path: Path, capsys, small_cfg, reference) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
@@ -129,6 +130,7 @@ def test_cli_refuses_unwritable_dir_and_changed_config(tmp_path: Path, capsys, s
 
 
 # --------------------------------------------------------------------------------------------- results
+@pytest.mark.slow
 def test_results_layout(reference: Path) -> None:
     for name in ("config.yaml", "results.json", "results.md", "samples.jsonl", "examples.npz"):
         assert (reference / name).is_file(), name
@@ -161,6 +163,7 @@ def test_wilson_interval() -> None:
 
 
 # --------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_after_a_killed_process(tmp_path: Path, small_cfg, reference: Path) -> None:
     run = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", small_cfg)
@@ -189,6 +192,7 @@ def test_resume_after_a_killed_process(tmp_path: Path, small_cfg, reference: Pat
     assert (a["clean"], a["robust"], a["per_attack"]) == (b["clean"], b["robust"], b["per_attack"])
 
 
+@pytest.mark.slow
 def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, reference: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -206,6 +210,7 @@ def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, re
 
 
 # --------------------------------------------------------------------------------------------- sharding
+@pytest.mark.slow
 def test_two_process_gloo_run_equals_one_process(tmp_path: Path, small_cfg, reference: Path) -> None:
     run = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", small_cfg)
@@ -243,6 +248,7 @@ def test_sanity_checks_flag_a_masked_gradient(tmp_path: Path, models) -> None:
     assert any("undefended classifier keeps" in w for w in res["warnings"])
 
 
+@pytest.mark.slow
 def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> None:
     cfg = load_eval_config(None, [*SMALL, "data.n=2", "purifier.rounds=20:1", "defence.ensemble=1",
                                   "attacks.0.name=autoattack", "attacks.0.version=rand", "attacks.0.eot=1",
@@ -270,6 +276,7 @@ def test_store_cuts_only_the_torn_tail(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- table of runs
+@pytest.mark.slow
 def test_table_collects_runs_into_one_markdown_table(tmp_path: Path, capsys, reference: Path, models) -> None:
     none_cfg = load_eval_config(None, SMALL + ["name=none", "purifier.method=none", "sanity.enabled=false",
                                                "attacks.0.label=PGD Linf"])
