@@ -123,9 +123,18 @@ def main() -> None:
     if variants[0] != "fp32":
         raise SystemExit("the first variant must be fp32 (the baseline)")
 
+    from types import SimpleNamespace
+
     from freqpure.data import eval_subset
 
-    sub = eval_subset(max(args.batch, args.purify_n, 10), seed=0)
+    n_images = max(args.batch, args.purify_n, 10)
+    try:
+        sub = eval_subset(n_images, seed=0)
+    except FileNotFoundError:  # no CIFAR-10 here (e.g. a bare GPU box): timings do not depend on the pixels
+        gen = torch.Generator().manual_seed(0)
+        sub = SimpleNamespace(x=torch.rand(n_images, 3, 32, 32, generator=gen),
+                              y=torch.randint(0, 10, (n_images,), generator=gen))
+        print("# CIFAR-10 not found (set FREQPURE_DATA): random images")
     eps, clf = load_models(args.device)
     print(f"# device {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"load at start {_load()}")

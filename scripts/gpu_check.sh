@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check (needs a CUDA device; about 5-8 minutes on one modern GPU):
+# GPU readiness check (needs a CUDA device; at most 8 minutes: the three parts have 120 + 200 + 150 s limits):
 #   1. the GPU tests (pytest -m gpu: CUDA purification equals CPU, bf16 on CUDA);
 #   2. the two throughput benchmarks on CUDA, fp32 against bf16 (attack gradient, purification);
 #   3. a 64-image purification with the published NCSN++ and ADM architectures (random weights).
@@ -36,8 +36,8 @@ run() {  # run NAME TIMEOUT CMD...: log to $OUT/NAME.txt, note the outcome in th
     [ $rc -eq 0 ] || status=1
 }
 
-run gpu_tests 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
-run throughput 240 "$PY" benchmarks/precision_speed.py --device cuda --variants fp32,bf16,bf16-cl --repeats 2 \
+run gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+run throughput 200 "$PY" benchmarks/precision_speed.py --device cuda --variants fp32,bf16,bf16-cl --repeats 2 \
     --purify-rounds "100:5;1000:100" --purify-n 64 --purify-batch 64 --json "$OUT/throughput.json"
 run architectures 150 "$PY" benchmarks/gpu_arch_purify.py --device cuda --n 64 --batch 16 --rounds 100:5 \
     --json "$OUT/architectures.json"
