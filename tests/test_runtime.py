@@ -184,3 +184,13 @@ def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> No
         prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=bf16"])),
                         resume=True, write=False)
     assert "precision: fp32" in dump_yaml(cfg)
+
+
+def test_evaluate_precision_flag_sets_the_purifier_key(capsys) -> None:
+    from freqpure.cli.main import main
+
+    assert main(["evaluate", "--out", "unused", "--print-config", "--precision", "bf16"]) == 0
+    assert "precision: bf16" in capsys.readouterr().out
+    assert main(["evaluate", "--out", "unused", "--print-config", "--precision", "bf16",
+                 "--set", "purifier.precision=fp32"]) == 2
+    assert "given both by --set and by --precision" in capsys.readouterr().err
