@@ -206,6 +206,7 @@ def _check_images(page: str) -> int:
     return len(parser.imgs)
 
 
+@pytest.mark.slow
 def test_demo_report_embeds_every_image(demo_dir):
     path = write_report(demo_dir)
     assert path == demo_dir / "report.html"
