@@ -133,6 +133,7 @@ def test_sample_steps_ranges() -> None:
     assert (sample_steps(5000, g, 1000, 0.0, 400) >= 400).any()
 
 
+@pytest.mark.slow
 def test_cli_train_and_export(cifar_test_tar: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": TINY_UNET, "batch_size": 4, "eval_images": 4, "log_every": 1}))
