@@ -137,6 +137,22 @@ def test_passive_wait_policy_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not set_passive_wait_policy() and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     monkeypatch.delenv("OMP_WAIT_POLICY")
     assert set_passive_wait_policy() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    # a loaded machine (one idle core): torch starts with one thread, unless the user chose a count
+    import freqpure._threadenv as threadenv
+
+    monkeypatch.setattr(threadenv, "idle_cores", lambda: 1)
+    for preset in ({"OMP_NUM_THREADS": "2"}, {"FREQPURE_THREADS": "2"}, {}):
+        for key in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "FREQPURE_THREADS"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in preset.items():
+            monkeypatch.setenv(key, value)
+        assert set_passive_wait_policy()
+        assert os.environ.get("OMP_NUM_THREADS") == ("2" if "OMP_NUM_THREADS" in preset else
+                                                     None if preset else "1")
+    monkeypatch.setattr(threadenv, "idle_cores", lambda: 2)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert set_passive_wait_policy() and "OMP_NUM_THREADS" not in os.environ  # idle: torch's own count
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch: seconds idle, a minute on a loaded machine

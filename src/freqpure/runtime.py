@@ -34,13 +34,9 @@ def default_threads() -> int:
     torch's own choice (which already honours ``$OMP_NUM_THREADS``). On a loaded two-core machine
     that is one thread: two threads there wait on each other (measured in benchmarks/thread_policy.py).
     """
-    torch_choice = torch.get_num_threads()
-    try:
-        cores = len(os.sched_getaffinity(0))
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on Linux: keep torch's choice
-        return torch_choice
-    return max(1, min(torch_choice, cores - int(load + 0.5)))
+    from freqpure._threadenv import idle_cores
+
+    return max(1, min(torch.get_num_threads(), idle_cores()))
 
 
 def configure_threads(threads: int | None = None) -> int:
