@@ -11,25 +11,71 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FREQPURE_SHARED", REPO.parent / "shared"))
 
+# precision "auto" means fp32 in the tests (exact reference values on every machine); the bf16 tests
+# ask for bf16 explicitly. Set before any test runs; subprocesses (CLI tests) inherit it.
+os.environ["FREQPURE_PRECISION"] = "fp32"
+
 # Two cores on CI: keep each test process from oversubscribing them.
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def _data_dir() -> Path | None:
+    """The folder holding ``cifar10/`` (``$FREQPURE_DATA``, else ``../shared/data``), or None when absent."""
+    env = os.environ.get("FREQPURE_DATA")
+    for folder in ([Path(env).expanduser()] if env else []) + [SHARED / "data"]:
+        if (folder / "cifar10" / "test.tar").is_file():
+            return folder
+        if (folder / "test.tar").is_file():  # FREQPURE_DATA pointing at the cifar10 folder itself
+            return folder.parent
+    return None
+
+
+DATA = _data_dir()
+if DATA is not None:
+    os.environ.setdefault("FREQPURE_DATA", str(DATA))  # the library finds the same copy as the tests
+_WHERE = f"FREQPURE_DATA={os.environ['FREQPURE_DATA']}" if os.environ.get("FREQPURE_DATA") else "FREQPURE_DATA unset"
+NO_DATA = (
+    f"CIFAR-10 test data not found ({_WHERE}, no {SHARED / 'data' / 'cifar10' / 'test.tar'}): set FREQPURE_DATA "
+    "to a folder holding cifar10/test.tar and cifar10/train.tar (and FREQPURE_SHARED to the shared folder with "
+    "fixtures/)"
+)
+
+
+def require_data() -> Path:
+    """The data folder, or skip the calling test with a message naming FREQPURE_DATA (fail under ``CI``)."""
+    if DATA is None:
+        if os.environ.get("CI"):
+            pytest.fail(NO_DATA + " -- CI must run every test")
+        pytest.skip(NO_DATA)
+    return DATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.data`` tests skip without the data; ``@pytest.mark.gpu`` tests without CUDA."""
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device (scripts/gpu_check.sh runs these)")
+    for item in items:
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if item.get_closest_marker("data") and DATA is None and not os.environ.get("CI"):
+            item.add_marker(pytest.mark.skip(reason=NO_DATA))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    require_data()
     if not SHARED.is_dir():
-        pytest.fail(f"shared data folder not found at {SHARED} (set FREQPURE_SHARED)")
+        pytest.skip(f"shared test folder not found at {SHARED}: set FREQPURE_SHARED (and FREQPURE_DATA)")
     return SHARED
 
 
 @pytest.fixture(scope="session")
-def cifar_test_tar(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "cifar10" / "test.tar"
+def cifar_test_tar() -> Path:
+    return require_data() / "cifar10" / "test.tar"
 
 
 @pytest.fixture(scope="session")
-def cifar_train_tar(shared_dir: Path) -> Path:
-    return shared_dir / "data" / "cifar10" / "train.tar"
+def cifar_train_tar() -> Path:
+    return require_data() / "cifar10" / "train.tar"
 
 
 @pytest.fixture(scope="session")

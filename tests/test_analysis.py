@@ -106,6 +106,7 @@ def test_band_edges_are_validated():
 # ---------------------------------------------------------------------------------------------
 # Damage of known perturbations
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("u", "v", "band"), [(0, 12, 12), (5, 7, 9), (3, 15, 16)])
 def test_sinusoid_damages_only_its_band(shared_dir, u, v, band):
     clean = _cifar(shared_dir, 6)[0].double()
@@ -131,6 +132,7 @@ def test_zero_amplitudes_are_guarded():
     assert float(d.phase[:, 0].max()) == 0.0 and torch.isnan(d.phase[:, 1:]).all()
 
 
+@pytest.mark.slow
 def test_phase_damage_is_circular_distance(shared_dir):
     clean = _cifar(shared_dir, 4)[0].double()
     d = band_damage(1 - clean, 1 - 2 * clean + clean)  # x vs itself (sanity): no damage
@@ -278,6 +280,7 @@ def _measure_real(shared_dir: Path):
     return measure(x, y, classifier, purifiers, attack, batch_size=8, seed=0)
 
 
+@pytest.mark.slow
 def test_adversarial_damage_rises_with_frequency(real_measurement):
     m = real_measurement
     assert float(m.linf.max()) <= 8 / 255 + 1e-6
@@ -289,6 +292,7 @@ def test_adversarial_damage_rises_with_frequency(real_measurement):
         assert rho >= 0.9, f"adversarial {quantity} damage vs band: Spearman {rho:.3f} < 0.9"
 
 
+@pytest.mark.slow
 def test_freqpure_keeps_the_low_band_amplitude(real_measurement):
     """Paper mode: the output's amplitude inside the exchange radius is the adversarial input's."""
     m = real_measurement
@@ -300,6 +304,7 @@ def test_freqpure_keeps_the_low_band_amplitude(real_measurement):
     assert float(m.damage["diffpure"].amplitude[:, low].mean()) > float(m.damage["freqpure"].amplitude[:, low].mean())
 
 
+@pytest.mark.slow
 def test_analysis_outputs_and_report(real_measurement, tmp_path):
     from freqpure.evaluation.analyze import write_analysis
     from freqpure.report import write_report

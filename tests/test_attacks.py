@@ -27,6 +27,8 @@ from freqpure.data import eval_subset
 from freqpure.models.adapters import EpsModel
 from helpers import model_name, one_thread
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
+
 EPS = 8 / 255
 
 
@@ -100,6 +102,7 @@ def test_projections_are_exact() -> None:
         assert (size <= eps + 1e-6).all() and start.min() >= 0 and start.max() <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.5)])
 def test_pgd_breaks_the_bundled_classifier(classifier, images, norm: str, eps: float) -> None:
     x, y = images
@@ -142,6 +145,7 @@ def test_margin_and_enums() -> None:
 
 
 # --------------------------------------------------------------------------------------------- EOT
+@pytest.mark.slow
 def test_eot_gradient_is_the_mean_of_per_draw_gradients(classifier, eps_model, images) -> None:
     x, y = images[0][:2], images[1][:2]
     model = AttackModel(classifier, FreqPure(eps_model, 3, 3, 0.3, rounds="30:2"))
@@ -178,6 +182,7 @@ def test_draw_noise_streams_do_not_depend_on_chunking() -> None:
 
 
 # --------------------------------------------------------------------------------------------- gradient modes
+@pytest.mark.slow
 def test_full_mode_gradient_equals_plain_backprop(classifier, eps_model, images) -> None:
     x, y = images[0][:2], images[1][:2]
     purifier = FreqPure(eps_model, 3, 3, 0.3, rounds="40:3", mode="reference")
@@ -262,6 +267,7 @@ def test_adjoint_matches_the_full_gradient_of_the_sde_sampler(method: str) -> No
         attack_purifier(DiffPure(eps, t_star=30, steps=2), "adjoint")
 
 
+@pytest.mark.slow
 def test_autoattack_rand_breaks_the_undefended_classifier(classifier, images) -> None:
     from freqpure.attacks import run_autoattack
 

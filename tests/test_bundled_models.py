@@ -71,6 +71,7 @@ def test_bundled_weights_small_enough() -> None:
     assert total <= 25 * 2**20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cifar10-resnet-small", "cifar10-resnet-small-pa"])
 def test_classifier_accuracy(subset, name: str) -> None:
     _require(name)
@@ -83,6 +84,7 @@ def test_classifier_accuracy(subset, name: str) -> None:
     assert acc >= CLASSIFIER_FLOOR, f"bundled classifier accuracy {acc:.3f} < {CLASSIFIER_FLOOR}"
 
 
+@pytest.mark.slow
 def test_purifier_aware_classifier_keeps_more_accuracy_after_diffpure(subset) -> None:
     """The fine-tuned classifier loses less on DiffPure-purified clean images than the one it started from."""
     _require("cifar10-resnet-small-pa")
@@ -95,6 +97,7 @@ def test_purifier_aware_classifier_keeps_more_accuracy_after_diffpure(subset) ->
     assert acc_aware >= acc_plain + PA_MARGIN, f"purified accuracy: aware {acc_aware:.3f}, plain {acc_plain:.3f}"
 
 
+@pytest.mark.slow
 def test_diffusion_denoises_at_t100(subset) -> None:
     _require("cifar10-ddpm-small")
     model = load_bundled_diffusion("cifar10-ddpm-small")

@@ -43,6 +43,7 @@ def _tiny_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # real archives
 # ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_test_tar_full_load(cifar_test_tar: Path) -> None:
     t0 = time.perf_counter()
     x, y = data.load_cifar10_tar(cifar_test_tar)
@@ -68,6 +69,7 @@ def test_load_cifar10_finds_shared_dir(cifar_test_tar: Path) -> None:
     assert xt.shape == (10_000, 3, 32, 32) and yt.dtype == torch.int64 and torch.equal(xt[:8], xf)
 
 
+@pytest.mark.slow
 def test_train_tar_spot_check(cifar_train_tar: Path) -> None:
     with tarfile.open(cifar_train_tar) as tar:
         members = [m for m in tar.getmembers() if m.isfile()]

@@ -15,6 +15,8 @@ from freqpure.cli.main import main
 from freqpure.evaluation.demo import DemoSettings, demo_configs, format_table, read_demo
 from freqpure.evaluation.results import read_results
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
+
 
 @pytest.fixture(autouse=True)
 def restore_threads():

@@ -27,6 +27,8 @@ from freqpure.evaluation.store import SampleStore
 from freqpure.samplers import NOISE_SCHEME
 from helpers import model_name, one_thread
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -111,6 +113,7 @@ def test_unknown_yaml_key_is_named_with_the_valid_ones(tmp_path: Path) -> None:
         load_eval_config(path)
 
 
+@pytest.mark.slow
 def test_cli_refuses_unwritable_dir_and_changed_config(tmp_path: Path, capsys, small_cfg, reference) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
@@ -128,6 +131,7 @@ def test_cli_refuses_unwritable_dir_and_changed_config(tmp_path: Path, capsys, s
 
 
 # --------------------------------------------------------------------------------------------- results
+@pytest.mark.slow
 def test_results_layout(reference: Path, small_cfg) -> None:
     for name in ("config.yaml", "results.json", "results.md", "samples.jsonl", "examples.npz"):
         assert (reference / name).is_file(), name
@@ -164,6 +168,7 @@ def test_wilson_interval() -> None:
 
 
 # --------------------------------------------------------------------------------------------- resume
+@pytest.mark.slow
 def test_resume_after_a_killed_process(tmp_path: Path, small_cfg, reference: Path) -> None:
     run = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", small_cfg)
@@ -193,6 +198,7 @@ def test_resume_after_a_killed_process(tmp_path: Path, small_cfg, reference: Pat
     assert a["resumed"] is True and b["resumed"] is False, "resumed marks a real resume only"
 
 
+@pytest.mark.slow
 def test_resume_tolerates_a_torn_last_line(tmp_path: Path, small_cfg, models, reference: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -222,6 +228,7 @@ def test_a_run_of_the_old_noise_scheme_is_not_continued(tmp_path: Path, small_cf
 
 
 # --------------------------------------------------------------------------------------------- sharding
+@pytest.mark.slow
 def test_two_process_gloo_run_equals_one_process(tmp_path: Path, small_cfg, reference: Path) -> None:
     run = tmp_path / "run"
     cfg_path = write_config(tmp_path / "c.yaml", small_cfg)
@@ -294,6 +301,7 @@ def test_cli_shows_the_traceback_of_an_internal_bug(tmp_path: Path, small_cfg) -
     assert "in run" in bug.stderr and "freqpure evaluate: error" not in bug.stderr
 
 
+@pytest.mark.slow
 def test_autoattack_rand_is_rejudged_by_the_defence(tmp_path: Path, models) -> None:
     cfg = load_eval_config(None, [*SMALL, "data.n=2", "purifier.rounds=20:1", "defence.ensemble=1",
                                   "attacks.0.name=autoattack", "attacks.0.version=rand", "attacks.0.eot=1",
@@ -321,6 +329,7 @@ def test_store_cuts_only_the_torn_tail(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- table of runs
+@pytest.mark.slow
 def test_table_collects_runs_into_one_markdown_table(tmp_path: Path, capsys, reference: Path, models) -> None:
     none_cfg = load_eval_config(None, SMALL + ["name=none", "purifier.method=none", "sanity.enabled=false",
                                                "attacks.0.label=PGD Linf"])

@@ -93,6 +93,7 @@ def test_purify_split_is_reproducible_and_resumes(
         load_purified(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.slow
 def test_classifier_fine_tunes_from_weights_on_purified_copies(
     small_cifar: Path, tiny_diffusion: Path, tmp_path: Path
 ) -> None:
@@ -149,6 +150,7 @@ def test_fast_resnet_flip_tta_is_mirror_invariant_in_eval_only() -> None:
         assert torch.allclose(tta(x), plain(x), atol=1e-6)  # training sees single images
 
 
+@pytest.mark.slow
 def test_cli_purify_data(small_cifar: Path, tiny_diffusion: Path, tmp_path: Path) -> None:
     from freqpure.cli.main import main
 

@@ -147,6 +147,7 @@ def _ncsnpp_score_sde_file(fixtures_dir: Path, path: Path) -> tuple[dict, dict]:
     return fx, ncsnpp_kwargs_from_config(fx["config"])
 
 
+@pytest.mark.slow
 def test_convert_ncsnpp_score_sde_checkpoint_roundtrip(fixtures_dir: Path, tmp_path: Path, monkeypatch) -> None:
     src = tmp_path / "checkpoint_8.pth"
     fx, kwargs = _ncsnpp_score_sde_file(fixtures_dir, src)
@@ -197,6 +198,7 @@ def test_convert_wrn_wrapped_prefixed_without_bn_counters(fixtures_dir: Path, tm
         _close(model(fx["inputs"]["x"]), fx["output"])
 
 
+@pytest.mark.slow
 def test_published_name_lookup_and_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Full-size WRN-28-10 in RobustBench's layout → by name → convert → by name without pickle."""
     torch.manual_seed(0)

@@ -306,6 +306,7 @@ def _dom_attr(proc: subprocess.CompletedProcess, attr: str) -> dict:
     return json.loads(html_lib.unescape(proc.stdout[start:].split('"', 2)[1]))
 
 
+@pytest.mark.browser
 @pytest.mark.slow
 def test_report_in_chromium_at_desktop_and_phone_width(tiny_demo, tmp_path) -> None:
     exe = _chromium()

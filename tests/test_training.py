@@ -52,6 +52,7 @@ def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_diffusion_resume_matches_uninterrupted(diff_cfg: DiffusionTrainConfig, tmp_path: Path) -> None:
     full = train_diffusion(diff_cfg, tmp_path / "full", progress=False)
     part = tmp_path / "part"
@@ -71,6 +72,7 @@ def test_diffusion_resume_matches_uninterrupted(diff_cfg: DiffusionTrainConfig, 
     assert net(torch.zeros(2, 3, 32, 32), torch.tensor([0.0, 999.0])).shape == (2, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_config(diff_cfg: DiffusionTrainConfig, tmp_path: Path) -> None:
     train_diffusion(diff_cfg, tmp_path, stop_after=1, progress=False)
     with pytest.raises(ValueError, match="different config"):
@@ -81,6 +83,7 @@ def test_resume_refuses_other_config(diff_cfg: DiffusionTrainConfig, tmp_path: P
         train_diffusion(diff_cfg, tmp_path / "new", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_classifier_resume_matches_uninterrupted(cifar_test_tar: Path, tmp_path: Path) -> None:
     cfg = ClassifierTrainConfig(
         name="tiny-cls",
@@ -130,6 +133,7 @@ def test_sample_steps_ranges() -> None:
     assert (sample_steps(5000, g, 1000, 0.0, 400) >= 400).any()
 
 
+@pytest.mark.slow
 def test_cli_train_and_export(cifar_test_tar: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": TINY_UNET, "batch_size": 4, "eval_images": 4, "log_every": 1}))

@@ -7,10 +7,15 @@ Three lines to defend a classifier::
     defended = freqpure.PurifiedClassifier(my_classifier, purifier, ensemble=10)
 """
 
-from freqpure import spectral
-from freqpure.purifiers import DiffPure, FreqPure, PurifiedClassifier, Purifier
-from freqpure.samplers import StepNoise
-from freqpure.schedules import VPSDE, LinearBetaSchedule, PurificationRound, parse_rounds
+# Thread policy, OpenMP part: before anything imports torch (see freqpure._threadenv and README "Speed").
+from freqpure._threadenv import set_passive_wait_policy
+
+set_passive_wait_policy()
+
+from freqpure import spectral  # noqa: E402
+from freqpure.purifiers import DiffPure, FreqPure, PurifiedClassifier, Purifier  # noqa: E402
+from freqpure.samplers import StepNoise  # noqa: E402
+from freqpure.schedules import VPSDE, LinearBetaSchedule, PurificationRound, parse_rounds  # noqa: E402
 
 __version__ = "0.1.0"
 

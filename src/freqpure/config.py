@@ -30,6 +30,7 @@ __all__ = [
     "dump_yaml",
     "config_diff",
     "parse_yaml",
+    "with_resolved_precision",
 ]
 
 T = TypeVar("T")
@@ -56,6 +57,9 @@ class PurifierConfig:
     reference_t: int = 50
     recompute_reference: bool = False
     clip_x0: bool = False
+    # Arithmetic of the ε-model (and, in ``evaluate``, of the classifier): auto | fp32 | bf16. ``auto`` is bf16
+    # on CPUs with AMX-BF16 and on CUDA with bf16, else fp32; commands record the resolved value.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in ("freqpure", "diffpure", "none"):
@@ -82,6 +86,8 @@ class PurifierConfig:
                     hint = (" (YAML 1.1 reads an unquoted 100:20 as the base-60 number 6020: quote it, "
                             "e.g. rounds: \"100:20\")")
                 raise UsageError(f"purifier.rounds: {err}{hint}") from None
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"purifier.precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
@@ -98,7 +104,8 @@ def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0,
         from freqpure.models.registry import load_diffusion
 
         eps_model = load_diffusion(cfg.diffusion, device=device)
-    common = dict(rounds=cfg.rounds, sampler=cfg.sampler, clip_x0=cfg.clip_x0, seed=seed, checkpoint=checkpoint)
+    common = dict(rounds=cfg.rounds, sampler=cfg.sampler, clip_x0=cfg.clip_x0, seed=seed, checkpoint=checkpoint,
+                  precision=cfg.precision)
     if cfg.method == "diffpure":
         return DiffPure(eps_model, **common)
     return FreqPure(
@@ -112,6 +119,16 @@ def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0,
         mode=cfg.mode,
         **common,
     )
+
+
+def with_resolved_precision(cfg: T, device: Any = "cpu") -> T:
+    """``cfg`` (a :class:`PurifierConfig` or a config with a ``purifier`` field) with ``precision: auto``
+    replaced by what it means on ``device`` (``fp32`` or ``bf16``), the value results files record."""
+    from freqpure.runtime import resolve_precision
+
+    if isinstance(cfg, PurifierConfig):
+        return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+    return dataclasses.replace(cfg, purifier=with_resolved_precision(cfg.purifier, device))
 
 
 # ---------------------------------------------------------------------------------------------

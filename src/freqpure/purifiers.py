@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from freqpure._checks import check_images
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
+from freqpure.runtime import resolve_precision, run_in_precision
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
 from freqpure.spectral import check_radius, freq_exchange
@@ -91,6 +92,9 @@ class Purifier(nn.Module):
         clip_x0: clamp every x0 estimate to [-1, 1] (guided-diffusion's ``clip_denoised``).
         checkpoint: per-step gradient checkpointing (flat memory for full-gradient attacks).
         seed: seed of the generator that draws a fresh noise seed for each call without ``noise``.
+        precision: ``"fp32"`` (default: exact library behaviour), ``"bf16"`` or ``"auto"`` (bf16 where the
+            hardware has fast bf16, see :func:`freqpure.runtime.resolve_precision`) for the ε-model calls
+            only; images, the sampler arithmetic, the frequency exchange and input gradients stay fp32.
 
     A purifier is stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`):
     every random draw comes from the ``noise`` passed to :meth:`forward`.
@@ -109,8 +113,10 @@ class Purifier(nn.Module):
         clip_x0: bool = False,
         checkpoint: bool = False,
         seed: int = 0,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        resolve_precision(precision)  # refuse a bad name here
         if sampler not in ("ddpm", "ddim", "sde"):
             raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
         if not callable(eps_model):
@@ -128,7 +134,12 @@ class Purifier(nn.Module):
         self.clip_x0 = clip_x0
         self.checkpoint = checkpoint
         self.seed = seed
+        self.precision = precision
         self._seeds = torch.Generator().manual_seed(seed)
+
+    def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The ε-model call in this purifier's ``precision`` (fp32 in and out)."""
+        return run_in_precision(self.eps_model, self.precision, x_t, t)
 
     # -- hooks for subclasses -----------------------------------------------------------------
     def make_x0_hook(self, x_round: Tensor, x_input: Tensor, noise: StepNoise) -> X0Hook | None:
@@ -173,12 +184,12 @@ class Purifier(nn.Module):
             t_cont = rnd.t_star / self.schedule.num_steps
             x_t = add_noise(x, sde.alpha_bar(torch.tensor(t_cont, dtype=torch.float64)), z)
             return sample_vpsde_euler(
-                self.eps_model, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=self.checkpoint
+                self.eps, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=self.checkpoint
             )
         ts = self.timesteps(rnd)
         x_t = add_noise(x, self.schedule.alpha_bar(ts[0]), z)
         return sample_ddpm(
-            self.eps_model,
+            self.eps,
             x_t,
             ts,
             self.schedule,
@@ -199,7 +210,7 @@ class Purifier(nn.Module):
 
     def extra_repr(self) -> str:
         plan = ",".join(f"{r.t_star}:{r.steps}" for r in self.rounds)
-        return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}"
+        return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}, precision={self.precision}"
 
     def __repr__(self) -> str:  # one line of settings, not the whole UNet
         model = getattr(self.eps_model, "name", None) or type(self.eps_model).__name__
@@ -308,7 +319,7 @@ class FreqPure(Purifier):
         alpha_bar = self.schedule.alpha_bar(self.reference_t)
         x_t = add_noise(x, alpha_bar, noise)
         t = torch.full((x.shape[0],), float(self.reference_t), device=x.device, dtype=torch.float32)
-        eps = self.eps_model(x_t, t)[:, : x.shape[1]]
+        eps = self.eps(x_t, t)[:, : x.shape[1]]
         a = float(alpha_bar)
         return (x_t - math.sqrt(1 - a) * eps) / math.sqrt(a)
 
@@ -358,6 +369,9 @@ class PurifiedClassifier(nn.Module):
     noise)`` takes any noise source with ``rows(n)`` (a :class:`~freqpure.samplers.StepNoise` or
     :class:`~freqpure.samplers.DrawNoise`), so :class:`~freqpure.attacks.EOTGradient` can average
     over fresh draws of it.
+        max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch).
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the classifier call (autocast; the
+            purifier has its own ``precision``).
     """
 
     stochastic = True
@@ -372,6 +386,7 @@ class PurifiedClassifier(nn.Module):
         preprocess: Callable[[Tensor], Tensor] | None = None,
         postprocess: Callable[[Tensor], Tensor] | None = None,
         max_batch: int | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         ensemble = _check_int(ensemble, "ensemble", 1)
@@ -381,6 +396,7 @@ class PurifiedClassifier(nn.Module):
             raise UsageError(f"classifier must be a module or callable, got {type(classifier).__name__}")
         if not callable(purifier):
             raise UsageError(f"purifier must be a module or callable, got {type(purifier).__name__}")
+        resolve_precision(precision)  # refuse a bad name here
         if vote not in ("majority", "logits", "softmax"):
             raise UsageError(f"vote must be 'majority', 'logits' or 'softmax', got {vote!r}")
         self.classifier = classifier
@@ -392,6 +408,7 @@ class PurifiedClassifier(nn.Module):
         if max_batch is not None and max_batch < 1:
             raise UsageError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.max_batch = max_batch
+        self.precision = precision
 
     def purify(self, x: Tensor, noise: StepNoise | DrawNoise | None = None) -> Tensor:
         """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
@@ -441,7 +458,8 @@ class PurifiedClassifier(nn.Module):
         purified = self.purify(x, noise)
         if self.postprocess is not None:
             purified = self.postprocess(purified)
-        logits = self.classifier(_as_compute_dtype(purified, _compute_dtype(self.classifier)))
+        logits = run_in_precision(self.classifier, self.precision,
+                                  _as_compute_dtype(purified, _compute_dtype(self.classifier)))
         return logits.view(self.ensemble, x.shape[0], -1)
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:

@@ -11,23 +11,42 @@ Every command and pipeline goes through these two functions, so one policy holds
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from freqpure.errors import UsageError
 
-__all__ = ["PRECISIONS", "autocast", "configure_threads", "resolve_precision"]
+__all__ = ["PRECISIONS", "Autocast", "autocast", "configure_threads", "default_threads", "resolve_precision",
+           "run_in_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def default_threads() -> int:
+    """The project's default CPU thread count: the cores that are idle when the command starts.
+
+    ``cores available to this process − round(1-minute load average)``, at least 1 and at most
+    torch's own choice (which already honours ``$OMP_NUM_THREADS``). On a loaded two-core machine
+    that is one thread: two threads there wait on each other (measured in benchmarks/thread_policy.py).
+    """
+    from freqpure._threadenv import idle_cores
+
+    return max(1, min(torch.get_num_threads(), idle_cores()))
 
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's CPU thread count and return it.
 
-    ``threads``: an explicit count (>= 1); ``None``: ``$FREQPURE_THREADS`` if set, else torch's own
-    choice. Returns the number of threads in use.
+    ``threads``: an explicit count (>= 1); ``None``: ``$FREQPURE_THREADS`` if set, else
+    ``$OMP_NUM_THREADS`` if set (torch's reading of it), else :func:`default_threads`.
+    ``FREQPURE_THREAD_POLICY=torch`` keeps torch's own default instead (the pre-policy behaviour).
+    The other half of the policy, a passive OpenMP wait, is set before torch loads
+    (:mod:`freqpure._threadenv`).
     """
     if threads is None and os.environ.get("FREQPURE_THREADS"):
         raw = os.environ["FREQPURE_THREADS"]
@@ -35,27 +54,42 @@ def configure_threads(threads: int | None = None) -> int:
             threads = int(raw)
         except ValueError:
             raise UsageError(f"FREQPURE_THREADS must be a positive integer, got {raw!r}") from None
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise UsageError(f"threads must be a positive integer, got {threads!r}")
-        torch.set_num_threads(threads)
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS") or os.environ.get("FREQPURE_THREAD_POLICY", "").lower() == "torch":
+            return torch.get_num_threads()
+        threads = default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
+@functools.cache
 def _cpu_has_fast_bf16() -> bool:
+    """AMX-BF16 only: on a CPU with AVX512-BF16 but no AMX (this project's Xeon VMs) bf16 autocast ran the
+    bundled UNet 0.8x as fast as fp32 (benchmarks/RESULTS.md, "Speed"), so ``auto`` stays fp32 there."""
     try:
         flags = open("/proc/cpuinfo").read()  # noqa: SIM115 - tiny read-only file
     except OSError:
         return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
+    return " amx_bf16" in flags
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``auto`` → ``bf16`` where it pays off (CPUs with AMX/AVX512-BF16, CUDA with bf16), else ``fp32``."""
+    """``auto`` → ``bf16`` where it pays off (CPUs with AMX-BF16, CUDA with bf16), else ``fp32``.
+
+    ``$FREQPURE_PRECISION`` (``fp32`` or ``bf16``), when set, is what ``auto`` means (the test suite pins
+    it to ``fp32`` so that exact reference values hold on every machine); explicit values always win.
+    """
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    forced = os.environ.get("FREQPURE_PRECISION")
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise UsageError(f"FREQPURE_PRECISION must be fp32 or bf16, got {forced!r}")
+        return forced
     device = torch.device(device)
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -71,3 +105,41 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> Iterator[Non
         return
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         yield
+
+
+def run_in_precision(fn: Any, precision: str, *args: Tensor) -> Tensor:
+    """``fn(*args)`` under :func:`autocast` on the device of ``args[0]``, the result cast back to its dtype.
+
+    The arguments stay fp32 (autocast casts them inside the matmuls/convolutions), so the gradient with
+    respect to them is fp32 too; only the network's own arithmetic is rounded to ``precision``.
+    """
+    if precision == "fp32":
+        return fn(*args)
+    x = args[0]
+    with autocast(precision, x.device):
+        out = fn(*args)
+    return out.to(x.dtype) if out.is_floating_point() else out
+
+
+class Autocast(nn.Module):
+    """``module`` run under :func:`autocast` (``precision``: ``auto``, ``fp32`` or ``bf16``); the output is cast
+    back to the input's dtype. Attribute look-ups fall through to ``module`` (``num_classes``, ...)."""
+
+    def __init__(self, module: nn.Module, precision: str) -> None:
+        super().__init__()
+        resolve_precision(precision)  # refuse a bad name now, not at the first call
+        self.module = module
+        self.precision = precision
+        self.train(module.training)
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return run_in_precision(lambda x_: self.module(x_, *args, **kwargs), self.precision, x)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}"

@@ -200,7 +200,7 @@ class AdjointSDEPurifier(nn.Module):
                     return p.make_x0_hook(x_round, x_in, _noise)
 
             x_diff = sdeint_vpsde_adjoint(
-                p.eps_model, x_t, t_cont, rnd.steps, sde, noise=round_noise,
+                getattr(p, "eps", p.eps_model), x_t, t_cont, rnd.steps, sde, noise=round_noise,
                 hook_factory=factory if has_hook else None, hook_inputs=inputs if has_hook else (),
                 store_states=self.store_states,
             )

@@ -15,6 +15,7 @@ from freqpure.errors import UsageError
 __all__ = [
     "add_config_args",
     "add_dataclass_flags",
+    "add_precision_arg",
     "add_runtime_args",
     "apply_runtime_args",
     "dataclass_overrides",
@@ -127,6 +128,16 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, device: bool = True, th
                             help="seed of every random draw (default: the config's, else 0)")
     if progress:
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_precision_arg(parser: argparse.ArgumentParser, dest: str = "precision") -> None:
+    """``--precision auto|fp32|bf16`` (default ``None`` = the config's value, whose default is ``auto``)."""
+    from freqpure.runtime import PRECISIONS
+
+    parser.add_argument("--precision", dest=dest, choices=PRECISIONS, default=None,
+                        help="arithmetic of the diffusion model and the classifier: auto (bf16 on CPUs with "
+                             "AMX-BF16 and on CUDA with bf16, else fp32), fp32 or bf16; inputs, outputs "
+                             "and input gradients stay fp32 (default: the config's, else auto)")
 
 
 def apply_runtime_args(args: argparse.Namespace) -> None:

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     from freqpure.errors import FreqpureError
 
     try:
+        from freqpure.runtime import configure_threads
+
+        configure_threads(getattr(args, "threads", None))  # one thread policy for every command (README "Speed")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.traceback:

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from freqpure.cli.common import (
     add_config_args,
     add_dataclass_flags,
+    add_precision_arg,
     add_runtime_args,
     apply_runtime_args,
     dataclass_overrides,
     resolve_device,
 )
-from freqpure.config import PurifierConfig, apply_overrides, from_dict, parse_yaml, to_dict
+from freqpure.config import PurifierConfig, apply_overrides, from_dict, parse_yaml, to_dict, with_resolved_precision
 from freqpure.errors import NotFoundError, OutputExistsError, UsageError
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
 from freqpure.provenance import environment, write_json_atomic
@@ -58,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "without it they are refused")
     p.add_argument("--clamp", action="store_true", help="clip out-of-range inputs instead of refusing them")
     add_runtime_args(p)
-    add_dataclass_flags(p, PurifierConfig, exclude=("diffusion",), help_prefix="purifier settings")
+    add_precision_arg(p)
+    add_dataclass_flags(p, PurifierConfig, exclude=("diffusion", "precision"), help_prefix="purifier settings")
     allowed = {"method": "freqpure or diffpure", "sampler": "ddpm, ddim or sde", "mode": "paper or reference",
                "reference": "input or denoised", "rounds": "plan T:STEPS[*REPEAT],... e.g. 100:20 or 20:5*5,50:5*5",
                "amp_radius": "frequency-index units, none disables", "phase_radius": "frequency-index units, none "
@@ -193,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     apply_runtime_args(args)
     seed = 0 if args.seed is None else args.seed
     device = resolve_device(args.device)
+    cfg = with_resolved_precision(cfg, device)  # the manifest records fp32 or bf16
     files = collect_images(args.inputs)
     infos = [inspect_image(src) for src, _ in files]  # headers only: formats, animations, sizes, modes
     if not args.convert:

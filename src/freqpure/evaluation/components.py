@@ -14,6 +14,7 @@ from freqpure.config import build_purifier
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import AttackConfig, DataConfig, EvalConfig
 from freqpure.purifiers import PurifiedClassifier
+from freqpure.runtime import Autocast, resolve_precision
 from freqpure.transforms import Resize, imagenet_classifier_input
 
 __all__ = ["EvalData", "Defence", "load_eval_data", "load_models", "build_defence"]
@@ -136,6 +137,8 @@ def build_defence(cfg: EvalConfig, classifier: nn.Module, eps_model: nn.Module |
     post = imagenet_classifier_input(224) if d.classifier_input == "imagenet224" else None
     pre = Resize(d.purify_size) if d.purify_size else None
     purifier = build_purifier(cfg.purifier, eps_model, seed=cfg.seed) if cfg.purifier.method != "none" else None
+    if resolve_precision(cfg.purifier.precision) != "fp32":  # one key for both networks (see PurifierConfig)
+        classifier = Autocast(classifier, cfg.purifier.precision)
     if purifier is None:
         model: nn.Module = _Plain(classifier, post)
     else:

@@ -108,7 +108,10 @@ def _check_run_dir(out: Path, cfg: EvalConfig, *, resume: bool) -> None:
             )
         return
     try:
-        saved = to_dict(from_dict(EvalConfig, parse_yaml(saved_path.read_text(), str(saved_path)) or {}))
+        raw = parse_yaml(saved_path.read_text(), str(saved_path)) or {}
+        if isinstance(raw, dict) and isinstance(raw.get("purifier", {}), dict):
+            raw.setdefault("purifier", {}).setdefault("precision", "fp32")  # runs from before the key: fp32
+        saved = to_dict(from_dict(EvalConfig, raw))
     except ValueError as err:
         raise RunFolderError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
     diff = config_diff(saved, to_dict(cfg))

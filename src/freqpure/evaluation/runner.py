@@ -32,7 +32,7 @@ from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
 from freqpure.attacks.registry import AttackContext, AttackOutcome
-from freqpure.config import to_dict
+from freqpure.config import to_dict, with_resolved_precision
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
@@ -262,6 +262,7 @@ def evaluate(
     out = Path(out)
     own_ctx = ctx is None
     ctx = ctx or init_distributed(cfg.device)
+    cfg = with_resolved_precision(cfg, ctx.device)  # config.yaml / results.json record fp32 or bf16, never auto
     lock = None
     try:
         lock = prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)  # held until the run ends

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# GPU readiness check (needs a CUDA device; at most 8 minutes: the three parts have 120 + 200 + 150 s limits):
+#   1. the GPU tests (pytest -m gpu: CUDA purification equals CPU, bf16 on CUDA);
+#   2. the two throughput benchmarks on CUDA, fp32 against bf16 (attack gradient, purification);
+#   3. a 64-image purification with the published NCSN++ and ADM architectures (random weights).
+# Every number goes to $OUT (default gpu_check/), summary in $OUT/summary.txt; copy it into
+# benchmarks/RESULTS.md ("GPU").
+#   bash scripts/gpu_check.sh [OUT]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu_check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA device visible to torch; nothing to do" >&2
+    exit 2
+fi
+START=$(date +%s)
+status=0
+{
+    echo "# gpu_check $(date -u +%FT%TZ)"
+    "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'device: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}, bf16 {torch.cuda.is_bf16_supported()}')"
+    nproc | sed 's/^/cpu cores: /'
+    uptime
+} > "$OUT/summary.txt"
+
+run() {  # run NAME TIMEOUT CMD...: log to $OUT/NAME.txt, note the outcome in the summary
+    local name=$1 limit=$2; shift 2
+    local t0=$(date +%s)
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "$name: exit $rc, $(( $(date +%s) - t0 )) s" >> "$OUT/summary.txt"
+    [ $rc -eq 0 ] || status=1
+}
+
+run gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+run throughput 200 "$PY" benchmarks/precision_speed.py --device cuda --variants fp32,bf16,bf16-cl --repeats 2 \
+    --purify-rounds "100:5;1000:100" --purify-n 64 --purify-batch 64 --json "$OUT/throughput.json"
+run architectures 150 "$PY" benchmarks/gpu_arch_purify.py --device cuda --n 64 --batch 16 --rounds 100:5 \
+    --json "$OUT/architectures.json"
+
+{
+    echo
+    tail -n 3 "$OUT/gpu_tests.txt"
+    echo
+    grep -A 6 "^## " "$OUT/throughput.txt"
+    echo
+    cat "$OUT/architectures.txt"
+    echo
+    echo "total: $(( $(date +%s) - START )) s"
+} >> "$OUT/summary.txt"
+cat "$OUT/summary.txt"
+exit $status

@@ -1,0 +1,64 @@
+"""GPU checks (``-m gpu``; skipped without CUDA, run by scripts/gpu_check.sh): the same purification on
+CUDA as on the CPU, and bf16 on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import freqpure
+from freqpure import DiffPure, FreqPure, PurifiedClassifier, StepNoise
+from helpers import model_name
+
+pytestmark = pytest.mark.gpu
+
+
+class CpuNoise(StepNoise):
+    """The CPU generator's draws, moved to the device: the same noise on CPU and CUDA."""
+
+    def __call__(self, key: int, like: torch.Tensor) -> torch.Tensor:
+        return super().__call__(key, like.detach().cpu()).to(like.device)
+
+    def child(self, salt: int) -> CpuNoise:
+        return CpuNoise(super().child(salt).seed)
+
+
+def _models(device):
+    eps = freqpure.load_diffusion(model_name("cifar10-ddpm-small"), device=device).eval().requires_grad_(False)
+    clf = freqpure.load_classifier(model_name("cifar10-resnet-small"), device=device).eval().requires_grad_(False)
+    return eps, clf
+
+
+def test_purify_on_cuda_equals_cpu(real_images):
+    x = real_images[:8]
+    out = {}
+    for device in ("cpu", "cuda"):
+        eps, _ = _models(device)
+        with torch.no_grad():
+            out[device] = FreqPure(eps, 3, 3, t_start=100, steps=5)(x.to(device), CpuNoise(3)).cpu()
+    # TF32 may be on for CUDA convolutions: allow its rounding, nothing more
+    torch.testing.assert_close(out["cuda"], out["cpu"], rtol=0, atol=2e-2)
+    assert float((out["cuda"] - out["cpu"]).abs().mean()) < 2e-3
+
+
+def test_bf16_on_cuda_runs_and_keeps_fp32_io(real_images):
+    eps, clf = _models("cuda")
+    x = real_images[:8].cuda()
+    purifier = DiffPure(eps, 100, 5, precision="bf16", checkpoint=True)
+    defended = PurifiedClassifier(clf, purifier, vote="logits", precision="bf16")
+    xi = x.clone().requires_grad_(True)
+    scores = defended(xi, CpuNoise(1))
+    scores.logsumexp(1).sum().backward()
+    assert scores.dtype == torch.float32 and xi.grad.dtype == torch.float32
+    assert torch.isfinite(xi.grad).all() and float(xi.grad.abs().sum()) > 0
+    with torch.no_grad():
+        ref = DiffPure(eps, 100, 5)(x, CpuNoise(1))
+        low = DiffPure(eps, 100, 5, precision="bf16")(x, CpuNoise(1))
+    assert float((low - ref).abs().mean()) < 0.01
+
+
+def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch):
+    from freqpure.runtime import resolve_precision
+
+    monkeypatch.delenv("FREQPURE_PRECISION", raising=False)
+    assert resolve_precision("auto", "cuda") == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
