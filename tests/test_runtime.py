@@ -187,7 +187,7 @@ def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> No
     import yaml
 
     from freqpure.config import dump_yaml, to_dict
-    from freqpure.errors import UsageError as Usage
+    from freqpure.errors import FreqpureError
     from freqpure.evaluation.config import load_eval_config
     from freqpure.evaluation.runner import prepare_run_dir
 
@@ -196,7 +196,7 @@ def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> No
     del old["purifier"]["precision"]  # a config.yaml written before precision existed
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     prepare_run_dir(tmp_path, cfg, resume=True, write=False)  # same run: accepted
-    with pytest.raises(Usage, match="precision"):
+    with pytest.raises(FreqpureError, match="precision"):
         prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=bf16"])),
                         resume=True, write=False)
     assert "precision: fp32" in dump_yaml(cfg)

@@ -148,5 +148,5 @@ def settings_key(cfg: Any) -> str:
     :meth:`Attack.settings` (norm, eps, steps, step size, EOT, gradient, surrogate plan and whether it
     matches, band, restarts, random start, keep, loss, ...), as ``key=value`` joined by ``;`` in a fixed
     order. Two configs with the same key run the same attack; labels and batching do not enter it."""
-    items = get_attack(cfg.name).settings(cfg)
-    return ";".join([f"name={cfg.name}"] + [f"{k}={_fmt(v)}" for k, v in items.items()])
+    items = get_attack(cfg.name).settings(cfg)  # a setting that is None (unused) is left out
+    return ";".join([f"name={cfg.name}"] + [f"{k}={_fmt(v)}" for k, v in items.items() if v is not None])
