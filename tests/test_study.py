@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import model_name
 
 from freqpure.cli.main import main
 from freqpure.config import from_dict
@@ -22,6 +21,7 @@ from freqpure.study import (
     run_study,
 )
 from freqpure.study import _band_masks as band_masks
+from helpers import model_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,8 @@ def test_band_noise_lies_in_its_band_and_passthrough_reads_it():
     assert spec[..., ~masks[0]].max() < 1e-6 * spec[..., masks[0]].max()
     assert torch.allclose(band_passthrough(delta, delta, masks[0]), torch.ones(4, dtype=torch.float64))
     assert torch.allclose(band_passthrough(delta, 0.5 * delta, masks[0]), torch.full((4,), 0.5, dtype=torch.float64))
-    assert torch.allclose(band_passthrough(delta, torch.zeros_like(delta), masks[0]), torch.zeros(4, dtype=torch.float64))
+    zero = band_passthrough(delta, torch.zeros_like(delta), masks[0])
+    assert torch.allclose(zero, torch.zeros(4, dtype=torch.float64))
 
 
 def _study(tmp_path: Path, stages: list[dict]) -> StudyConfig:
