@@ -130,6 +130,7 @@ def test_tiny_evaluate_stage_pairs_runs_with_diffpure(tmp_path):
     assert results["config"]["classifier"]["name"] == study.classifier
     assert "freqpure-official vs diffpure | worst case | 2 |" in text
     assert "(official)" in text  # the table names the variant
+    assert (out / "clean-vs-robust.png").read_bytes()[:4] == b"\x89PNG"
     mtime = (out / "stage2" / "diffpure" / "samples.jsonl").stat().st_mtime_ns
     run_study(study, out, base_dir=REPO / "configs", progress=False)
     assert (out / "stage2" / "diffpure" / "samples.jsonl").stat().st_mtime_ns == mtime

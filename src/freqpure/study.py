@@ -21,6 +21,7 @@ the published checkpoints by changing them.
 Output layout::
 
     OUT/study.md                     every stage's table, in order
+    OUT/clean-vs-robust.png          one point per finished evaluate run (needs matplotlib)
     OUT/STAGE/stage.md, timing.json  one stage
     OUT/STAGE/PART/...               an evaluate run dir, or a clean-stage setting
                                      (config.yaml, samples.jsonl, vote.jsonl, summary.json)
@@ -56,6 +57,9 @@ __all__ = [
     "band_passthrough",
     "run_clean_setting",
     "run_study",
+    "stage_markdown",
+    "clean_vs_robust_points",
+    "clean_vs_robust_plot",
 ]
 
 STAGE_KINDS = ("clean", "evaluate")
@@ -538,6 +542,55 @@ def stage_markdown(stage: StageConfig, folder: Path) -> str:
     return f"## {stage.name}: {stage.title or stage.kind}\n\nPlanned: {planned}. Spent: {spent}.\n\n{body}\n"
 
 
+def clean_vs_robust_points(study: StudyConfig, out: Path) -> list[dict[str, Any]]:
+    """One point per finished evaluate run: ``{"stage", "run", "method", "variant", "clean", "robust"}``
+    (worst-case robust accuracy), read from the runs' ``results.json``."""
+    points = []
+    for stage in study.stages:
+        if stage.kind != "evaluate":
+            continue
+        for r in stage.runs:
+            path = out / stage.name / r.name / "results.json"
+            if not path.is_file():
+                continue
+            res = json.loads(path.read_text())
+            pur = res["config"]["purifier"]
+            points.append({"stage": stage.name, "run": r.name, "method": pur["method"],
+                           "variant": pur.get("variant") or "paper", "clean": res["clean"]["accuracy"],
+                           "robust": res["robust"]["accuracy"]})
+    return points
+
+
+def clean_vs_robust_plot(points: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """PNG scatter of clean vs worst-case robust accuracy, one point per defence/setting (marker = stage,
+    colour = DiffPure / FreqPure paper / FreqPure official). ``None`` when there is no point yet."""
+    if not points:
+        return None
+    from freqpure.plots import _figure
+
+    fig, ax = _figure(7.0, 5.0)
+    colours = {"diffpure": "#1f77b4", "freqpure/paper": "#2ca02c", "freqpure/official": "#d62728"}
+    markers = "osD^v<>"
+    stages = list(dict.fromkeys(p["stage"] for p in points))
+    seen = set()
+    for p in points:
+        key = "diffpure" if p["method"] == "diffpure" else f"{p['method']}/{p['variant']}"
+        label = key if key not in seen else None
+        seen.add(key)
+        ax.scatter(100 * p["clean"], 100 * p["robust"], color=colours.get(key, "#7f7f7f"),
+                   marker=markers[stages.index(p["stage"]) % len(markers)], label=label, s=40)
+        ax.annotate(f"{p['stage'].split('-')[0]}/{p['run']}", (100 * p["clean"], 100 * p["robust"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("worst-case robust accuracy (%)")
+    ax.set_title("clean vs robust accuracy (marker = stage)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
 def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = ".", stages: list[str] | None = None,
               progress: bool = True, execute: bool = True) -> Path:
     """Run (or resume) the stages of ``study`` into ``out``; returns the path of ``study.md``.
@@ -607,5 +660,12 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
     text = [f"# {study.name}", "", f"Models: classifier `{study.classifier}`, diffusion `{study.diffusion}`; "
             f"device {study.device}; seed {study.seed}.", ""]
     text += [stage_markdown(s, out / s.name) for s in study.stages]
+    points = clean_vs_robust_points(study, out)
+    if points:
+        try:
+            clean_vs_robust_plot(points, out / "clean-vs-robust.png")
+            text.append("![clean vs robust](clean-vs-robust.png)\n")
+        except ImportError:  # matplotlib is optional
+            pass
     (out / "study.md").write_text("\n".join(text))
     return out / "study.md"
