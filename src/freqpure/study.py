@@ -638,9 +638,9 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
                         _check_part_dir(part, _clean_state(stage, setting, study))
                         continue
                     classifier, eps_model = shared_models()
+                    worked = True  # count the time of an interrupted part too
                     run_clean_setting(stage, setting, study, part, classifier=classifier, eps_model=eps_model,
                                       device=device, progress=progress)
-                    worked = True
             else:
                 for run in stage.runs:
                     cfg = _eval_config(run, study, base_dir)
@@ -651,8 +651,8 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
                         done = json.loads((part / "results.json").read_text())
                         if not config_diff(to_dict(from_dict(EvalConfig, done["config"])), to_dict(cfg)):
                             continue
-                    evaluate(cfg, part, resume=True, progress=progress)
                     worked = True
+                    evaluate(cfg, part, resume=True, progress=progress)
         finally:
             if worked:
                 _record_time(folder, time.perf_counter() - wall0, time.process_time() - cpu0)
