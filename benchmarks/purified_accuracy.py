@@ -107,8 +107,8 @@ def main() -> None:
 
             correct, per_image = accuracy(predict)
             settings = (f"rounds {cfg.rounds}, {cfg.sampler}" + (
-                f", r_a {cfg.amp_radius:g}, r_p {cfg.phase_radius:g}, delta {cfg.delta:g}, {cfg.mode}, "
-                f"ref {cfg.reference}" if cfg.method == "freqpure" else ""))
+                f", r_a {cfg.amp_radius:g}, r_p {cfg.phase_radius:g}, delta {cfg.delta:g}, {cfg.effective()['mode']}, "
+                f"ref {cfg.effective()['reference']}" if cfg.method == "freqpure" else ""))
             for name in names:
                 lo, hi = wilson(correct[name], args.n)
                 print(f"| {row} | {name} | {settings} | {correct[name] / args.n:.2%} | "

@@ -10,7 +10,7 @@ from freqpure.evaluation import load_eval_config
 from freqpure.models.registry import list_models
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if not p.name.startswith("train_"))
+                 if not p.name.startswith(("train_", "study-")))
 
 
 def test_there_are_evaluation_configs() -> None:

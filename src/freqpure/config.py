@@ -43,6 +43,14 @@ class PurifierConfig:
     ``rounds`` is the plan ``"t_star:steps"`` (comma-separated rounds, ``*k`` repeats), e.g.
     ``"100:20"`` or the official CIFAR-10 v2 plan ``"20:5*5,50:5*5"``. Radii are in
     frequency-index units of the centred spectrum (``null`` disables that edit).
+
+    ``variant`` names a preset: ``paper`` (default; the method as the paper states it) or ``official``
+    (the official code's arithmetic: ``mode: reference``, ``reference: round-denoised``,
+    ``step_rule: official``, ``grid: official``, ``variance: fixed``). The keys ``mode``, ``reference``,
+    ``step_rule``, ``grid`` and ``variance`` are ``null`` by default, meaning "as the variant says"; a
+    key given explicitly overrides the variant (an ablation, e.g. ``variant: official`` with
+    ``step_rule: posterior``). A key equal to its variant's value is stored as ``null`` (one canonical
+    form, so a saved config compares equal however it was written); :meth:`effective` gives the values.
     """
 
     method: str = "freqpure"
@@ -52,8 +60,12 @@ class PurifierConfig:
     amp_radius: float | None = 10.0
     phase_radius: float | None = 10.0
     delta: float = 0.3
-    mode: str = "paper"
-    reference: str = "input"
+    mode: str | None = None
+    variant: str = "paper"
+    step_rule: str | None = None
+    grid: str | None = None
+    variance: str | None = None
+    reference: str | None = None
     reference_t: int = 50
     recompute_reference: bool = False
     clip_x0: bool = False
@@ -64,8 +76,7 @@ class PurifierConfig:
     def __post_init__(self) -> None:
         if self.method not in ("freqpure", "diffpure", "none"):
             raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
-        for key, allowed in (("sampler", ("ddpm", "ddim", "sde")), ("mode", ("paper", "reference")),
-                             ("reference", ("input", "denoised"))):
+        for key, allowed in (("sampler", ("ddpm", "ddim", "sde")),):  # variant keys: checked by effective()
             if getattr(self, key) not in allowed:
                 raise UsageError(f"purifier.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         for key in ("amp_radius", "phase_radius", "delta"):
@@ -88,6 +99,26 @@ class PurifierConfig:
                 raise UsageError(f"purifier.rounds: {err}{hint}") from None
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"purifier.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        from freqpure.purifiers import VARIANTS
+
+        if self.variant not in VARIANTS:
+            raise UsageError(f"purifier.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        try:
+            effective = self.effective()
+        except UsageError as err:
+            raise UsageError(f"purifier: {err}") from None
+        for key in _VARIANT_KEYS:  # canonical form: null = as the variant says
+            if effective[key] == VARIANTS[self.variant][key]:
+                setattr(self, key, None)
+
+    def effective(self) -> dict[str, str]:
+        """The values of the variant's keys after the preset and the explicit overrides."""
+        from freqpure.purifiers import resolve_variant
+
+        return resolve_variant(self.variant, **{k: getattr(self, k) for k in _VARIANT_KEYS})
+
+
+_VARIANT_KEYS = ("mode", "reference", "step_rule", "grid", "variance")
 
 
 def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
@@ -105,7 +136,8 @@ def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0,
 
         eps_model = load_diffusion(cfg.diffusion, device=device)
     common = dict(rounds=cfg.rounds, sampler=cfg.sampler, clip_x0=cfg.clip_x0, seed=seed, checkpoint=checkpoint,
-                  precision=cfg.precision)
+                  precision=cfg.precision,
+                  variant=cfg.variant, step_rule=cfg.step_rule, grid=cfg.grid, variance=cfg.variance)
     if cfg.method == "diffpure":
         return DiffPure(eps_model, **common)
     return FreqPure(

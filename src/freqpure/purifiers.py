@@ -24,13 +24,53 @@ from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
 from freqpure.runtime import resolve_precision, run_in_precision
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
-from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds
+from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds, round_timesteps
 from freqpure.spectral import check_radius, freq_exchange
 
-__all__ = ["Purifier", "DiffPure", "FreqPure", "PurifiedClassifier", "combine_draws", "Sampler", "Reference"]
+__all__ = [
+    "Purifier",
+    "DiffPure",
+    "FreqPure",
+    "PurifiedClassifier",
+    "combine_draws",
+    "Sampler",
+    "Reference",
+    "Variant",
+    "VARIANTS",
+    "resolve_variant",
+]
 
 Sampler = Literal["ddpm", "ddim", "sde"]
-Reference = Literal["input", "denoised"]
+Reference = Literal["input", "denoised", "round-denoised"]
+Variant = Literal["paper", "official"]
+
+# The named presets. "paper": the method as the paper states it (freqpure's default). "official": the
+# arithmetic of the official FreqPure code (purification.py / ddp_test.py), like for like.
+VARIANTS: dict[str, dict[str, str]] = {
+    "paper": {"mode": "paper", "reference": "input", "step_rule": "posterior", "grid": "respaced",
+              "variance": "learned"},
+    "official": {"mode": "reference", "reference": "round-denoised", "step_rule": "official", "grid": "official",
+                 "variance": "fixed"},
+}
+_CHOICES = {"mode": ("paper", "reference"), "reference": ("input", "denoised", "round-denoised"),
+            "step_rule": ("posterior", "official"), "grid": ("respaced", "official"), "variance": ("learned", "fixed")}
+
+
+def resolve_variant(variant: str, **keys: str | None) -> dict[str, str]:
+    """The effective settings of ``variant`` with the explicitly given ``keys`` (not ``None``) overriding it.
+
+    Precedence: an explicit key wins over the preset (a documented override, e.g. ``variant="official",
+    step_rule="posterior"`` for an ablation); ``None`` means "as the variant says". Only the keys passed
+    are returned. Unknown variants or values raise :class:`UsageError`.
+    """
+    if variant not in VARIANTS:
+        raise UsageError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    out = {}
+    for key, value in keys.items():
+        if value is not None and value not in _CHOICES[key]:
+            raise UsageError(f"{key} must be {' or '.join(map(repr, _CHOICES[key]))}, got {value!r}")
+        out[key] = VARIANTS[variant][key] if value is None else value
+    return out
 
 _ROUND_KEY = 100_000  # noise keys: round r uses keys r * _ROUND_KEY + ...
 _FORWARD_KEY = 90_000  # ... + _FORWARD_KEY for the forward noising of that round
@@ -96,6 +136,15 @@ class Purifier(nn.Module):
             hardware has fast bf16, see :func:`freqpure.runtime.resolve_precision`) for the ε-model calls
             only; images, the sampler arithmetic, the frequency exchange and input gradients stay fp32.
 
+        variant: ``"paper"`` (default) or ``"official"``: the preset that fills ``step_rule``, ``grid``,
+            ``variance`` (and, in :class:`FreqPure`, ``mode`` and ``reference``) when they are ``None``.
+        step_rule: ``"posterior"`` (ε re-derived from the edited x0) or ``"official"`` (the model's own ε
+            kept; :func:`freqpure.samplers.official_step`). ``None``: as the variant says.
+        grid: ``"respaced"`` (t* − 1 … 0) or ``"official"`` (t*/n − 1, …, t* − 1, last step to ᾱ = 1; needs
+            steps to divide t*). ``None``: as the variant says.
+        variance: ``"learned"`` (use a model's learned-variance channels) or ``"fixed"`` (posterior
+            variance, as the official code does on ImageNet). ``None``: as the variant says.
+
     A purifier is stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`):
     every random draw comes from the ``noise`` passed to :meth:`forward`.
     """
@@ -114,6 +163,10 @@ class Purifier(nn.Module):
         checkpoint: bool = False,
         seed: int = 0,
         precision: str = "fp32",
+        variant: Variant = "paper",
+        step_rule: str | None = None,
+        grid: str | None = None,
+        variance: str | None = None,
     ) -> None:
         super().__init__()
         resolve_precision(precision)  # refuse a bad name here
@@ -122,8 +175,20 @@ class Purifier(nn.Module):
         if not callable(eps_model):
             raise UsageError(f"eps_model must be a callable eps_model(x_t, t), got {type(eps_model).__name__}")
         seed = _check_int(seed, "seed", 0, SEED_MAX)
+        settings = resolve_variant(variant, step_rule=step_rule, grid=grid, variance=variance)
+        if sampler == "sde" and (settings["step_rule"] != "posterior" or settings["grid"] != "respaced"):
+            raise UsageError(f"sampler 'sde' has no discrete grid or official step: variant={variant!r} needs "
+                             f"sampler 'ddpm' or 'ddim' (step_rule={settings['step_rule']!r}, "
+                             f"grid={settings['grid']!r})")
+        if settings["step_rule"] == "official" and variance == "learned":
+            raise UsageError("variance 'learned' needs step_rule 'posterior': the official step uses the fixed "
+                             "posterior variance")
+        self.variant = variant
+        self.step_rule = settings["step_rule"]
+        self.grid = settings["grid"]
+        self.variance = settings["variance"]
         self.eps_model = eps_model
-        self.rounds = parse_rounds(rounds)
+        self.rounds = self._checked_rounds(rounds)
         self.sampler = sampler
         self.schedule = schedule or LinearBetaSchedule()
         for r in self.rounds:
@@ -140,6 +205,13 @@ class Purifier(nn.Module):
     def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
         """The ε-model call in this purifier's ``precision`` (fp32 in and out)."""
         return run_in_precision(self.eps_model, self.precision, x_t, t)
+
+    def _checked_rounds(self, rounds: str | Sequence[PurificationRound]) -> list[PurificationRound]:
+        """Parse a plan and check that every round fits this purifier's grid."""
+        parsed = parse_rounds(rounds)
+        for rnd in parsed:
+            round_timesteps(rnd, self.grid)
+        return parsed
 
     # -- hooks for subclasses -----------------------------------------------------------------
     def make_x0_hook(self, x_round: Tensor, x_input: Tensor, noise: StepNoise) -> X0Hook | None:
@@ -175,7 +247,8 @@ class Purifier(nn.Module):
         return (x_diff + 1) / 2
 
     def timesteps(self, rnd: PurificationRound) -> list[int]:
-        return rnd.timesteps()
+        """The round's decreasing step indices on this purifier's grid."""
+        return round_timesteps(rnd, self.grid)
 
     def _run_round(self, x: Tensor, rnd: PurificationRound, noise: StepNoise, hook: X0Hook | None) -> Tensor:
         z = noise(_FORWARD_KEY, x)
@@ -198,19 +271,22 @@ class Purifier(nn.Module):
             x0_hook=hook,
             clip_x0=self.clip_x0,
             checkpoint=self.checkpoint,
+            step_rule=self.step_rule,
+            variance=self.variance,
         )
 
     def with_rounds(self, rounds: str | Sequence[PurificationRound]) -> Purifier:
         """A shallow copy with another purification plan (same model and settings): used for surrogates."""
         clone = copy.copy(self)
-        clone.rounds = parse_rounds(rounds)
+        clone.rounds = self._checked_rounds(rounds)
         check_step_range(self.eps_model, [r.t_star for r in clone.rounds])
         clone._seeds = torch.Generator().manual_seed(self.seed)
         return clone
 
     def extra_repr(self) -> str:
         plan = ",".join(f"{r.t_star}:{r.steps}" for r in self.rounds)
-        return f"rounds={plan}, sampler={self.sampler}, seed={self.seed}, precision={self.precision}"
+        return (f"rounds={plan}, sampler={self.sampler}, seed={self.seed}, precision={self.precision}, "
+                f"variant={self.variant}, step_rule={self.step_rule}, grid={self.grid}, variance={self.variance}")
 
     def __repr__(self) -> str:  # one line of settings, not the whole UNet
         model = getattr(self.eps_model, "name", None) or type(self.eps_model).__name__
@@ -249,13 +325,16 @@ class FreqPure(Purifier):
         delta: PSP half-width in radians.
         t_start: noise level t* in diffusion steps (1..1000) of a single-round plan.
         steps: denoising steps of a single-round plan.
-        reference: ``"input"`` — the image being purified (the paper); ``"denoised"`` — the input
-            noised to ``reference_t`` and denoised by one model call (the official code; in multi-round
-            plans its input is the previous round's output).
-        reference_t: step index of the ``"denoised"`` reference (official code: 50 or 20).
-        recompute_reference: redraw the ``"denoised"`` reference at every step, as the official code
-            does (one extra model call per step); by default it is computed once per round.
-        mode: ``"paper"`` or ``"reference"`` arithmetic (see :func:`freqpure.spectral.freq_exchange`).
+        reference: ``"input"`` — the image being purified (the paper); ``"denoised"`` — the round's
+            input (the previous round's output in multi-round plans) noised to ``reference_t`` and
+            denoised by one model call, computed once per round; ``"round-denoised"`` — the same, redrawn
+            with fresh noise at every step (the official code: two model calls per step). ``None``: as
+            the variant says.
+        reference_t: step index of the denoised references (official code: 50).
+        recompute_reference: with ``reference="denoised"``, redraw it at every step (then equal to
+            ``"round-denoised"``).
+        mode: ``"paper"`` or ``"reference"`` arithmetic (see :func:`freqpure.spectral.freq_exchange`);
+            ``None``: as the variant says.
         rounds: multi-round plan, e.g. ``"20:5*5,50:5*5"``; overrides ``t_start``/``steps``.
         **kwargs: :class:`Purifier` options (``sampler``, ``seed``, ``checkpoint``, ...).
     """
@@ -269,10 +348,10 @@ class FreqPure(Purifier):
         t_start: int = 100,
         steps: int = 20,
         *,
-        reference: Reference = "input",
+        reference: Reference | None = None,
         reference_t: int = 50,
         recompute_reference: bool = False,
-        mode: Literal["paper", "reference"] = "paper",
+        mode: Literal["paper", "reference"] | None = None,
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
@@ -285,10 +364,8 @@ class FreqPure(Purifier):
         reference_t = _check_int(reference_t, "reference_t")
         if not isinstance(recompute_reference, bool):
             raise UsageError(f"recompute_reference must be True or False, got {recompute_reference!r}")
-        if reference not in ("input", "denoised"):
-            raise UsageError(f"reference must be 'input' or 'denoised', got {reference!r}")
-        if mode not in ("paper", "reference"):
-            raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
+        settings = resolve_variant(self.variant, mode=mode, reference=reference)
+        mode, reference = settings["mode"], settings["reference"]
         if not (delta >= 0 and math.isfinite(delta)):
             raise UsageError(f"delta must be a finite number >= 0 (radians), got {delta}")
         if not 0 <= reference_t < self.schedule.num_steps:
@@ -329,7 +406,7 @@ class FreqPure(Purifier):
 
         if self.reference == "input":
             return lambda x0, t: exchange(x0, x_input)
-        if self.recompute_reference:
+        if self.reference == "round-denoised" or self.recompute_reference:
             # Key the draw by the step index so that checkpoint replays redraw the same reference.
             return lambda x0, t: exchange(x0, self.denoised_reference(x_round, noise(_REFERENCE_KEY + t, x_round)))
         ref = self.denoised_reference(x_round, noise(_REFERENCE_KEY, x_round))

@@ -46,6 +46,9 @@ __all__ = [
     "eps_from_x0",
     "add_noise",
     "reverse_step",
+    "official_step",
+    "STEP_RULES",
+    "VARIANCES",
     "sample_ddpm",
     "sample_ddim",
     "sample_vpsde_euler",
@@ -298,6 +301,32 @@ def reverse_step(
     return x_s
 
 
+def official_step(
+    x0: Tensor, eps: Tensor, alpha_bar_t: float, alpha_bar_s: float, eta: float, noise: Tensor | None
+) -> Tensor:
+    """The official FreqPure step from level t to s: ``sqrt(ᾱ_s)·x0 + c1·z + c2·ε`` with the model's own ε.
+
+    ``c1 = η·sqrt((1 − ᾱ_t/ᾱ_s)(1 − ᾱ_s)/(1 − ᾱ_t))``, ``c2 = sqrt(1 − ᾱ_s − c1²)`` (η = 1 DDPM, 0 DDIM),
+    fixed posterior variance. Unlike the posterior step (:func:`sample_ddpm`'s default), ε is *not*
+    re-derived from an edited ``x0``: the edit moves only the ``sqrt(ᾱ_s)·x0`` term. ``alpha_bar_s = 1``
+    (the final step) returns ``x0``. Shapes ``[B, C, H, W]``, diffusion space.
+    """
+    if alpha_bar_s >= 1.0:
+        return x0
+    c1 = eta * math.sqrt((1 - alpha_bar_t / alpha_bar_s) * (1 - alpha_bar_s) / (1 - alpha_bar_t))
+    c2 = math.sqrt(max((1 - alpha_bar_s) - c1 * c1, 0.0))
+    x_s = math.sqrt(alpha_bar_s) * x0
+    if c1 > 0:
+        if noise is None:
+            raise UsageError("a stochastic step (eta > 0) needs noise")
+        x_s = x_s + c1 * noise
+    return x_s + c2 * eps
+
+
+STEP_RULES = ("posterior", "official")
+VARIANCES = ("learned", "fixed")
+
+
 def _time_tensor(t: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(t), device=x.device, dtype=torch.float32)
 
@@ -313,6 +342,8 @@ def sample_ddpm(
     x0_hook: X0Hook | None = None,
     clip_x0: bool = False,
     checkpoint: bool = False,
+    step_rule: str = "posterior",
+    variance: str = "learned",
 ) -> Tensor:
     """Run the reverse chain from ``x`` (at step index ``timesteps[0]``) down to a clean sample.
 
@@ -327,12 +358,22 @@ def sample_ddpm(
         clip_x0: clamp the x0 estimate to [-1, 1] before the hook (guided-diffusion's
             ``clip_denoised``); off by default, as a clamp zeroes gradients outside the range.
         checkpoint: gradient checkpointing per step (flat memory in the number of steps).
+        step_rule: ``"posterior"`` — after the hook, ε is re-derived from the edited x0 and the step is
+            the generalised DDIM/DDPM step (:func:`reverse_step`); ``"official"`` — the official FreqPure
+            step (:func:`official_step`): the model's original ε is kept, fixed variance (learned-variance
+            channels are ignored whatever ``variance`` says).
+        variance: ``"learned"`` — use a model's learned-variance channels when it has them (DDPM,
+            posterior rule); ``"fixed"`` — ignore them (the posterior variance β̃, as the official code).
 
     Returns:
         ``[B, C, H, W]`` sample at level 0 (the final x0 estimate), diffusion space.
     """
     schedule = schedule or LinearBetaSchedule()
     ts = validate_timesteps(timesteps, schedule.num_steps)
+    if step_rule not in STEP_RULES:
+        raise UsageError(f"step_rule must be one of {', '.join(STEP_RULES)}, got {step_rule!r}")
+    if variance not in VARIANCES:
+        raise UsageError(f"variance must be one of {', '.join(VARIANCES)}, got {variance!r}")
     if eta > 0 and noise is None:
         raise UsageError("sample_ddpm with eta > 0 needs a noise source (e.g. StepNoise(seed))")
     alpha_bars = schedule.alpha_bar(ts + [-1]).tolist()
@@ -342,8 +383,18 @@ def sample_ddpm(
         t = ts[i]
         out = eps_model(x_t, _time_tensor(t, x_t))
         eps, var_values = split_model_output(out, channels)
-        alpha_bar_t = torch.tensor(alpha_bars[i])
+        if variance == "fixed":
+            var_values = None
+        alpha_bar_t = torch.tensor(alpha_bars[i], dtype=torch.float64)  # float64: exact in float64 runs
         x0 = predict_x0(x_t, eps, alpha_bar_t)
+        if step_rule == "official":
+            if clip_x0:
+                x0 = x0.clamp(-1, 1)
+            if x0_hook is not None:
+                x0 = x0_hook(x0, t)
+            last = alpha_bars[i + 1] >= 1.0
+            z = noise(i, x_t) if (noise is not None and eta > 0 and not last) else None
+            return official_step(x0, eps, alpha_bars[i], alpha_bars[i + 1], eta, z)
         if clip_x0 or x0_hook is not None:
             if clip_x0:
                 x0 = x0.clamp(-1, 1)

@@ -27,8 +27,13 @@ __all__ = [
     "PurificationRound",
     "parse_rounds",
     "respaced_timesteps",
+    "official_timesteps",
+    "round_timesteps",
+    "GRIDS",
     "validate_timesteps",
 ]
+
+GRIDS = ("respaced", "official")
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,35 @@ def respaced_timesteps(t_star: int, steps: int) -> list[int]:
         return [t_star - 1]
     stride = (t_star - 1) / (steps - 1)
     return sorted({round(i * stride) for i in range(steps)}, reverse=True)
+
+
+def official_timesteps(t_star: int, steps: int) -> list[int]:
+    """The official FreqPure code's grid for ``t_star:steps``: ``t*/n − 1, 2t*/n − 1, …, t* − 1``, decreasing.
+
+    The last step goes from ``t*/n − 1`` to the clean image (ᾱ = 1) instead of ending at step 0. It needs
+    ``steps`` to divide ``t_star`` (the official code uses ``t* // n`` as stride and would otherwise run
+    more steps than asked, from a level below the one it noised to).
+
+    >>> official_timesteps(20, 5)
+    [19, 15, 11, 7, 3]
+    """
+    if steps < 1 or steps > t_star:
+        raise UsageError(f"steps must be in 1..t_star={t_star}, got {steps}")
+    if t_star % steps:
+        raise UsageError(f"grid 'official' needs steps to divide t_star (the official t*/n grid); got "
+                         f"{t_star}:{steps}. Use grid 'respaced' or a divisible plan such as {t_star}:"
+                         f"{max(d for d in range(1, steps + 1) if t_star % d == 0)}")
+    stride = t_star // steps
+    return [k * stride - 1 for k in range(steps, 0, -1)]
+
+
+def round_timesteps(rnd: PurificationRound, grid: str = "respaced") -> list[int]:
+    """Decreasing step indices of one round on ``grid``: ``"respaced"`` (t* − 1 … 0) or ``"official"``."""
+    if grid == "respaced":
+        return respaced_timesteps(rnd.t_star, rnd.steps)
+    if grid == "official":
+        return official_timesteps(rnd.t_star, rnd.steps)
+    raise UsageError(f"grid must be one of {', '.join(GRIDS)}, got {grid!r}")
 
 
 def validate_timesteps(timesteps: Sequence[int], num_steps: int = 1000) -> list[int]:

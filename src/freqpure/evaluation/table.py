@@ -43,13 +43,23 @@ def defence_settings(results: Results) -> str:
         return "none (classifier only)"
     text = f"{'FreqPure' if method == 'freqpure' else 'DiffPure'} {p['rounds']} {p['sampler']}"
     if method == "freqpure":
-        text += f", r_a={p['amp_radius']:g} r_p={p['phase_radius']:g} δ={p['delta']:g} ({p['mode']})"
+        text += f", r_a={p['amp_radius']:g} r_p={p['phase_radius']:g} δ={p['delta']:g} ({_variant_text(p)})"
     return text + f", {d['vote']} vote of {d['ensemble']}"
 
 
 def _step_size(attack: dict[str, Any]) -> float:
     step = attack.get("step_size")
     return default_step_size(attack["norm"], attack["eps"], attack["steps"]) if step is None else float(step)
+
+
+def _variant_text(p: dict[str, Any]) -> str:
+    """``paper``, ``official`` or ``official, step_rule=posterior`` (explicit overrides of the variant)."""
+    from freqpure.purifiers import VARIANTS
+
+    variant = p.get("variant") or "paper"
+    preset = VARIANTS.get(variant, {})
+    extras = [f"{k}={p[k]}" for k in preset if p.get(k) not in (None, preset[k])]
+    return ", ".join([variant, *extras])
 
 
 def attack_settings(attack: dict[str, Any]) -> str:
