@@ -9,12 +9,15 @@ import pytest
 from freqpure.evaluation import load_eval_config
 from freqpure.models.registry import list_models
 
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")
-                 if not p.name.startswith(("train_", "study-")))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Evaluation configs: the top level (train_*.yaml and the study's own study-*.yaml aside) and the study's
+# per-stage evaluation configs in configs/study/.
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith(("train_", "study-")))
+CONFIGS += sorted((CONFIG_DIR / "study").glob("*.yaml"))
 
 
 def test_there_are_evaluation_configs() -> None:
-    names = {p.stem for p in CONFIGS}
+    names = {p.stem for p in CONFIGS if p.parent == CONFIG_DIR}
     for defence in ("none", "diffpure", "freqpure"):
         for attack in ("pgd-linf", "pgd-l2", "autoattack-rand", "bpda"):
             for variant in ("published", "bundled"):

@@ -1,8 +1,9 @@
 """Every evaluation config in configs/ runs end to end, at a tiny size, with stand-in models.
 
-Each file found in configs/ at run time (train_*.yaml aside: see test_training.py) goes through
-``freqpure evaluate`` exactly as a user runs it, shrunk with ``--set`` only: n = 2, 1 attack step, EOT 1,
-one reverse step per distinct noise level of the purification plan, ensembles of at most 2. Bundled
+Each evaluation file found in configs/ and configs/study/ at run time (train_*.yaml and the study plan
+study-*.yaml aside: see test_training.py and test_study.py) goes through ``freqpure evaluate`` exactly
+as a user runs it, shrunk with ``--set`` only: n = 2, 1 attack step, EOT 1, one reverse step per distinct
+noise level of the purification plan, ensembles of at most 2. Bundled
 models run as they are; a published checkpoint is replaced by a stand-in (its architecture, reduced,
 with random weights; see freqpure.models.standins) in a folder that $FREQPURE_CHECKPOINTS points to,
 so the registry loads it through the same path, wrapper and preprocessing as the real file. The
@@ -31,7 +32,8 @@ from freqpure.schedules import parse_rounds
 pytestmark = pytest.mark.slow  # 5-40 s per config on one CPU thread
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("train_"))
+CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith(("train_", "study-")))
+CONFIGS += sorted((CONFIG_DIR / "study").glob("*.yaml"))  # the study's per-stage evaluation configs
 
 
 def tiny_overrides(cfg: EvalConfig) -> list[str]:

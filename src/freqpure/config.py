@@ -170,6 +170,9 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if is_dataclass(annotation):
@@ -204,6 +207,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise UsageError(f"{where} must be an integer, got {value!r}")
         return int(value)
     if annotation is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 4e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"{where} must be a number, got {value!r}")
         return float(value)

@@ -358,10 +358,20 @@ def _interval(ci: tuple[float, float]) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _purifier_settings(p: dict[str, Any]) -> dict[str, Any]:
+    """The purifier section with the variant's keys (mode, reference, step rule, grid, variance) filled in:
+    a saved config keeps them ``null`` when they are as its variant says."""
+    from freqpure.config import PurifierConfig, from_dict
+
+    if p.get("method") == "none":
+        return p
+    return {**p, "variant": p.get("variant") or "paper", **from_dict(PurifierConfig, p, "purifier").effective()}
+
+
 def defence_in_words(results: Results) -> str:
     """The defence as a sentence fragment, e.g. ``DiffPure with cifar10-ddpm-small, plan 100:5 (...)``."""
     cfg = results.config
-    p, d = cfg["purifier"], cfg["defence"]
+    p, d = _purifier_settings(cfg["purifier"]), cfg["defence"]
     if p["method"] == "none":
         return f"the classifier {cfg['classifier']['name']} alone, attacked directly"
     t_star, _, steps = str(p["rounds"]).partition(":")
@@ -370,14 +380,15 @@ def defence_in_words(results: Results) -> str:
             f"then {steps or '?'} {p['sampler'].upper()} denoising steps (plan {p['rounds']})")
     if p["method"] == "freqpure":
         text += (f", keeping the input's amplitude within radius {p['amp_radius']:g} and its phase within "
-                 f"radius {p['phase_radius']:g} (δ = {p['delta']:g}, {p['mode']} mode)")
+                 f"radius {p['phase_radius']:g} (δ = {p['delta']:g}, {p['variant']} variant: {p['mode']} arithmetic, "
+                 f"reference = {p['reference']})")
     return text + (f"; the classifier {cfg['classifier']['name']} decides by {d['vote']} vote over "
                    f"{d['ensemble']} purification(s) per image")
 
 
 def _purifier_facts(results: Results) -> list[tuple[str, str]]:
     cfg = results.config
-    p, d = cfg["purifier"], cfg["defence"]
+    p, d = _purifier_settings(cfg["purifier"]), cfg["defence"]
     facts = [("classifier", cfg["classifier"]["name"])]
     if p["method"] == "none":
         return facts + [("purifier", "none: the attack and the judgement see the bare classifier")]
@@ -386,7 +397,8 @@ def _purifier_facts(results: Results) -> list[tuple[str, str]]:
     if p["method"] == "freqpure":
         facts += [("amplitude kept within radius", f"{p['amp_radius']:g}"),
                   ("phase kept within radius", f"{p['phase_radius']:g}, projected to within δ = {p['delta']:g}"),
-                  ("mode / reference", f"{p['mode']} / {p['reference']}")]
+                  ("variant", f"{p['variant']}: {p['mode']} arithmetic, reference = {p['reference']}, "
+                              f"step rule {p['step_rule']}, grid {p['grid']}")]
     facts.append(("decision", f"{d['vote']} vote over {d['ensemble']} purification(s) per image"))
     if d.get("purify_size"):
         facts.append(("purified at", f"{d['purify_size']} px"))

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from freqpure.config import PurifierConfig, build_purifier, config_diff, dump_yaml, from_dict, to_dict
 from freqpure.errors import UsageError
-from freqpure.evaluation.results import accuracy, write_json
+from freqpure.evaluation.results import Accuracy, Results, accuracy, read_results, write_json
 from freqpure.evaluation.store import SampleStore
 from freqpure.samplers import StepNoise
 
@@ -403,11 +403,14 @@ def _outcomes_eval(folder: Path) -> dict[str, dict[int, bool]]:
     return out
 
 
-def _pct(entry: dict[str, Any] | None) -> str:
-    if not entry or not entry.get("n"):
+def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
+    """``85.0 [81.2, 88.1]`` from an :class:`~freqpure.evaluation.results.Accuracy` (or its dict form)."""
+    if isinstance(entry, dict):
+        entry = Accuracy.from_dict(entry) if entry.get("n") else None
+    if entry is None or not entry.n:
         return "—"
-    lo, hi = entry["ci95"]
-    return f"{100 * entry['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = entry.ci95
+    return f"{100 * entry.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def _ptext(p: dict[str, Any] | None) -> str:
@@ -485,14 +488,13 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
 def _eval_table(stage: StageConfig, folder: Path) -> str:
     from freqpure.evaluation.table import defence_settings
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Results] = {}
     for r in stage.runs:
-        path = folder / r.name / "results.json"
-        if path.is_file():
-            results[r.name] = json.loads(path.read_text())
+        if (folder / r.name / "results.json").is_file():
+            results[r.name] = read_results(folder / r.name)
     columns: list[str] = []
     for res in results.values():
-        columns += [c for c in res["per_attack"] if c not in columns]
+        columns += [c for c in res.per_attack if c not in columns]
     head = ["run", "defence", "n", "clean"] + [f"`{c}`" for c in columns] + ["worst case", "vs paired DiffPure, worst "
                                                                               "case (b/c, McNemar)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -510,9 +512,9 @@ def _eval_table(stage: StageConfig, folder: Path) -> str:
                 if metric in base:
                     p = _paired(mine[metric], base[metric])
                     paired_lines.append(f"| {r.name} vs {r.compare_to} | {metric} | {p['n']} | {_ptext(p)} |")
-        cells = [r.name, defence_settings(res), str(res["n"]), _pct(res["clean"])]
-        cells += [_pct(res["per_attack"].get(c)) for c in columns]
-        cells += [_pct(res["robust"]), _ptext(pair)]
+        cells = [r.name, defence_settings(res), str(res.n), _pct(res.clean)]
+        cells += [_pct(res.per_attack.get(c)) for c in columns]
+        cells += [_pct(res.robust), _ptext(pair)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % [95% Wilson interval]; worst case = correct on the clean image and under every "
               "attack of the run. b/c = images this run gets right and its DiffPure run wrong / the reverse (same "
@@ -525,8 +527,7 @@ def _eval_table(stage: StageConfig, folder: Path) -> str:
             continue
         from freqpure.evaluation.table import attack_settings
 
-        lines.append(f"- **{r.name}**: " + "; ".join(f"`{lab}`: {attack_settings(a)}" for lab, a in
-                                                     zip(res["per_attack"], res["config"]["attacks"])))
+        lines.append(f"- **{r.name}**: " + "; ".join(f"`{lab}`: {attack_settings(a)}" for lab, a in res.attacks()))
     return "\n".join(lines)
 
 
@@ -550,14 +551,13 @@ def clean_vs_robust_points(study: StudyConfig, out: Path) -> list[dict[str, Any]
         if stage.kind != "evaluate":
             continue
         for r in stage.runs:
-            path = out / stage.name / r.name / "results.json"
-            if not path.is_file():
+            if not (out / stage.name / r.name / "results.json").is_file():
                 continue
-            res = json.loads(path.read_text())
-            pur = res["config"]["purifier"]
+            res = read_results(out / stage.name / r.name)
+            pur = res.config["purifier"]
             points.append({"stage": stage.name, "run": r.name, "method": pur["method"],
-                           "variant": pur.get("variant") or "paper", "clean": res["clean"]["accuracy"],
-                           "robust": res["robust"]["accuracy"]})
+                           "variant": pur.get("variant") or "paper", "clean": res.clean.accuracy,
+                           "robust": res.robust.accuracy})
     return points
 
 

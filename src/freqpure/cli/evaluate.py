@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from freqpure.cli.common import add_precision_arg
+from freqpure.cli.common import add_config_args, add_precision_arg, add_runtime_args, apply_runtime_args
 
 __all__ = ["register", "run"]
 
@@ -28,15 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="YAML config (see configs/); default: the built-in defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set data.n=32 --set attacks.0.eps=4/255 (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="run directory for the results")
+    add_config_args(p, "the evaluation")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory for the results")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same config required)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: $FREQPURE_THREADS, else the project's thread policy)")
+    p.add_argument("--diffusion", metavar="NAME|PATH", help="diffusion model (= --set purifier.diffusion=...)")
+    p.add_argument("--classifier", metavar="NAME|PATH", help="classifier (= --set classifier.name=...)")
+    p.add_argument("--data-dir", metavar="DIR", help="data folder (= --set data.data_dir=...)")
+    add_runtime_args(p)
     add_precision_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
@@ -46,18 +45,24 @@ def run(args: argparse.Namespace) -> int:
     from freqpure.errors import UsageError
     from freqpure.evaluation.config import load_eval_config
     from freqpure.evaluation.runner import evaluate
-    from freqpure.runtime import configure_threads
 
     overrides = list(args.overrides)
-    if args.precision is not None:  # --precision is purifier.precision (ε-model and classifier)
-        if any(item.partition("=")[0].strip() == "purifier.precision" for item in overrides):
-            raise UsageError("purifier.precision given both by --set and by --precision; give it once")
-        overrides.append(f"purifier.precision={args.precision}")
+    given = {item.partition("=")[0].strip() for item in overrides}
+    flags = {"purifier.precision": ("--precision", args.precision),
+             "purifier.diffusion": ("--diffusion", args.diffusion),
+             "classifier.name": ("--classifier", args.classifier), "data.data_dir": ("--data-dir", args.data_dir),
+             "device": ("--device", None if args.device == "auto" else args.device), "seed": ("--seed", args.seed)}
+    for key, (flag, value) in flags.items():  # each flag is a named shortcut for one config key
+        if value is None:
+            continue
+        if key in given:
+            raise UsageError(f"{key} given both by --set and by {flag}; give it once")
+        overrides.append(f"{key}={value}")
     cfg = load_eval_config(args.config, overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
-    configure_threads(args.threads)
+    apply_runtime_args(args)
     results = evaluate(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if results is not None:
         print((args.out / "results.md").read_text())

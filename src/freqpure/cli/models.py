@@ -60,6 +60,11 @@ def model_rows(kind: str | None = None) -> list[dict[str, Any]]:
         info = model_info(name)
         if info.get("bundled"):
             path = WEIGHTS_DIR / info["file"]
+            if not path.is_file():  # a bundled entry whose weights this install lacks (still training, say)
+                rows.append({"name": name, "kind": info["kind"], "params": None, "size": None,
+                             "size_estimated": False, "available": False,
+                             "where": f"weights not in this install ({path.name}): see docs/models.md"})
+                continue
             rows.append({"name": name, "kind": info["kind"], "params": _bundled_params(name, info["kind"]),
                          "size": path.stat().st_size, "size_estimated": False, "available": True,
                          "where": "bundled with freqpure"})
