@@ -130,3 +130,21 @@ def tiny_demo(tmp_path_factory, shared_dir: Path) -> tuple[Path, list[str], str]
     with one_thread(), contextlib.redirect_stdout(printed):
         assert main(args) == 0
     return out, args, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """The bundled plain classifier (eval mode, frozen); a test module may define its own ``classifier``."""
+    import freqpure
+    from helpers import model_name
+
+    return freqpure.load_classifier(model_name("cifar10-resnet-small")).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def eps_model():
+    """The bundled ε-model (eval mode, frozen); a test module may define its own ``eps_model``."""
+    import freqpure
+    from helpers import model_name
+
+    return freqpure.load_diffusion(model_name("cifar10-ddpm-small")).eval().requires_grad_(False)

@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-import freqpure
 from freqpure import DiffPure, FreqPure, PurifiedClassifier, StepNoise
 from freqpure.attacks import EOTGradient, StochasticModel, attack_purifier
 from freqpure.attacks.band import band_constrain, band_project, out_of_band_fraction
@@ -39,16 +38,6 @@ EPS = 8 / 255
 def _single_thread():
     with one_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def classifier() -> nn.Module:
-    return freqpure.load_classifier(model_name("cifar10-resnet-small")).eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def eps_model() -> nn.Module:
-    return freqpure.load_diffusion(model_name("cifar10-ddpm-small")).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import freqpure
 from freqpure import DiffPure, FreqPure, StepNoise
 from freqpure.attacks import (
     AttackModel,
@@ -25,7 +24,7 @@ from freqpure.attacks import (
 from freqpure.attacks.adjoint import AdjointSDEPurifier
 from freqpure.data import eval_subset
 from freqpure.models.adapters import EpsModel
-from helpers import model_name, one_thread
+from helpers import one_thread
 
 pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library itself
 
@@ -37,16 +36,6 @@ def _single_thread():
     """One torch thread: on a busy 2-core machine a second thread mostly spin-waits."""
     with one_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def classifier() -> nn.Module:
-    return freqpure.load_classifier(model_name("cifar10-resnet-small")).eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def eps_model() -> nn.Module:
-    return freqpure.load_diffusion(model_name("cifar10-ddpm-small")).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,124 @@
+"""Compare diffusion models as purifiers, paired: same test images, same noise, same classifier.
+
+Issue #14's measurements of a new ε-model against the current one:
+
+* one-shot x0-MSE at step indices 99 and 49 (``t = 100`` / ``t = 50``) on the first images (same noise);
+* clean accuracy after one purification, per plan, with the drop from the unpurified accuracy, the
+  95% Wilson interval and, for every model after the first, the exact McNemar test against the first
+  model on the same images (b = images only this model gets right, c = only the first one).
+
+    python benchmarks/diffusion_quality.py --diffusion cifar10-ddpm-small --diffusion cifar10-ddpm-pure --n 1000
+    python benchmarks/diffusion_quality.py --diffusion A --diffusion B --n 256 --only DiffPure
+
+Prints markdown tables; ``--json FILE`` also writes the numbers with the settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import freqpure
+from freqpure.config import PurifierConfig, build_purifier, to_dict
+from freqpure.data import eval_subset
+from freqpure.evaluation.paired import mcnemar_p
+from freqpure.evaluation.results import wilson_interval
+from freqpure.runtime import configure_threads
+from freqpure.samplers import StepNoise
+from freqpure.training import denoise_mse
+
+PLANS = {
+    "DiffPure t*=100, 100 DDPM steps": PurifierConfig(method="diffpure", rounds="100:100"),
+    "DiffPure v2 plan 20:5*5,50:5*5": PurifierConfig(method="diffpure", rounds="20:5*5,50:5*5"),
+    "FreqPure paper, v2 plan, r=3": PurifierConfig(rounds="20:5*5,50:5*5", amp_radius=3, phase_radius=3),
+    "FreqPure official, v2 plan, r=3": PurifierConfig(rounds="20:5*5,50:5*5", amp_radius=3, phase_radius=3,
+                                                      variant="official"),
+    "FreqPure paper t*=200, 100 steps, r=10": PurifierConfig(rounds="200:100"),
+    "DiffPure t*=100, 5 DDPM steps": PurifierConfig(method="diffpure", rounds="100:5"),
+}
+
+
+def correct_after(purifier, classifier, x: torch.Tensor, y: torch.Tensor, batch: int, seed: int) -> torch.Tensor:
+    """Per image: is the classifier right on one purification? Batch ``b`` draws from ``StepNoise(seed).child(b)``."""
+    out = []
+    for b, start in enumerate(range(0, len(x), batch)):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+        purified = purifier(xb, StepNoise(seed).child(b))
+        out.append(classifier(purified).argmax(-1) == yb)
+    return torch.cat(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--diffusion", action="append", required=True, metavar="NAME|PATH",
+                        help="a diffusion model; give two or more (the first is the baseline)")
+    parser.add_argument("--classifier", default="cifar10-resnet-small")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--mse-images", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--only", default=None, help="run only the plans whose name contains this text")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here (must not exist)")
+    args = parser.parse_args()
+    if args.json is not None and args.json.exists():
+        parser.error(f"--json {args.json} exists; give a new file")
+    threads = configure_threads(args.threads)
+
+    data = eval_subset(args.n, seed=0)
+    classifier = freqpure.load_classifier(args.classifier).eval().requires_grad_(False)
+    models = {name: freqpure.load_diffusion(name).eval().requires_grad_(False) for name in args.diffusion}
+    plans = {k: v for k, v in PLANS.items() if not args.only or args.only in k}
+    record = {"n": args.n, "subset_seed": 0, "seed": args.seed, "classifier": args.classifier,
+              "models": args.diffusion, "threads": threads, "torch": torch.__version__, "mse": {}, "plans": {}}
+    print(f"n = {args.n} class-balanced test images (subset seed 0), classifier {args.classifier}, noise seed "
+          f"{args.seed}, {threads} thread(s), fp32")
+
+    x0 = data.x[: args.mse_images] * 2 - 1
+    print(f"\n| model | x0-MSE t=100 | x0-MSE t=50 | noisy-input MSE t=100 |  ({len(x0)} images, same noise)")
+    print("|---|---|---|---|")
+    with torch.no_grad():
+        for name, model in models.items():
+            m100, noisy = denoise_mse(model, x0, 99, seed=args.seed)
+            m50, _ = denoise_mse(model, x0, 49, seed=args.seed)
+            record["mse"][name] = {"t100": m100, "t50": m50, "noisy_t100": noisy}
+            print(f"| {name} | {m100:.5f} | {m50:.5f} | {noisy:.4f} |", flush=True)
+
+        base_acc = float(torch.cat([classifier(data.x[i : i + args.batch]).argmax(-1) == data.y[i : i + args.batch]
+                                    for i in range(0, args.n, args.batch)]).float().mean())
+        print(f"\nunpurified accuracy: {base_acc:.2%}\n")
+        print("| plan | model | accuracy [95% CI] | drop (points) | vs first model: b / c, McNemar p | s / image |")
+        print("|---|---|---|---|---|---|")
+        for plan, cfg in plans.items():
+            first = None
+            record["plans"][plan] = {"config": to_dict(cfg), "results": {}}
+            for name, model in models.items():
+                purifier = build_purifier(cfg, model, seed=args.seed)
+                started = time.perf_counter()
+                ok = correct_after(purifier, classifier, data.x, data.y, args.batch, args.seed)
+                per_image = (time.perf_counter() - started) / args.n
+                k = int(ok.sum())
+                lo, hi = wilson_interval(k, args.n)
+                versus = "—"
+                entry = {"correct": k, "accuracy": k / args.n, "ci95": [lo, hi],
+                         "drop_points": 100 * (base_acc - k / args.n), "seconds_per_image": per_image}
+                if first is None:
+                    first = ok
+                else:
+                    b, c = int((ok & ~first).sum()), int((~ok & first).sum())
+                    p = mcnemar_p(b, c)
+                    entry.update(b=b, c=c, mcnemar_p=p)
+                    versus = f"{b} / {c}, p = {p:.3g}"
+                record["plans"][plan]["results"][name] = entry
+                print(f"| {plan} | {name} | {k / args.n:.1%} [{100 * lo:.1f}, {100 * hi:.1f}] | "
+                      f"{100 * (base_acc - k / args.n):+.1f} | {versus} | {per_image:.3f} |", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
