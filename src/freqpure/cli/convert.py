@@ -1,9 +1,9 @@
-"""``freqpure convert``: turn a published checkpoint into a pickle-free ``.safetensors`` file, once.
+"""freqpure convert: turn a published checkpoint into a pickle-free .safetensors file, once.
 
-Run it on a trusted machine. By default the input is read with ``torch.load(weights_only=True)``;
-``--trust-pickle`` allows full unpickling (which can run code from the file). The output carries
-freqpure metadata (architecture, config, preprocessing), so ``freqpure.load_diffusion(out)`` /
-``load_classifier(out)`` rebuild it without any pickle.
+Run it on a trusted machine. By default the input is read with torch.load(weights_only=True);
+--trust-pickle allows full unpickling (which can run code from the file). The output carries
+freqpure metadata (architecture, config, preprocessing), so freqpure.load_diffusion(out) /
+load_classifier(out) rebuild it without any pickle.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", metavar="NAME",
                    help=f"model name ({', '.join(PUBLISHED)}) or architecture ({', '.join(ARCHS)}); "
                         "default: detected from the file name or its keys")
-    p.add_argument("--config", metavar="JSON",
+    p.add_argument("--arch-config", dest="arch_config", metavar="JSON",
                    help="architecture constructor kwargs as JSON (with --arch ARCH), for non-published configs")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow unpickling arbitrary objects (RUNS CODE FROM THE FILE; trusted sources only)")
@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
     from freqpure.models.registry import convert_checkpoint
 
     config = None
-    if args.config:
+    if args.arch_config:
         try:
-            config = json.loads(args.config)
+            config = json.loads(args.arch_config)
         except json.JSONDecodeError as err:
-            raise UsageError(f"--config is not valid JSON: {err}") from None
+            raise UsageError(f"--arch-config is not valid JSON: {err}") from None
         if not isinstance(config, dict):
-            raise UsageError("--config must be a JSON object of constructor kwargs")
+            raise UsageError("--arch-config must be a JSON object of constructor kwargs")
     if args.trust_pickle:
         print(f"warning: --trust-pickle: fully unpickling {args.checkpoint} (can run code from the file)",
               file=sys.stderr)

@@ -9,11 +9,27 @@ required). See freqpure.report for what each kind of directory holds.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from freqpure.cli.common import add_runtime_args, apply_runtime_args
+from freqpure.cli.common import add_config_args, add_runtime_args, apply_runtime_args, load_command_config
+from freqpure.errors import UsageError
 
 __all__ = ["register", "run"]
+
+
+@dataclass
+class ReportSettings:
+    """What the page shows: ``max_examples`` rows of the example grid (>= 0) and ``max_spectra`` examples
+    with amplitude/phase spectra per defended run (>= 0)."""
+
+    max_examples: int = 8
+    max_spectra: int = 1
+
+    def __post_init__(self) -> None:
+        for key in ("max_examples", "max_spectra"):
+            if getattr(self, key) < 0:
+                raise UsageError(f"{key} must be >= 0, got {getattr(self, key)}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,19 +43,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluation run, demo or analysis directory (several run dirs: a comparison)")
     p.add_argument("-o", "--out", type=Path, metavar="FILE",
                    help="output HTML file (default: RUN/report.html; required for several runs)")
-    p.add_argument("--max-examples", type=int, default=8, metavar="N", help="rows of the example grid (default: 8)")
-    p.add_argument("--max-spectra", type=int, default=1, metavar="N",
+    p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                   help="rows of the example grid (default: 8)")
+    p.add_argument("--max-spectra", type=int, default=None, metavar="N",
                    help="examples with amplitude/phase spectra per defended run (default: 1)")
+    add_config_args(p, "report")
     add_runtime_args(p, device=False, seed=False, progress=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from freqpure._fileio import check_writable_output
-    from freqpure.errors import NotFoundError, UsageError
+    from freqpure.errors import NotFoundError
     from freqpure.report import write_report
 
     apply_runtime_args(args)
+    settings = load_command_config(ReportSettings, args, {"max_examples": args.max_examples,
+                                                          "max_spectra": args.max_spectra})
     for run_dir in args.run_dirs:
         if not run_dir.is_dir():
             raise NotFoundError(f"run folder {run_dir} does not exist")
@@ -48,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
     target = args.out if args.out is not None else args.run_dirs[0] / "report.html"
     check_writable_output(target, "-o/--out" if args.out is not None else "report.html")  # before the work
     dirs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
-    path = write_report(dirs, args.out, max_examples=args.max_examples, max_spectra=args.max_spectra)
+    path = write_report(dirs, args.out, max_examples=settings.max_examples, max_spectra=settings.max_spectra)
     print(path)
     return 0
