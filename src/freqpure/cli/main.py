@@ -7,7 +7,9 @@ Every module in :mod:`freqpure.cli` that defines ``register(subparsers)`` adds o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_threads(getattr(args, "threads", None))  # one thread policy for every command (README "Speed")
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader went away (`freqpure models | head`): not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        return 0
     except KeyboardInterrupt:
         if args.traceback:
             raise

@@ -58,16 +58,17 @@ def model_rows(kind: str | None = None) -> list[dict[str, Any]]:
     root, origin = checkpoint_dir()
     for name in list_models(kind):
         info = model_info(name)
+        steps = f"0..{info['t_max'] - 1}" if info.get("t_max") else "-"  # diffusion: the trained step range
         if info.get("bundled"):
             path = WEIGHTS_DIR / info["file"]
             if not path.is_file():  # a bundled entry whose weights this install lacks (still training, say)
                 rows.append({"name": name, "kind": info["kind"], "params": None, "size": None,
                              "size_estimated": False, "available": False,
-                             "where": f"weights not in this install ({path.name}): see docs/models.md"})
+                             "where": f"weights not in this install ({path.name}): see docs/models.md", "steps": steps})
                 continue
             rows.append({"name": name, "kind": info["kind"], "params": _bundled_params(name, info["kind"]),
                          "size": path.stat().st_size, "size_estimated": False, "available": True,
-                         "where": "bundled with freqpure"})
+                         "where": "bundled with freqpure", "steps": steps})
             continue
         spec = PUBLISHED[name]
         found = next((root / rel for rel in [f"{name}.safetensors", *spec.files] if (root / rel).is_file()), None)
@@ -76,7 +77,8 @@ def model_rows(kind: str | None = None) -> list[dict[str, Any]]:
         link = re.search(r"[\w.-]+\.(?:com|org|io)/[\w./-]*\w", spec.source)
         where = str(found) if found else f"needs {spec.files[0]} from {link.group(0) if link else spec.source}"
         rows.append({"name": name, "kind": info["kind"], "params": params, "size": size,
-                     "size_estimated": found is None, "available": found is not None, "where": where})
+                     "size_estimated": found is None, "available": found is not None, "where": where,
+                     "steps": steps})
     return rows
 
 
@@ -88,16 +90,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = model_rows(args.kind)
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':{width}s}  {'kind':10s} {'params':>7s} {'size':>9s}  offline  where")
+    print(f"{'name':{width}s}  {'kind':10s} {'params':>7s} {'size':>9s}  {'steps':7s}  offline  where")
     for r in rows:
         params = _human(r["params"]) if r["params"] else "?"
         size = ("~" if r["size_estimated"] else "") + _human(r["size"], "B") if r["size"] else "?"
         offline = "yes" if r["available"] else "no"
-        lead = f"{r['name']:{width}s}  {r['kind']:10s} {params:>7s} {size:>9s}  {offline:7s}  "
+        lead = f"{r['name']:{width}s}  {r['kind']:10s} {params:>7s} {size:>9s}  {r['steps']:7s}  {offline:7s}  "
         print(lead + r["where"])
     from freqpure.models.registry import checkpoint_dir
 
     root, origin = checkpoint_dir()
-    print(f"\nsize: the file on disk (~: fp32 estimate, the checkpoint is not here). Checkpoints are looked up in "
+    print(f"\nsteps: the diffusion step indices a model was trained on (purifiers refuse plans beyond them); "
+          f"size: the file on disk (~: fp32 estimate, the checkpoint is not here). Checkpoints are looked up in "
           f"{root} ({origin}); see docs/checkpoints.md, and freqpure models NAME for one entry in full.")
     return 0
