@@ -152,7 +152,7 @@ def test_convert_ncsnpp_score_sde_checkpoint_roundtrip(fixtures_dir: Path, tmp_p
     src = tmp_path / "checkpoint_8.pth"
     fx, kwargs = _ncsnpp_score_sde_file(fixtures_dir, src)
     out = tmp_path / "ncsnpp-small.safetensors"
-    assert _cli(src, "--to", out, "--arch", "ncsnpp", "--config", json.dumps(kwargs)) == 0
+    assert _cli(src, "--to", out, "--arch", "ncsnpp", "--arch-config", json.dumps(kwargs)) == 0
     assert is_safetensors(out)
     _, meta = read_safetensors(out)
     assert meta["freqpure_kind"] == "diffusion" and meta["freqpure_arch"] == "ncsnpp"
@@ -169,7 +169,7 @@ def test_convert_ncsnpp_score_sde_checkpoint_roundtrip(fixtures_dir: Path, tmp_p
     model(x, torch.tensor([17.0, 731.5])).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     # Refuses to overwrite without --force.
-    assert _cli(src, "--to", out, "--arch", "ncsnpp", "--config", json.dumps(kwargs)) == 2
+    assert _cli(src, "--to", out, "--arch", "ncsnpp", "--arch-config", json.dumps(kwargs)) == 2
 
 
 def test_convert_adm_bare_state_dict(fixtures_dir: Path, tmp_path: Path) -> None:
@@ -177,7 +177,7 @@ def test_convert_adm_bare_state_dict(fixtures_dir: Path, tmp_path: Path) -> None
     src = tmp_path / "adm-small.pt"
     torch.save(fx["state_dict"], src)
     out = tmp_path / "adm-small.safetensors"
-    assert _cli(src, "--to", out, "--arch", "adm", "--config", json.dumps(fx["extra"]["derived_unet_kwargs"])) == 0
+    assert _cli(src, "--to", out, "--arch", "adm", "--arch-config", json.dumps(fx["extra"]["derived_unet_kwargs"])) == 0
     model = load_diffusion(str(out))
     assert model.learn_sigma and model.channels == 3 and model.image_size == 32
     with torch.no_grad():
@@ -192,7 +192,7 @@ def test_convert_wrn_wrapped_prefixed_without_bn_counters(fixtures_dir: Path, tm
     src = tmp_path / "wrn-small.pt"
     torch.save({"state_dict": sd, "epoch": 3}, src)
     out = tmp_path / "wrn-small.safetensors"
-    assert _cli(src, "--to", out, "--arch", "wrn", "--config", json.dumps(fx["config"])) == 0
+    assert _cli(src, "--to", out, "--arch", "wrn", "--arch-config", json.dumps(fx["config"])) == 0
     model = load_classifier(out)
     with torch.no_grad():
         _close(model(fx["inputs"]["x"]), fx["output"])
@@ -285,7 +285,7 @@ def test_trust_pickle_converts_code_needing_pickles(fixtures_dir: Path, tmp_path
     src = tmp_path / "with-args.pt"
     torch.save({"state_dict": fx["state_dict"], "args": argparse.Namespace(lr=0.1)}, src)
     out = tmp_path / "with-args.safetensors"
-    args = ["--to", out, "--arch", "wrn", "--config", json.dumps(fx["config"])]
+    args = ["--to", out, "--arch", "wrn", "--arch-config", json.dumps(fx["config"])]
     with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
         load_classifier(src)
     assert _cli(src, *args) == 2 and not out.exists()
