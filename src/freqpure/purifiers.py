@@ -441,14 +441,13 @@ class PurifiedClassifier(nn.Module):
         max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch). Never
             changes the result: the noise is addressed per image and per ensemble draw (row ``b`` of
             draw ``e`` uses stream ``noise.rows(B)[b].child(e)``), not per chunk.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the classifier call (autocast; the
+            purifier has its own ``precision``).
 
     Stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`): ``forward(x,
     noise)`` takes any noise source with ``rows(n)`` (a :class:`~freqpure.samplers.StepNoise` or
     :class:`~freqpure.samplers.DrawNoise`), so :class:`~freqpure.attacks.EOTGradient` can average
     over fresh draws of it.
-        max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch).
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the classifier call (autocast; the
-            purifier has its own ``precision``).
     """
 
     stochastic = True
@@ -482,8 +481,6 @@ class PurifiedClassifier(nn.Module):
         self.vote = vote
         self.preprocess = preprocess
         self.postprocess = postprocess
-        if max_batch is not None and max_batch < 1:
-            raise UsageError(f"max_batch must be >= 1 or None, got {max_batch}")
         self.max_batch = max_batch
         self.precision = precision
 
