@@ -145,6 +145,15 @@ CLI_ROWS = [
      ["-o/--out", "not writable"]),
     ("report-out-is-folder", lambda h, t: ["report", str(h["results"]), "-o", str(h["folder"])],
      ["must be a file path"]),
+    ("report-negative-setting", lambda h, t: ["report", str(h["results"]), "-o", str(t / "r.html"),
+                                              "--set", "max_examples=-1"], ["max_examples", ">= 0"]),
+    ("report-unknown-setting", lambda h, t: ["report", str(h["results"]), "--set", "max_exampl=3"],
+     ["max_exampl", "valid keys"]),
+    ("evaluate-seed-twice", lambda h, t: ["evaluate", "--out", str(t / "e"), "--print-config", "--seed", "1",
+                                          "--set", "seed=2"], ["seed", "--set", "--seed"]),
+    ("convert-arch-config-json", lambda h, t: ["convert", str(WEIGHTS / "cifar10-ddpm-small.safetensors"), "--to",
+                                               str(t / "x.safetensors"), "--arch", "ncsnpp", "--arch-config", "{"],
+     ["--arch-config", "JSON"]),
 ]
 
 
