@@ -65,6 +65,17 @@ def _require_keys(data: Any, keys: tuple[str, ...], where: str) -> dict[str, Any
     return data
 
 
+def _current_schema(d: dict[str, Any], upgrade_v0: Any, where: str) -> dict[str, Any]:
+    """``d`` in schema :data:`SCHEMA_VERSION`: a schema-0 dict goes through ``upgrade_v0``; a newer one is refused."""
+    version = d.get("schema_version", 0)
+    if version == 0:
+        return upgrade_v0(d)
+    if version != SCHEMA_VERSION:
+        raise UsageError(f"{where}: schema_version {version} is newer than this freqpure reads "
+                         f"({SCHEMA_VERSION}); upgrade freqpure")
+    return d
+
+
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
@@ -150,12 +161,7 @@ class SampleRecord:
     @classmethod
     def from_dict(cls, data: Any, where: str = "sample") -> SampleRecord:
         d = _require_keys(data, ("index", "label", "clean_pred", "clean_correct", "attacks", "robust"), where)
-        version = d.get("schema_version", 0)
-        if version == 0:
-            d = upgrade_sample_v0(d)
-        elif version != SCHEMA_VERSION:
-            raise UsageError(f"{where}: schema_version {version} is newer than this freqpure reads "
-                             f"({SCHEMA_VERSION}); upgrade freqpure")
+        d = _current_schema(d, upgrade_sample_v0, where)
         attacks = {str(k): AttackOutcome.from_dict(v, f"{where}.attacks.{k}") for k, v in d["attacks"].items()}
         return cls(int(d["index"]), int(d.get("position", -1)), int(d.get("batch", -1)), int(d["label"]),
                    int(d["clean_pred"]), bool(d["clean_correct"]), attacks, bool(d["robust"]),
@@ -234,12 +240,7 @@ class Results:
     @classmethod
     def from_dict(cls, data: Any, where: str = "results.json") -> Results:
         d = _require_keys(data, ("config", "clean", "robust", "per_attack", "n"), where)
-        version = d.get("schema_version", 0)
-        if version == 0:
-            d = upgrade_results_v0(d)
-        elif version != SCHEMA_VERSION:
-            raise UsageError(f"{where}: schema_version {version} is newer than this freqpure reads "
-                             f"({SCHEMA_VERSION}); upgrade freqpure")
+        d = _current_schema(d, upgrade_results_v0, where)
         d = _require_keys(d, ("name", "defence", "seed", "timings", "noise_scheme"), where)
         return cls(
             name=str(d["name"]), defence=str(d["defence"]), seed=int(d["seed"]), n=int(d["n"]),
