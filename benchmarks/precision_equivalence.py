@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from freqpure.config import with_resolved_precision  # noqa: E402
 from freqpure.evaluation.components import build_defence, load_eval_data, load_models  # noqa: E402
 from freqpure.evaluation.config import SanityConfig, load_eval_config  # noqa: E402
+from freqpure.evaluation.paired import compare_samples  # noqa: E402
+from freqpure.evaluation.results import read_samples  # noqa: E402
 from freqpure.evaluation.runner import evaluate  # noqa: E402
 from freqpure.runtime import configure_threads  # noqa: E402
 from freqpure.samplers import StepNoise  # noqa: E402
-from paired_runs import mcnemar_p, read_samples  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,33 +65,32 @@ def clean_agreement(cfg, n: int, batch: int) -> None:
           f"accuracy fp32 {acc['fp32']:.1%}, bf16 {acc['bf16']:.1%}")
 
 
-def robust_pair(cfg, n: int, steps: int | None, out: Path) -> None:
+def robust_pair(cfg, n: int, steps: int | None, out: Path, precisions: tuple[str, ...] = ("fp32", "bf16")) -> None:
     attack = next(a for a in cfg.attacks if a.name == "pgd" and a.gradient == "full")
     if steps is not None:
         attack = dataclasses.replace(attack, steps=steps)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, n=n), attacks=[attack],
                               sanity=SanityConfig(enabled=False))
-    dirs = {}
-    for precision in ("fp32", "bf16"):
-        dirs[precision] = out / precision
+    dirs = {precision: out / precision for precision in ("fp32", "bf16")}
+    for precision in precisions:
         t0 = time.perf_counter()
         evaluate(_with_precision(cfg, precision), dirs[precision], resume=(dirs[precision] / "config.yaml").exists(),
                  progress=False)
         print(f"robust {precision}: {time.perf_counter() - t0:.1f} s, load {os.getloadavg()[0]:.2f}", flush=True)
+    if not all((d / "samples.jsonl").exists() for d in dirs.values()):
+        print("robust: pairing needs both runs; run the other precision (same --out) and rerun with --precisions ''")
+        return
     a, b = read_samples(dirs["fp32"]), read_samples(dirs["bf16"])
-    common = sorted(set(a) & set(b))
+    paired = compare_samples(a, b)
+    common = paired.common
     print(f"\n## {attack.label or 'PGD full'} ({attack.steps} steps, EOT {attack.eot}), {len(common)} images, "
           f"{cfg.purifier.method} {cfg.purifier.rounds}, ensemble {cfg.defence.ensemble}, seed {cfg.seed}")
     print("| outcome | fp32 | bf16 | fp32 right, bf16 wrong | bf16 right, fp32 wrong | McNemar p |")
     print("|---|---|---|---|---|---|")
-    for name, key in (("clean", "clean_correct"), ("robust", "robust")):
-        pa = [bool(a[i][key]) for i in common]
-        pb = [bool(b[i][key]) for i in common]
-        only_a = sum(x and not y for x, y in zip(pa, pb))
-        only_b = sum(y and not x for x, y in zip(pa, pb))
-        print(f"| {name} | {sum(pa) / len(common):.1%} | {sum(pb) / len(common):.1%} | {only_a} | {only_b} | "
-              f"{mcnemar_p(only_a, only_b):.3f} |")
-    differ = sum(a[i]["clean_pred"] != b[i]["clean_pred"] for i in common)
+    for row in paired.rows:
+        print(f"| {row.metric} | {row.correct_a / row.n:.1%} | {row.correct_b / row.n:.1%} | {row.only_a} | "
+              f"{row.only_b} | {row.p:.3f} |")
+    differ = sum(a[i].clean_pred != b[i].clean_pred for i in common)
     print(f"clean predictions differ on {differ} / {len(common)}")
 
 
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("runs/precision-equivalence"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="robust runs to (re)run here, comma-separated; run fp32 and bf16 as two processes in "
+                         "parallel with the same --out, then once with --precisions '' to pair them")
     args = ap.parse_args()
     configure_threads(args.threads)
     cfg = load_eval_config(args.config)
@@ -111,7 +114,8 @@ def main() -> None:
     if "clean" in args.parts:
         clean_agreement(cfg, args.n_clean, args.batch)
     if "robust" in args.parts:
-        robust_pair(cfg, args.n_robust, args.pgd_steps, args.out)
+        robust_pair(cfg, args.n_robust, args.pgd_steps, args.out,
+                    tuple(p for p in args.precisions.split(",") if p))
     print(f"# load at end {os.getloadavg()[0]:.2f}")
 
 

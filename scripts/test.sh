@@ -34,8 +34,13 @@ if [ "$FAST" -eq 0 ] && ! command -v chromium >/dev/null 2>&1 && [ -z "${FREQPUR
 fi
 
 ruff check src tests benchmarks
+# One pytest worker per core (pytest-xdist), one torch thread per worker: the workers keep every core busy
+# and never spin against each other. FREQPURE_TEST_WORKERS=0 runs in one process.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+WORKERS=(-n "${FREQPURE_TEST_WORKERS:-auto}")
+[ "${FREQPURE_TEST_WORKERS:-auto}" = "0" ] && WORKERS=()
 if [ "$FAST" -eq 1 ]; then
-    python -m pytest -q -p no:cacheprovider -rs -m "not slow and not browser" "${ARGS[@]+"${ARGS[@]}"}"
+    python -m pytest -q -p no:cacheprovider -rs ${WORKERS[@]+"${WORKERS[@]}"} -m "not slow and not browser" "${ARGS[@]+"${ARGS[@]}"}"
 else
-    python -m pytest -q -p no:cacheprovider -rs "${ARGS[@]+"${ARGS[@]}"}"
+    python -m pytest -q -p no:cacheprovider -rs ${WORKERS[@]+"${WORKERS[@]}"} "${ARGS[@]+"${ARGS[@]}"}"
 fi

@@ -172,11 +172,11 @@ def test_cli_train_and_export(cifar_test_tar: Path, tmp_path: Path) -> None:
     assert main(["train", "classifier", "--config", str(bad), "--out", str(tmp_path / "c")]) == 2
 
 
-def test_cli_train_set_overrides_and_conflicts(cifar_test_tar: Path, tmp_path: Path, capsys) -> None:
+def test_cli_train_set_overrides_and_conflicts(mini_cifar_dir: Path, tmp_path: Path, capsys) -> None:
     """--config + --set like evaluate: typed, strict, and a key given twice (--set and its flag) is refused."""
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": TINY_UNET, "batch_size": 4, "eval_images": 4, "amp": "none"}))
-    base = ["train", "diffusion", "--config", str(cfg), "--data-dir", str(cifar_test_tar.parent), "--no-progress",
+    base = ["train", "diffusion", "--config", str(cfg), "--data-dir", str(mini_cifar_dir), "--no-progress",
             "--threads", "1"]
     out = tmp_path / "run"
     sets = ["--set", "steps=1", "--set", "t_max=200", "--set", "lr_schedule=cosine"]

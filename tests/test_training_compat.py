@@ -26,6 +26,7 @@ def _sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
+@pytest.mark.slow  # decodes the 50,000-image train split: its data order is part of what is checked
 def test_old_checkpoint_resumes_with_identical_losses(cifar_test_tar: Path, tmp_path: Path) -> None:
     expected = json.loads((FIXTURE / "expected.json").read_text())
     run = tmp_path / "run"
