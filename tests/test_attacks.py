@@ -176,7 +176,7 @@ def test_full_mode_gradient_equals_plain_backprop(classifier, eps_model, images)
     x, y = images[0][:2], images[1][:2]
     purifier = FreqPure(eps_model, 3, 3, 0.3, rounds="40:3", mode="reference")
     full = attack_purifier(purifier, "full")
-    assert full.checkpoint and not purifier.checkpoint  # the defence itself is untouched
+    assert full.checkpoint == "auto" and not purifier.checkpoint  # the defence itself is untouched
     grads = []
     for p in (purifier, full):
         xr = x.clone().requires_grad_(True)
@@ -213,7 +213,7 @@ def test_purified_input_gradient_matches_finite_differences() -> None:
 def test_surrogate_mode_differentiates_fewer_steps_at_the_same_noise(eps_model) -> None:
     purifier = DiffPure(eps_model, t_star=60, steps=6)
     surrogate = attack_purifier(purifier, GradientMode.SURROGATE, "60:1")
-    assert [(r.t_star, r.steps) for r in surrogate.rounds] == [(60, 1)] and surrogate.checkpoint
+    assert [(r.t_star, r.steps) for r in surrogate.rounds] == [(60, 1)] and surrogate.checkpoint == "auto"
     assert [(r.t_star, r.steps) for r in purifier.rounds] == [(60, 6)]
     with pytest.raises(ValueError, match="noise levels"):
         attack_purifier(purifier, "surrogate", "30:1")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from freqpure._checks import check_images
+from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, checkpoint_policy
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
 from freqpure.runtime import resolve_precision, run_in_precision
@@ -130,7 +131,8 @@ class Purifier(nn.Module):
         schedule: discrete β schedule (default linear 1e-4 … 2e-2, 1000 steps).
         clamp_input: clip inputs into [0, 1] instead of refusing values outside it.
         clip_x0: clamp every x0 estimate to [-1, 1] (guided-diffusion's ``clip_denoised``).
-        checkpoint: per-step gradient checkpointing (flat memory for full-gradient attacks).
+        checkpoint: per-step gradient checkpointing (flat memory for full-gradient attacks): ``True``,
+            ``False`` or ``"auto"`` (only when the call's graph would not fit; what attacks use).
         seed: seed of the generator that draws a fresh noise seed for each call without ``noise``.
         precision: ``"fp32"`` (default: exact library behaviour), ``"bf16"`` or ``"auto"`` (bf16 where the
             hardware has fast bf16, see :func:`freqpure.runtime.resolve_precision`) for the ε-model calls
@@ -160,7 +162,7 @@ class Purifier(nn.Module):
         schedule: LinearBetaSchedule | None = None,
         clamp_input: bool = False,
         clip_x0: bool = False,
-        checkpoint: bool = False,
+        checkpoint: CheckpointSetting = False,
         seed: int = 0,
         precision: str = "fp32",
         variant: Variant = "paper",
@@ -197,6 +199,7 @@ class Purifier(nn.Module):
         check_step_range(eps_model, [r.t_star for r in self.rounds])  # the model's trained range
         self.clamp_input = clamp_input
         self.clip_x0 = clip_x0
+        checkpoint_policy(checkpoint, 1, torch.device("cpu"))  # refuse anything but True, False, "auto"
         self.checkpoint = checkpoint
         self.seed = seed
         self.precision = precision
@@ -240,24 +243,27 @@ class Purifier(nn.Module):
         noise = noise if noise is not None else self.new_noise()
         x_input = x * 2 - 1  # diffusion space
         x_diff = x_input
+        # one decision for the whole call: the graph of every round's steps must fit together
+        policy = checkpoint_policy(self.checkpoint, sum(r.steps for r in self.rounds), x.device)
         for r, rnd in enumerate(self.rounds):
             round_noise = noise.child(r)
             hook = self.make_x0_hook(x_diff, x_input, round_noise)
-            x_diff = self._run_round(x_diff, rnd, round_noise, hook)
+            x_diff = self._run_round(x_diff, rnd, round_noise, hook, policy)
         return (x_diff + 1) / 2
 
     def timesteps(self, rnd: PurificationRound) -> list[int]:
         """The round's decreasing step indices on this purifier's grid."""
         return round_timesteps(rnd, self.grid)
 
-    def _run_round(self, x: Tensor, rnd: PurificationRound, noise: StepNoise, hook: X0Hook | None) -> Tensor:
+    def _run_round(self, x: Tensor, rnd: PurificationRound, noise: StepNoise, hook: X0Hook | None,
+                   checkpoint: bool | AutoCheckpoint = False) -> Tensor:
         z = noise(_FORWARD_KEY, x)
         if self.sampler == "sde":
             sde = self.schedule.as_vpsde()
             t_cont = rnd.t_star / self.schedule.num_steps
             x_t = add_noise(x, sde.alpha_bar(torch.tensor(t_cont, dtype=torch.float64)), z)
             return sample_vpsde_euler(
-                self.eps, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=self.checkpoint
+                self.eps, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=checkpoint
             )
         ts = self.timesteps(rnd)
         x_t = add_noise(x, self.schedule.alpha_bar(ts[0]), z)
@@ -270,7 +276,7 @@ class Purifier(nn.Module):
             noise=noise,
             x0_hook=hook,
             clip_x0=self.clip_x0,
-            checkpoint=self.checkpoint,
+            checkpoint=checkpoint,
             step_rule=self.step_rule,
             variance=self.variance,
         )

@@ -13,7 +13,8 @@ Every sampler takes
   Noise is an *input*: the same noise source replays the same draws, which is what EOT, gradient
   checkpointing and tests rely on;
 * ``checkpoint``: recompute each step in the backward pass instead of storing its activations, so
-  memory stays flat in the number of steps (exact same gradient).
+  memory stays flat in the number of steps (exact same gradient); ``"auto"`` does so only when the
+  graph would not fit (:mod:`freqpure.checkpointing`).
 
 No sampler disables gradients: wrap calls in ``torch.no_grad()`` when you do not need them.
 """
@@ -27,8 +28,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, checkpoint_policy, run_step
 from freqpure.errors import UsageError
 from freqpure.schedules import VPSDE, LinearBetaSchedule, validate_timesteps
 
@@ -341,7 +342,7 @@ def sample_ddpm(
     noise: NoiseFn | None = None,
     x0_hook: X0Hook | None = None,
     clip_x0: bool = False,
-    checkpoint: bool = False,
+    checkpoint: CheckpointSetting | AutoCheckpoint = False,
     step_rule: str = "posterior",
     variance: str = "learned",
 ) -> Tensor:
@@ -357,7 +358,9 @@ def sample_ddpm(
         x0_hook: edit of the x0 estimate at every step, ``hook(x0, t)``.
         clip_x0: clamp the x0 estimate to [-1, 1] before the hook (guided-diffusion's
             ``clip_denoised``); off by default, as a clamp zeroes gradients outside the range.
-        checkpoint: gradient checkpointing per step (flat memory in the number of steps).
+        checkpoint: gradient checkpointing per step (flat memory in the number of steps): ``True``,
+            ``False``, ``"auto"`` (only when the graph would not fit), or a caller's
+            :class:`~freqpure.checkpointing.AutoCheckpoint` shared across the rounds of one call.
         step_rule: ``"posterior"`` — after the hook, ε is re-derived from the edited x0 and the step is
             the generalised DDIM/DDPM step (:func:`reverse_step`); ``"official"`` — the official FreqPure
             step (:func:`official_step`): the model's original ε is kept, fixed variance (learned-variance
@@ -405,11 +408,9 @@ def sample_ddpm(
         z = noise(i, x_t) if (noise is not None and eta > 0 and not last) else None
         return reverse_step(x_t, x0, eps, alpha_bars[i], alpha_bars[i + 1], eta, z, var_values)
 
+    policy = checkpoint if isinstance(checkpoint, AutoCheckpoint) else checkpoint_policy(checkpoint, len(ts), x.device)
     for i in range(len(ts)):
-        if checkpoint and torch.is_grad_enabled():
-            x = _checkpoint(step, x, i, use_reentrant=False)
-        else:
-            x = step(x, i)
+        x = run_step(step, x, i, policy)
     return x
 
 
@@ -457,7 +458,7 @@ def sample_vpsde_euler(
     noise: NoiseFn | None = None,
     x0_hook: X0Hook | None = None,
     t_end: float = 0.0,
-    checkpoint: bool = False,
+    checkpoint: CheckpointSetting | AutoCheckpoint = False,
 ) -> Tensor:
     """Euler–Maruyama integration of the reverse VP-SDE from ``t_start`` to ``t_end`` (DiffPure's sampler).
 
@@ -480,9 +481,7 @@ def sample_vpsde_euler(
         beta = float(sde.beta(torch.tensor(t, dtype=torch.float64)))
         return x_t - drift * h + (beta * h) ** 0.5 * noise(i, x_t)
 
+    policy = checkpoint if isinstance(checkpoint, AutoCheckpoint) else checkpoint_policy(checkpoint, steps, x.device)
     for i in range(steps):
-        if checkpoint and torch.is_grad_enabled():
-            x = _checkpoint(step, x, i, use_reentrant=False)
-        else:
-            x = step(x, i)
+        x = run_step(step, x, i, policy)
     return x

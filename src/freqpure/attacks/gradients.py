@@ -59,10 +59,11 @@ def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rou
                     surrogate_match: bool = True) -> nn.Module:
     """The module an attack differentiates in place of ``purifier``.
 
-    * ``full``: a shallow copy with per-step gradient checkpointing switched on (exact gradient,
-      memory flat in the number of steps);
+    * ``full``: a shallow copy with per-step gradient checkpointing set to ``"auto"`` (exact gradient;
+      plain backprop when the call's graph fits in memory, else checkpointed, memory flat in the number
+      of steps: :mod:`freqpure.checkpointing`);
     * ``surrogate``: ``purifier.with_rounds(surrogate_rounds)`` (same total noise, fewer steps; e.g.
-      ``"100:1"``), checkpointed. With ``surrogate_match=False`` the surrogate may noise to other
+      ``"100:1"``), checkpointed as ``full``. With ``surrogate_match=False`` the surrogate may noise to other
       levels than the defence (the official FreqPure/DiffPure v2 evaluation differentiates one
       ``"50:1"`` round against a 10-round defence): a *mismatched* surrogate, allowed only when asked;
     * ``adjoint``: :class:`~freqpure.attacks.adjoint.AdjointSDEPurifier` (needs ``sampler="sde"``);
@@ -86,7 +87,7 @@ def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rou
     else:
         clone = copy.copy(purifier)
     if hasattr(clone, "checkpoint"):
-        clone.checkpoint = True
+        clone.checkpoint = "auto"
     return clone
 
 

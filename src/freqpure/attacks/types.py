@@ -28,8 +28,9 @@ class Norm(str, Enum):
 class GradientMode(str, Enum):
     """How an attack differentiates through the purifier.
 
-    * ``full``: exact backprop through every sampler step and frequency exchange (per-step gradient
-      checkpointing keeps memory flat in the number of steps);
+    * ``full``: exact backprop through every sampler step and frequency exchange (plain backprop when
+      the graph fits in memory, else per-step gradient checkpointing keeps memory flat in the number of
+      steps; the same gradient either way);
     * ``surrogate``: backprop through a purifier with the same total noise t* but fewer denoising
       steps (Lee & Kim, ICCV 2023), while the defence keeps its own settings;
     * ``adjoint``: VP-SDE sampler, gradients from ``torchsde.sdeint_adjoint`` (as DiffPure);
