@@ -104,6 +104,14 @@ def test_clean_stage_measures_pairs_times_and_resumes(tmp_path):
     run_study(study, out, progress=False)
     assert json.loads((part / "summary.json").read_text()) == summaries["freqpure-paper"]
 
+    # the saved setting records the precision resolved (auto -> fp32 on CPU); a part saved before the
+    # purifier had a precision setting (the n = 64 pilot) ran in fp32 and resumes as such
+    saved = yaml.safe_load((part / "config.yaml").read_text())
+    assert saved["setting"]["purifier"]["precision"] == "fp32"
+    del saved["setting"]["purifier"]["precision"]
+    (part / "config.yaml").write_text(yaml.safe_dump(saved))
+    run_study(study, out, progress=False)
+
     # a changed setting is refused rather than mixed into old records
     changed = _study(tmp_path, [{**CLEAN_STAGE, "passthrough_eps": "4/255"}])
     with pytest.raises(UsageError, match="different setting"):

@@ -40,7 +40,15 @@ import torch
 import yaml
 from torch import Tensor
 
-from freqpure.config import PurifierConfig, build_purifier, config_diff, dump_yaml, from_dict, to_dict
+from freqpure.config import (
+    PurifierConfig,
+    build_purifier,
+    config_diff,
+    dump_yaml,
+    from_dict,
+    to_dict,
+    with_resolved_precision,
+)
 from freqpure.errors import UsageError
 from freqpure.evaluation.results import Accuracy, Results, accuracy, read_results, write_json
 from freqpure.evaluation.store import SampleStore
@@ -256,19 +264,33 @@ def band_passthrough(delta: Tensor, response: Tensor, mask: Tensor) -> Tensor:
 # Clean stage: one setting
 # ---------------------------------------------------------------------------------------------
 def _clean_state(stage: StageConfig, setting: SettingConfig, study: StudyConfig) -> dict[str, Any]:
-    """What a clean-stage setting's records depend on (saved as config.yaml; a change is refused)."""
-    return {"setting": to_dict(setting), "classifier": study.classifier, "diffusion": study.diffusion,
-            "seed": study.seed,
+    """What a clean-stage setting's records depend on (saved as config.yaml; a change is refused).
+
+    The purifier's ``precision`` is saved resolved (``auto`` -> what it means on the study's device)."""
+    from freqpure.cli.common import resolve_device
+
+    purifier = with_resolved_precision(setting.purifier, resolve_device(study.device))
+    return {"setting": to_dict(replace(setting, purifier=purifier)), "classifier": study.classifier,
+            "diffusion": study.diffusion, "seed": study.seed,
             "data_dir": study.data_dir, "n": stage.n, "vote_n": stage.vote_n, "vote_k": stage.vote_k,
             "passthrough_n": stage.passthrough_n, "passthrough_eps": stage.passthrough_eps,
             "bands": list(stage.bands), "batch_size": stage.batch_size}
+
+
+def _upgrade_saved_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """A part's saved state as today's code writes it: parts recorded before the purifier had a
+    ``precision`` setting ran in fp32 (the only precision there was)."""
+    purifier = (saved.get("setting") or {}).get("purifier")
+    if isinstance(purifier, dict) and "precision" not in purifier:
+        purifier["precision"] = "fp32"
+    return saved
 
 
 def _check_part_dir(folder: Path, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     saved_path = folder / "config.yaml"
     if saved_path.exists():
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = _upgrade_saved_state(yaml.safe_load(saved_path.read_text()) or {})
         diff = config_diff(saved, json.loads(json.dumps(state)))
         if diff:
             raise UsageError(f"{folder} holds records of a different setting; refusing to mix them. Differences "
