@@ -90,3 +90,12 @@ def test_attacks_use_auto_and_bad_settings_are_refused(eps_model) -> None:
 
 def test_available_memory_is_positive_on_this_machine() -> None:
     assert ckpt.available_memory(torch.device("cpu")) > 0
+
+
+def test_a_container_limit_caps_the_available_memory(monkeypatch) -> None:
+    files = {"/sys/fs/cgroup/memory.max": str(3 * 2**30), "/sys/fs/cgroup/memory.current": str(2**30)}
+    monkeypatch.setattr(ckpt, "_read_int", lambda path: int(files[path]) if path in files else None)
+    assert ckpt.available_memory(torch.device("cpu")) == min(2 * 2**30, ckpt._ram_available())
+    files["/sys/fs/cgroup/memory.max"] = "max"  # no limit: the RAM decides
+    monkeypatch.setattr(ckpt, "_read_int", lambda path: int(files[path]) if files.get(path, "").isdigit() else None)
+    assert ckpt.available_memory(torch.device("cpu")) == ckpt._ram_available()

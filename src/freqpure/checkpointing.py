@@ -34,10 +34,16 @@ MEMORY_FRACTION = 0.25
 CheckpointSetting = bool | Literal["auto"]
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes available for new tensors on ``device``: free CUDA memory, else the OS's available RAM."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (no limit) and garbage read as unknown
+
+
+def _ram_available() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -49,6 +55,18 @@ def available_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0  # unknown: checkpoint (the safe choice)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes available for new tensors on ``device``: free CUDA memory; on CPU the OS's available RAM,
+    capped by the container's cgroup-v2 limit (``memory.max`` − ``memory.current``) where there is one."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    ram = _ram_available()
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        ram = min(ram, max(0, limit - used))
+    return ram
 
 
 class AutoCheckpoint:
