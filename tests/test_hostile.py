@@ -187,6 +187,10 @@ def _x(*shape, dtype=torch.float32):
 
 
 API_ROWS = [
+    ("purifier-checkpoint-word", lambda m: DiffPure(m, rounds="40:3", checkpoint="yes"),
+     "checkpoint must be True, False or 'auto', got 'yes'"),
+    ("purifier-checkpoint-int", lambda m: DiffPure(m, rounds="40:3", checkpoint=1),
+     "checkpoint must be True, False or 'auto', got 1"),
     ("fx-empty-batch", lambda m: freq_exchange(_x(0, 3, 8, 8), _x(0, 3, 8, 8), 2, 2, 0.3), "est is empty"),
     ("fx-zero-size", lambda m: freq_exchange(_x(1, 3, 0, 0), _x(1, 3, 0, 0), 2, 2, 0.3), "est is empty"),
     ("fx-nan", lambda m: freq_exchange(_x(1, 3, 8, 8) * math.nan, _x(1, 3, 8, 8), 2, 2, 0.3), "est contains NaN"),

@@ -25,8 +25,8 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from freqpure.errors import UsageError
 
-__all__ = ["MEMORY_FRACTION", "CheckpointSetting", "AutoCheckpoint", "checkpoint_policy", "run_step",
-           "available_memory"]
+__all__ = ["MEMORY_FRACTION", "CheckpointSetting", "AutoCheckpoint", "check_checkpoint_setting",
+           "checkpoint_policy", "run_step", "available_memory"]
 
 #: Share of the available memory the graph of one purification call may take before ``"auto"`` checkpoints.
 MEMORY_FRACTION = 0.25
@@ -100,13 +100,22 @@ class AutoCheckpoint:
         return _checkpoint(step, x, i, use_reentrant=False) if self.checkpoint else step(x, i)
 
 
-def checkpoint_policy(setting: CheckpointSetting, total_steps: int, device: torch.device) -> bool | AutoCheckpoint:
-    """What the samplers take for one call: ``True``/``False``, or a fresh :class:`AutoCheckpoint`."""
-    if setting == "auto":
-        return AutoCheckpoint(total_steps, device)
-    if isinstance(setting, bool):
+def check_checkpoint_setting(setting: object) -> CheckpointSetting:
+    """``setting`` if it is ``True``, ``False`` or ``"auto"``; else a :class:`UsageError` naming it."""
+    if isinstance(setting, bool) or (isinstance(setting, str) and setting == "auto"):
         return setting
     raise UsageError(f"checkpoint must be True, False or 'auto', got {setting!r}")
+
+
+def checkpoint_policy(setting: CheckpointSetting | AutoCheckpoint, total_steps: int,
+                      device: torch.device) -> bool | AutoCheckpoint:
+    """What the samplers take for one call: ``True``/``False``, a fresh :class:`AutoCheckpoint` for
+    ``"auto"``, or the caller's own :class:`AutoCheckpoint` (one decision shared across rounds)."""
+    if isinstance(setting, AutoCheckpoint):
+        return setting
+    if check_checkpoint_setting(setting) == "auto":
+        return AutoCheckpoint(total_steps, device)
+    return setting
 
 
 def run_step(step: Callable[[Tensor, int], Tensor], x: Tensor, i: int, checkpoint: bool | AutoCheckpoint) -> Tensor:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from freqpure._checks import check_images
-from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, checkpoint_policy
+from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, check_checkpoint_setting, checkpoint_policy
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
 from freqpure.runtime import resolve_precision, run_in_precision
@@ -199,8 +199,7 @@ class Purifier(nn.Module):
         check_step_range(eps_model, [r.t_star for r in self.rounds])  # the model's trained range
         self.clamp_input = clamp_input
         self.clip_x0 = clip_x0
-        checkpoint_policy(checkpoint, 1, torch.device("cpu"))  # refuse anything but True, False, "auto"
-        self.checkpoint = checkpoint
+        self.checkpoint = check_checkpoint_setting(checkpoint)
         self.seed = seed
         self.precision = precision
         self._seeds = torch.Generator().manual_seed(seed)

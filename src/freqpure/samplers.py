@@ -408,7 +408,7 @@ def sample_ddpm(
         z = noise(i, x_t) if (noise is not None and eta > 0 and not last) else None
         return reverse_step(x_t, x0, eps, alpha_bars[i], alpha_bars[i + 1], eta, z, var_values)
 
-    policy = checkpoint if isinstance(checkpoint, AutoCheckpoint) else checkpoint_policy(checkpoint, len(ts), x.device)
+    policy = checkpoint_policy(checkpoint, len(ts), x.device)
     for i in range(len(ts)):
         x = run_step(step, x, i, policy)
     return x
@@ -481,7 +481,7 @@ def sample_vpsde_euler(
         beta = float(sde.beta(torch.tensor(t, dtype=torch.float64)))
         return x_t - drift * h + (beta * h) ** 0.5 * noise(i, x_t)
 
-    policy = checkpoint if isinstance(checkpoint, AutoCheckpoint) else checkpoint_policy(checkpoint, steps, x.device)
+    policy = checkpoint_policy(checkpoint, steps, x.device)
     for i in range(steps):
         x = run_step(step, x, i, policy)
     return x
