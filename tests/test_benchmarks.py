@@ -50,3 +50,34 @@ def test_precision_equivalence_waits_for_both_runs(tmp_path, capsys) -> None:
     cfg = load_eval_config(BENCH.parent / "configs" / "cifar10-diffpure-table-bundled.yaml")
     module.robust_pair(cfg, 16, 2, tmp_path, precisions=())
     assert "pairing needs both runs" in capsys.readouterr().out
+
+
+def _quality_record(model: str, bits: str, *, seed: int = 0, base: float = 0.9) -> dict:
+    plan = "DiffPure t*=100, 5 DDPM steps"
+    return {"n": len(bits), "subset_seed": 0, "seed": seed, "classifier": "cifar10-resnet-small", "batch": 100,
+            "base_accuracy": base, "models": [model], "mse": {},
+            "plans": {plan: {"config": {"rounds": "100:5"},
+                             "results": {model: {"correct_images": bits, "seconds_per_image": 0.1}}}}}
+
+
+def test_diffusion_quality_pairs_separate_runs_image_by_image() -> None:
+    """Two single-model records pair on their per-image masks: b / c count images, not accuracies."""
+    module = _load(BENCH / "diffusion_quality.py")
+    merged = module.merge_records([_quality_record("small", "1100110000"), _quality_record("pure", "1010111000")])
+    first, second = module.paired_rows(merged)
+    assert "| small | 40.0% [16.8, 68.7] | +50.0 | — |" in first
+    # pure right only on images 2 and 5, small right only on image 1: b = 2, c = 1
+    assert "| pure | 50.0% [23.7, 76.3] | +40.0 | 2 / 1, p = 1 |" in second
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"base": 0.8}])
+def test_diffusion_quality_refuses_records_that_do_not_pair(change) -> None:
+    module = _load(BENCH / "diffusion_quality.py")
+    with pytest.raises(SystemExit, match="do not pair"):
+        module.merge_records([_quality_record("small", "1100"), _quality_record("pure", "1010", **change)])
+
+
+def test_diffusion_quality_refuses_a_model_measured_twice() -> None:
+    module = _load(BENCH / "diffusion_quality.py")
+    with pytest.raises(SystemExit, match="in two records"):
+        module.merge_records([_quality_record("small", "1100"), _quality_record("small", "1010")])

@@ -41,8 +41,6 @@ def test_load_diffusion_reads_the_range(range200: Path) -> None:
 
 
 def test_bundled_pure_model_loads_with_its_range() -> None:
-    if not weights_path("cifar10-ddpm-pure").is_file():
-        pytest.skip("src/freqpure/weights/cifar10-ddpm-pure.safetensors is added at merge time (still training)")
     model = freqpure.load_diffusion("cifar10-ddpm-pure")
     assert model.t_max == 200
     x = torch.rand(2, 3, 32, 32)
