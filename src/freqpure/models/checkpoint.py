@@ -17,7 +17,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from freqpure._fileio import atomic_path
 from freqpure.errors import CheckpointError, NotFoundError
 
 __all__ = [
@@ -204,14 +204,8 @@ def write_safetensors(
         tensors[key] = t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={str(k): str(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in metadata.items()})
     return path
 
 
