@@ -81,3 +81,18 @@ def test_diffusion_quality_refuses_a_model_measured_twice() -> None:
     module = _load(BENCH / "diffusion_quality.py")
     with pytest.raises(SystemExit, match="in two records"):
         module.merge_records([_quality_record("small", "1100"), _quality_record("small", "1010")])
+
+
+def test_diffusion_quality_pairs_the_recorded_n1000_runs() -> None:
+    """The issue #14 table in RESULTS.md comes from these four records, made in separate processes."""
+    import json
+
+    module = _load(BENCH / "diffusion_quality.py")
+    folder = BENCH / "results" / "diffusion-quality"
+    names = ["small-n1000", "pure3000-a-n1000", "pure3000-c-n1000", "pure3000-b-n1000"]
+    merged = module.merge_records([json.loads((folder / f"{n}.json").read_text()) for n in names])
+    assert merged["n"] == 1000 and len(merged["plans"]) == 6
+    rows = "\n".join(module.paired_rows(merged))
+    pure = "work/pure-step3000.safetensors"
+    assert f"| DiffPure t*=100, 100 DDPM steps | {pure} | 76.7% [74.0, 79.2] | +13.7 | 7 / 3, p = 0.344 |" in rows
+    assert f"| DiffPure v2 plan 20:5*5,50:5*5 | {pure} | 69.9% [67.0, 72.7] | +20.5 | 25 / 13, p = 0.073 |" in rows

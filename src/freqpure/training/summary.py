@@ -68,7 +68,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
         ax[1].set(xlabel="step", ylabel="test accuracy (flip TTA)")
     elif mse:
         ax[1].plot(*zip(*mse), marker="o")
-        ax[1].set(xlabel="step", ylabel="EMA x0 MSE at t=100 (256 test images)", yscale="log")
+        ax[1].set(xlabel="step", ylabel="EMA x0-MSE, t=100", yscale="log")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
