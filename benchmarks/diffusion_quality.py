@@ -67,6 +67,22 @@ def _mask(bits: str) -> torch.Tensor:
 PAIRING_KEYS = ("n", "subset_seed", "seed", "classifier", "batch")
 
 
+RECORD_KEYS = (*PAIRING_KEYS, "base_accuracy", "models", "mse", "plans")
+
+
+def read_record(path: Path) -> dict:
+    """A ``--json`` record of this script; one clear line (SystemExit) for a missing, broken or older file."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SystemExit(f"--combine {path}: cannot read a JSON record ({err})") from None
+    missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise SystemExit(f"--combine {path}: not a per-image record of this script (no {', '.join(missing)}); "
+                         "records from before per-image correctness cannot be paired")
+    return record
+
+
 def merge_records(records: list[dict]) -> dict:
     """One record from several single-run records made on the same images, noise and classifier.
 
@@ -153,7 +169,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here (must not exist)")
     args = parser.parse_args()
     if args.combine:
-        print_tables(merge_records([json.loads(p.read_text()) for p in args.combine]))
+        if args.diffusion:
+            parser.error("give either --diffusion (measure) or --combine (pair records), not both")
+        print_tables(merge_records([read_record(p) for p in args.combine]))
         return
     if not args.diffusion:
         parser.error("give --diffusion (one or more) or --combine")

@@ -96,3 +96,16 @@ def test_diffusion_quality_pairs_the_recorded_n1000_runs() -> None:
     pure = "work/pure-step3000.safetensors"
     assert f"| DiffPure t*=100, 100 DDPM steps | {pure} | 76.7% [74.0, 79.2] | +13.7 | 7 / 3, p = 0.344 |" in rows
     assert f"| DiffPure v2 plan 20:5*5,50:5*5 | {pure} | 69.9% [67.0, 72.7] | +20.5 | 25 / 13, p = 0.073 |" in rows
+
+
+def test_diffusion_quality_refuses_unreadable_or_older_records(tmp_path) -> None:
+    """A missing file, broken JSON or a record without per-image correctness: one line each, no traceback."""
+    module = _load(BENCH / "diffusion_quality.py")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    older = BENCH / "results" / "diffusion-quality" / "pure-step1000-diffpure-n256.json"
+    for path, text in [(tmp_path / "absent.json", "cannot read"), (broken, "cannot read"),
+                       (older, "not a per-image record")]:
+        with pytest.raises(SystemExit, match=text) as info:
+            module.read_record(path)
+        assert "\n" not in str(info.value)

@@ -203,8 +203,7 @@ def write_safetensors(
         seen.add(t.untyped_storage().data_ptr())
         tensors[key] = t
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # makes the parent folder
         save_file(tensors, str(tmp), metadata={str(k): str(v) for k, v in metadata.items()})
     return path
 
