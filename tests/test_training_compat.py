@@ -26,6 +26,23 @@ def _sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or '' where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+# A loss here is a mean of about 10^5 squared errors accumulated from bf16 matmuls. Another CPU's kernels
+# (other vector width, other blocking) sum in another order: the loss moves by a few float32 ulps times
+# the accumulation depth, measured at 2.4e-7 relative on an AMD EPYC against the fixture's machine. A
+# changed trajectory (other data order, other noise draw, other weights) moves it by 1e-2 (the spread of
+# the six recorded losses), so 1e-5 relative separates the two by three orders of magnitude either way.
+LOSS_RTOL = 1e-5
+
+
 @pytest.mark.slow  # decodes the 50,000-image train split: its data order is part of what is checked
 def test_old_checkpoint_resumes_with_identical_losses(cifar_test_tar: Path, tmp_path: Path) -> None:
     expected = json.loads((FIXTURE / "expected.json").read_text())
@@ -43,13 +60,18 @@ def test_old_checkpoint_resumes_with_identical_losses(cifar_test_tar: Path, tmp_
     # the data order and every random draw are the old ones: the generator states match exactly
     assert _sha(snap["rng"]["gen"]) == expected["final_gen_state_sha256"]
     assert _sha(snap["rng"]["torch"]) == expected["final_torch_state_sha256"]
-    if expected["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and expected["torch"] == torch.__version__:
-        assert losses == expected["losses"]  # bitwise, on the kind of machine the fixture was made on
+    # Bitwise equality is claimed only where it holds: the same CPU model and the same torch build. The
+    # capability string alone ("AVX512") is shared by CPUs whose kernels round differently.
+    same_machine = (expected.get("cpu_model") == _cpu_model() != ""
+                    and expected["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+                    and expected["torch"] == torch.__version__)
+    if same_machine:
+        assert losses == expected["losses"]  # bitwise, on the machine kind the fixture was made on
         ema = b"".join(v.float().numpy().tobytes() for v in snap["ema"].values())
         assert hashlib.sha256(ema).hexdigest() == expected["ema_sha256"]
     else:  # other CPU kernels round bf16 matmuls differently; a changed trajectory would differ by far more
         assert [s for s, _ in losses] == [s for s, _ in expected["losses"]]
-        assert [v for _, v in losses] == pytest.approx([v for _, v in expected["losses"]], rel=1e-3)
+        assert [v for _, v in losses] == pytest.approx([v for _, v in expected["losses"]], rel=LOSS_RTOL, abs=0)
     # the finished run exports its EMA weights with the trained range in the metadata
     from freqpure.models.bundled import read_metadata
 
