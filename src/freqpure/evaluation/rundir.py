@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, to_dict
 from freqpure.errors import NotFoundError, RunFolderError, UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
-from freqpure.evaluation.store import SampleStore, config_fingerprint
+from freqpure.evaluation.store import (
+    SampleStore,
+    config_fingerprint,
+    numbers_fingerprint,
+    without_environment,
+)
 
-__all__ = ["RESULT_FILES", "discard_unused_run_dir", "prepare_run_dir"]
+__all__ = ["RESULT_FILES", "discard_unused_run_dir", "prepare_run_dir", "run_store", "saved_config"]
 
 
 RESULT_FILES = ("samples.jsonl", "results.json", "results.md", "examples.npz")
@@ -94,9 +100,35 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"results dir {out} is not writable: {err.strerror or err}") from None
 
 
+def saved_config(out: Path) -> dict[str, Any] | None:
+    """The config a run folder's first invocation saved (``config.yaml``) as a full dict, or ``None``.
+
+    Raises :class:`RunFolderError` when the file is not a valid evaluation config."""
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return None
+    try:
+        raw = parse_yaml(saved_path.read_text(), str(saved_path)) or {}
+        if isinstance(raw, dict) and isinstance(raw.get("purifier", {}), dict):
+            raw.setdefault("purifier", {}).setdefault("precision", "fp32")  # runs from before the key: fp32
+        return to_dict(from_dict(EvalConfig, raw))
+    except ValueError as err:
+        raise RunFolderError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
+
+
+def run_store(out: Path, cfg: EvalConfig) -> SampleStore:
+    """The ``samples.jsonl`` store of run folder ``out`` for ``cfg``: it stamps ``cfg``'s fingerprints on
+    new records and accepts records of the same numbers from any device or precision, including those
+    written before records named their own (their ``config_sha256`` is that of the saved config.yaml)."""
+    saved = saved_config(out)
+    legacy = frozenset() if saved is None else frozenset({config_fingerprint(saved)})
+    d = to_dict(cfg)
+    return SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(d), numbers=numbers_fingerprint(d),
+                       legacy=legacy)
+
+
 def _check_run_dir(out: Path, cfg: EvalConfig, *, resume: bool) -> None:
     saved_path = out / "config.yaml"
-    store = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg)))
     if not saved_path.exists():
         found = [name for name in RESULT_FILES if (out / name).exists()]
         if any((out / "parts").iterdir()):
@@ -107,20 +139,15 @@ def _check_run_dir(out: Path, cfg: EvalConfig, *, resume: bool) -> None:
                 "refusing to reuse or overwrite them — choose another --out"
             )
         return
-    try:
-        raw = parse_yaml(saved_path.read_text(), str(saved_path)) or {}
-        if isinstance(raw, dict) and isinstance(raw.get("purifier", {}), dict):
-            raw.setdefault("purifier", {}).setdefault("precision", "fp32")  # runs from before the key: fp32
-        saved = to_dict(from_dict(EvalConfig, raw))
-    except ValueError as err:
-        raise RunFolderError(f"{saved_path} is not a valid evaluation config ({err}); choose another --out") from None
-    diff = config_diff(saved, to_dict(cfg))
+    saved = saved_config(out)
+    # device and precision may change between invocations (each record names its own); nothing else may
+    diff = config_diff(without_environment(saved or {}), without_environment(to_dict(cfg)))
     if diff:
         raise RunFolderError(
             f"{out} holds a run with a different config; refusing to "
             f"{'resume' if resume else 'reuse'} it. Differences (saved -> requested):\n  " + "\n  ".join(diff)
         )
-    done = len(store.load())  # also refuses records of another config
+    done = len(run_store(out, cfg).load())  # also refuses records of another config
     if done and not resume:
         raise RunFolderError(f"{out} already holds {done} finished samples of this config; pass --resume to "
                              "continue it, or choose a new --out")

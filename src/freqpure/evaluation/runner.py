@@ -49,8 +49,8 @@ from freqpure.evaluation.results import (
     render_markdown,
     write_results,
 )
-from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir
-from freqpure.evaluation.store import SampleStore, config_fingerprint
+from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir, run_store, saved_config
+from freqpure.evaluation.store import SampleStore
 from freqpure.samplers import NOISE_SCHEME, StepNoise
 
 __all__ = ["evaluate", "prepare_run_dir", "batch_stream", "Purpose", "Scope"]
@@ -266,7 +266,7 @@ def evaluate(
     lock = None
     try:
         lock = prepare_run_dir(out, cfg, resume=resume, write=ctx.is_main)  # held until the run ends
-        store = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg)))
+        store = run_store(out, cfg)
         if ctx.is_main:
             store.repair()  # before any rank appends: a torn tail would swallow the next record
         ctx.barrier()
@@ -325,6 +325,9 @@ def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], 
             pos = batches[b]
             x, y = data.images(pos).to(device), data.labels[pos].to(device)
             records, examples = runner.run(x, y, b, pos, [int(data.indices[p]) for p in pos], keys)
+            # where and how precisely this batch was computed (a run may continue on another device)
+            environment = {"device": device.type, "precision": runner.cfg.purifier.precision}
+            records = [{**r, **environment} for r in records]
             if examples is not None:  # images first: a batch with records always has its images
                 tmp = out / "parts" / f"examples-b{b:06d}.tmp.npz"
                 np.savez_compressed(tmp, **examples)
@@ -352,13 +355,14 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
 
     ``resumed``: this invocation continued a run that already had finished samples.
     """
-    raw = SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(to_dict(cfg))).load()
+    raw = run_store(out, cfg).load()
     wanted = [int(i) for i in data.indices]
     missing = [i for i in wanted if i not in raw]
     if missing:
         raise RunFolderError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
                            "run again with --resume to finish them")
     recs = [SampleRecord.from_dict(raw[i], f"samples.jsonl: index {i}") for i in wanted]
+    environments = record_environments(recs, saved_config(out) or to_dict(cfg))
     labels = [a.display() for a in cfg.attacks]
     warnings: list[str] = []
     per_attack = {k: Accuracy.of([r.attacks[k].correct for r in recs]) for k in labels}
@@ -383,12 +387,27 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
         per_attack=per_attack, undefended=undefended, protocol=protocol(cfg), sanity=sanity, timings=timings,
         warnings=warnings, world_size=world_size, resumed=resumed, noise_scheme=NOISE_SCHEME,
         versions=package_versions(), config=to_dict(cfg), examples={"file": "examples.npz", "n": n_examples},
+        environments=environments,
     )
     write_results(out, results)
     (out / "results.md").write_text(render_markdown(results))
     for w in warnings:
         print(f"freqpure evaluate: warning: {w}", flush=True)
     return results
+
+
+def record_environments(recs: list[SampleRecord], saved: dict[str, Any]) -> dict[str, int]:
+    """Images per ``"device/precision"`` they were computed with, e.g. ``{"cuda/bf16": 96, "cpu/fp32": 160}``.
+
+    A record from before records named their environment ran under the run folder's saved config
+    (``saved``: its config.yaml as a dict)."""
+    default_device = str(saved.get("device") or "cpu").split(":")[0]
+    default_precision = str((saved.get("purifier") or {}).get("precision") or "fp32")
+    counts: dict[str, int] = {}
+    for r in recs:
+        key = f"{r.device or default_device}/{r.precision or default_precision}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def protocol(cfg: EvalConfig) -> dict[str, Any]:

@@ -11,6 +11,13 @@ With a ``fingerprint`` (a hash of the run's config, :func:`config_fingerprint`),
 record carries it as ``config_sha256`` and loading refuses a file holding records of another
 configuration (records from before the field existed are accepted: their folder's config.yaml
 was checked).
+
+A run may continue on another device or precision (a GPU run finished on a CPU): those two settings
+(:data:`ENVIRONMENT_KEYS`) do not change which numbers a record stands for, only their rounding. Every
+record therefore also carries ``numbers_sha256`` (:func:`numbers_fingerprint`: the config without them)
+and its own ``device`` and ``precision``; a store given ``numbers`` accepts any record with that mark.
+Records written before the mark existed carry only ``config_sha256`` of the config they ran under:
+``legacy`` names the fingerprints accepted for them (the run folder's config.yaml).
 """
 
 from __future__ import annotations
@@ -25,9 +32,14 @@ from typing import Any
 
 from freqpure.errors import RunFolderError
 
-__all__ = ["FINGERPRINT_KEY", "SampleStore", "config_fingerprint"]
+__all__ = ["FINGERPRINT_KEY", "NUMBERS_KEY", "ENVIRONMENT_KEYS", "SampleStore", "config_fingerprint",
+           "numbers_fingerprint", "without_environment"]
 
 FINGERPRINT_KEY = "config_sha256"
+NUMBERS_KEY = "numbers_sha256"
+# Config keys (dotted paths) that choose where and at which float precision a run computes, not what it
+# computes: a run may change them between invocations; each record names its own.
+ENVIRONMENT_KEYS = ("device", "purifier.precision")
 
 
 def config_fingerprint(config: dict[str, Any]) -> str:
@@ -36,12 +48,48 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class SampleStore:
-    """Append-only JSON-lines store of per-sample records keyed by ``record["index"]``."""
+def without_environment(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config dict without the :data:`ENVIRONMENT_KEYS` (device, purifier precision)."""
+    out = json.loads(json.dumps(config, default=str))
+    for dotted in ENVIRONMENT_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
-    def __init__(self, path: str | Path, fingerprint: str | None = None) -> None:
+
+def numbers_fingerprint(config: dict[str, Any]) -> str:
+    """:func:`config_fingerprint` of the config without its device and precision (what the numbers depend on)."""
+    return config_fingerprint(without_environment(config))
+
+
+class SampleStore:
+    """Append-only JSON-lines store of per-sample records keyed by ``record["index"]``.
+
+    ``fingerprint``: stamped on appended records as ``config_sha256``; ``numbers``: stamped as
+    ``numbers_sha256`` and, when given, the mark a record carrying it must match; ``legacy``: further
+    ``config_sha256`` values accepted from records without ``numbers_sha256``.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str | None = None, *, numbers: str | None = None,
+                 legacy: frozenset[str] = frozenset()) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.numbers = numbers
+        self.legacy = frozenset(legacy)
+
+    def _accepts(self, rec: dict[str, Any]) -> tuple[bool, str | None]:
+        """Whether a record belongs to this store's configuration, and its foreign mark if not."""
+        if self.numbers is not None and NUMBERS_KEY in rec:
+            mark = rec[NUMBERS_KEY]
+            return mark == self.numbers, None if mark == self.numbers else f"numbers {mark}"
+        mark = rec.get(FINGERPRINT_KEY)
+        if self.fingerprint is None or mark is None or mark == self.fingerprint or mark in self.legacy:
+            return True, None
+        return False, str(mark)
 
     def repair(self) -> int:
         """Cut a torn last line (bytes after the last newline) so the next append starts on a fresh line.
@@ -81,8 +129,8 @@ class SampleStore:
                     continue
                 if not (isinstance(rec, dict) and isinstance(rec.get("index"), int)):
                     continue
-                mark = rec.get(FINGERPRINT_KEY)
-                if self.fingerprint is not None and mark is not None and mark != self.fingerprint:
+                ok, mark = self._accepts(rec)
+                if not ok:
                     foreign[str(mark)] = foreign.get(str(mark), 0) + 1
                     continue
                 records.setdefault(int(rec["index"]), rec)
@@ -99,6 +147,8 @@ class SampleStore:
         """Append records as one write, under an exclusive lock, then flush and fsync."""
         if self.fingerprint is not None:
             records = [{**r, FINGERPRINT_KEY: self.fingerprint} for r in records]
+        if self.numbers is not None:
+            records = [{**r, NUMBERS_KEY: self.numbers} for r in records]
         payload = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
         if not payload:
             return
