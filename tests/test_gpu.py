@@ -20,7 +20,8 @@ class CpuNoise(StepNoise):
         return super().__call__(key, like.detach().cpu()).to(like.device)
 
     def child(self, salt: int) -> CpuNoise:
-        return CpuNoise(super().child(salt).seed)
+        base = super().child(salt)  # checks the salt; keep the whole path, not only the root seed
+        return CpuNoise(base.seed, base.path)
 
 
 def _models(device):
