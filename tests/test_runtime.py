@@ -155,6 +155,59 @@ def test_passive_wait_policy_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set_passive_wait_policy() and "OMP_NUM_THREADS" not in os.environ  # idle: torch's own count
 
 
+def test_first_purifier_call_applies_the_thread_policy_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import freqpure.runtime as rt
+
+    def eps(x, t):
+        return torch.zeros_like(x)
+
+    def call() -> None:
+        with torch.no_grad():
+            DiffPure(eps, 10, 1)(torch.rand(1, 3, 8, 8), StepNoise(0))
+
+    before = torch.get_num_threads()
+    for key in ("OMP_NUM_THREADS", "FREQPURE_THREADS", "FREQPURE_THREAD_POLICY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(rt, "default_threads", lambda: 1)  # a loaded machine: one idle core
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(rt, "_THREADS_AT_IMPORT", 2)  # torch's count when freqpure was imported
+        monkeypatch.setattr(rt, "_threads_settled", False)
+        call()
+        assert torch.get_num_threads() == 1  # torch imported first or not: the policy holds at the first call
+        torch.set_num_threads(2)
+        call()
+        assert torch.get_num_threads() == 2  # once per process: a later choice of the user stands
+        monkeypatch.setattr(rt, "_threads_settled", False)
+        monkeypatch.setattr(rt, "_THREADS_AT_IMPORT", 4)  # the user called torch.set_num_threads(2) before
+        call()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(rt, "_threads_settled", False)
+        monkeypatch.setattr(rt, "_THREADS_AT_IMPORT", 2)
+        monkeypatch.setenv("FREQPURE_THREAD_POLICY", "torch")
+        call()
+        assert torch.get_num_threads() == 2  # torch's own defaults asked for
+        monkeypatch.delenv("FREQPURE_THREAD_POLICY")
+        monkeypatch.setattr(rt, "_threads_settled", False)
+        configure_threads(2)  # what commands and --threads do: purifiers then leave the count alone
+        call()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch first: seconds idle, a minute on a loaded machine
+def test_import_torch_first_still_gets_the_thread_policy() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FREQPURE_THREAD_POLICY")}
+    env.update(PYTHONPATH=REPO_SRC, FREQPURE_THREADS="1")
+    code = ("import torch, freqpure\n"
+            "before = torch.get_num_threads()\n"
+            "freqpure.DiffPure(lambda x, t: torch.zeros_like(x), 10, 1)(torch.rand(1, 3, 8, 8))\n"
+            "print(before, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "1"
+
+
 @pytest.mark.slow  # a fresh interpreter importing torch: seconds idle, a minute on a loaded machine
 def test_import_freqpure_sets_the_wait_policy_before_torch_loads() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "FREQPURE_THREAD_POLICY")}

@@ -23,7 +23,7 @@ from freqpure._checks import check_images
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, check_checkpoint_setting, checkpoint_policy
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
-from freqpure.runtime import resolve_precision, run_in_precision
+from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds, round_timesteps
 from freqpure.spectral import check_radius, freq_exchange
@@ -238,6 +238,7 @@ class Purifier(nn.Module):
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """Purify ``x`` ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]`` (classifier space, unclamped)."""
+        ensure_thread_policy()  # the first call applies the thread policy, whatever the import order
         x = self.validate(x)
         noise = noise if noise is not None else self.new_noise()
         x_input = x * 2 - 1  # diffusion space
@@ -491,6 +492,7 @@ class PurifiedClassifier(nn.Module):
 
     def purify(self, x: Tensor, noise: StepNoise | DrawNoise | None = None) -> Tensor:
         """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
+        ensure_thread_policy()
         x = self._check_input(x)
         if self.preprocess is not None:
             x = self.preprocess(x)

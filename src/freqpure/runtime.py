@@ -21,10 +21,16 @@ from torch import Tensor, nn
 
 from freqpure.errors import UsageError
 
-__all__ = ["PRECISIONS", "Autocast", "autocast", "configure_threads", "default_threads", "resolve_precision",
-           "run_in_precision"]
+__all__ = ["PRECISIONS", "Autocast", "autocast", "configure_threads", "default_threads", "ensure_thread_policy",
+           "resolve_precision", "run_in_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# Thread policy state. ``_THREADS_AT_IMPORT``: torch's count when freqpure was imported, so that a later
+# ``torch.set_num_threads`` by the user can be told apart from torch's own default. ``_threads_settled``:
+# a command, :func:`configure_threads` or the first purifier call has decided the count for this process.
+_THREADS_AT_IMPORT = torch.get_num_threads()
+_threads_settled = False
 
 
 def default_threads() -> int:
@@ -46,8 +52,9 @@ def configure_threads(threads: int | None = None) -> int:
     ``$OMP_NUM_THREADS`` if set (torch's reading of it), else :func:`default_threads`.
     ``FREQPURE_THREAD_POLICY=torch`` keeps torch's own default instead (the pre-policy behaviour).
     The other half of the policy, a passive OpenMP wait, is set before torch loads
-    (:mod:`freqpure._threadenv`).
+    (:mod:`freqpure._threadenv`). Once called, purifiers leave the count alone (:func:`ensure_thread_policy`).
     """
+    _settle()
     if threads is None and os.environ.get("FREQPURE_THREADS"):
         raw = os.environ["FREQPURE_THREADS"]
         try:
@@ -62,6 +69,31 @@ def configure_threads(threads: int | None = None) -> int:
         raise UsageError(f"threads must be a positive integer, got {threads!r}")
     torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def _settle() -> None:
+    global _threads_settled
+    _threads_settled = True
+
+
+def ensure_thread_policy() -> int | None:
+    """Apply the default thread policy once per process, whatever the import order; returns the count it set.
+
+    Called by every purifier at its first call, so that ``import torch, freqpure`` gets the same thread count
+    as ``import freqpure, torch`` (the OpenMP wait policy can only be chosen before torch loads; the count can
+    be chosen at any time). Does nothing when a command or :func:`configure_threads` already chose, when the
+    user changed torch's count (``torch.set_num_threads``) after importing freqpure, or under
+    ``FREQPURE_THREAD_POLICY=torch``; otherwise it is :func:`configure_threads` with ``None``
+    (``$FREQPURE_THREADS``, ``$OMP_NUM_THREADS``, else the idle cores).
+    """
+    if _threads_settled:
+        return None
+    _settle()
+    if os.environ.get("FREQPURE_THREAD_POLICY", "").lower() == "torch":
+        return None
+    if torch.get_num_threads() != _THREADS_AT_IMPORT:  # the user chose with torch.set_num_threads
+        return None
+    return configure_threads(None)
 
 
 @functools.cache
