@@ -17,7 +17,6 @@ from freqpure.study import (
     band_limited_noise,
     band_passthrough,
     load_study_config,
-    mcnemar_exact,
     run_study,
 )
 from freqpure.study import _band_masks as band_masks
@@ -26,12 +25,16 @@ from helpers import model_name
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_mcnemar_exact_matches_the_binomial_tail():
-    assert mcnemar_exact(0, 0) == 1.0
-    assert mcnemar_exact(5, 5) == 1.0
-    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # 2 * 0.5**6
-    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
-    assert mcnemar_exact(23, 0) < 1e-6
+def test_the_study_uses_the_one_mcnemar_test():
+    from freqpure.evaluation.paired import mcnemar_p
+    from freqpure.study import _paired
+
+    assert mcnemar_p(0, 6) == pytest.approx(2 / 64)  # 2 * 0.5**6
+    assert mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    pair = _paired({1: True, 2: True, 3: False}, {1: False, 2: True, 3: True, 4: True})
+    assert (pair["n"], pair["a_only"], pair["b_only"], pair["p"]) == (3, 1, 1, 1.0)
+    lo, hi = pair["ci"]
+    assert lo < 0 < hi and pair["diff"] == 0
 
 
 def test_band_noise_lies_in_its_band_and_passthrough_reads_it():
@@ -136,7 +139,7 @@ def test_tiny_evaluate_stage_pairs_runs_with_diffpure(tmp_path):
     results = json.loads((out / "stage2" / "freqpure-official" / "results.json").read_text())
     assert results["n"] == 2 and results["config"]["purifier"]["variant"] == "official"
     assert results["config"]["classifier"]["name"] == study.classifier
-    assert "freqpure-official vs diffpure | worst case | 2 |" in text
+    assert "| freqpure-official vs diffpure | worst case | 2 (classes " in text
     assert "(official)" in text  # the table names the variant
     assert (out / "clean-vs-robust.png").read_bytes()[:4] == b"\x89PNG"
     mtime = (out / "stage2" / "diffpure" / "samples.jsonl").stat().st_mtime_ns

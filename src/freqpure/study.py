@@ -34,6 +34,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -50,7 +51,9 @@ from freqpure.config import (
     with_resolved_precision,
 )
 from freqpure.errors import UsageError
-from freqpure.evaluation.results import Accuracy, Results, accuracy, read_results, write_json
+from freqpure.evaluation.paired import PairedRow, compare_samples, mcnemar_p
+from freqpure.evaluation.results import Accuracy, accuracy, write_json
+from freqpure.evaluation.rundir import saved_config
 from freqpure.evaluation.store import SampleStore
 from freqpure.samplers import StepNoise
 
@@ -60,7 +63,6 @@ __all__ = [
     "StageConfig",
     "StudyConfig",
     "load_study_config",
-    "mcnemar_exact",
     "band_limited_noise",
     "band_passthrough",
     "run_clean_setting",
@@ -189,20 +191,18 @@ def load_study_config(path: str | Path, overrides: list[str] | None = None) -> S
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (1.0 when there are none)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def _paired(a: dict[int, bool], b: dict[int, bool]) -> dict[str, Any]:
+    """Correctness of two settings on their common images: discordant counts, exact McNemar p and
+    Newcombe's paired 95% interval of the difference ``a - b``."""
+    from freqpure.evaluation.paired import newcombe_paired_ci
+
     common = sorted(set(a) & set(b))
     only_a = sum(a[i] and not b[i] for i in common)
     only_b = sum(b[i] and not a[i] for i in common)
-    return {"n": len(common), "a_only": only_a, "b_only": only_b, "p": mcnemar_exact(only_a, only_b)}
+    both = sum(a[i] and b[i] for i in common)
+    ci = newcombe_paired_ci(both, only_a, only_b, len(common) - both - only_a - only_b)
+    return {"n": len(common), "a_only": only_a, "b_only": only_b, "p": mcnemar_p(only_a, only_b),
+            "diff": (only_a - only_b) / len(common) if common else 0.0, "ci": ci}
 
 
 def _mean_ci(values: list[float]) -> dict[str, float]:
@@ -414,17 +414,6 @@ def _outcomes_clean(folder: Path, file: str = "samples.jsonl") -> dict[int, bool
     return {i: bool(r["correct"]) for i, r in SampleStore(folder / file).load().items()}
 
 
-def _outcomes_eval(folder: Path) -> dict[str, dict[int, bool]]:
-    recs = SampleStore(folder / "samples.jsonl").load()
-    out: dict[str, dict[int, bool]] = {"clean": {}, "worst case": {}}
-    for i, r in recs.items():
-        out["clean"][i] = bool(r["clean_correct"])
-        out["worst case"][i] = bool(r["robust"])
-        for label, a in r["attacks"].items():
-            out.setdefault(label, {})[i] = bool(a["correct"])
-    return out
-
-
 def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
     """``85.0 [81.2, 88.1]`` from an :class:`~freqpure.evaluation.results.Accuracy` (or its dict form)."""
     if isinstance(entry, dict):
@@ -438,8 +427,9 @@ def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
 def _ptext(p: dict[str, Any] | None) -> str:
     if p is None:
         return "—"
-    pv = "< 0.001" if p["p"] < 0.001 else f"{p['p']:.3f}"
-    return f"{p['a_only']}/{p['b_only']}, p {pv}"
+    lo, hi = p["ci"]
+    diff = f"{100 * p['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{p['a_only']}/{p['b_only']}, p {_pvalue(p['p'])}, {diff}"
 
 
 def _eval_config(run: RunConfig, study: StudyConfig, base_dir: Path):
@@ -459,15 +449,31 @@ def _eval_config(run: RunConfig, study: StudyConfig, base_dir: Path):
     return apply_overrides(cfg, models)
 
 
-def _record_time(folder: Path, wall: float, cpu: float) -> dict[str, Any]:
+def _record_time(folder: Path, wall: float, cpu: float, *, finished: bool = True, entry: int | None = None) -> int:
+    """Add (or, with ``entry``, update) one invocation in ``folder/timing.json``; returns its entry number.
+
+    ``finished: false`` marks an invocation still working, or one killed after its last update."""
+    import fcntl
+
     path = folder / "timing.json"
+    with open(folder / ".timing.lock", "a") as guard:  # parallel parts of one stage share the file
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        return _update_timing(path, wall, cpu, finished, entry)
+
+
+def _update_timing(path: Path, wall: float, cpu: float, finished: bool, entry: int | None) -> int:
     timing = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
-    timing["invocations"].append({"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                  "wall_seconds": wall, "cpu_seconds": cpu, "threads": torch.get_num_threads()})
+    item = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": wall, "cpu_seconds": cpu,
+            "threads": torch.get_num_threads(), "completed": finished}
+    if entry is None:
+        timing["invocations"].append(item)
+        entry = len(timing["invocations"]) - 1
+    else:
+        timing["invocations"][entry] = item
     timing["wall_hours_total"] = sum(i["wall_seconds"] for i in timing["invocations"]) / 3600
     timing["cpu_hours_total"] = sum(i["cpu_seconds"] for i in timing["invocations"]) / 3600
     write_json(path, timing)
-    return timing
+    return entry
 
 
 def _clean_table(stage: StageConfig, folder: Path) -> str:
@@ -507,50 +513,82 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
     return "\n".join(lines)
 
 
-def _eval_table(stage: StageConfig, folder: Path) -> str:
-    from freqpure.evaluation.table import defence_settings
+def _environment_text(envs: dict[str, int]) -> str:
+    """``{"cuda/bf16": 96, "cpu/fp32": 32}`` → ``'96 cuda/bf16, 32 cpu/fp32'``."""
+    return ", ".join(f"{n} {k}" for k, n in envs.items()) or "—"
 
-    results: dict[str, Results] = {}
-    for r in stage.runs:
-        if (folder / r.name / "results.json").is_file():
-            results[r.name] = read_results(folder / r.name)
+
+def _diff_text(row: PairedRow, planned: int) -> tuple[str, str]:
+    """The difference with its Newcombe interval, and the smallest difference detectable at this n / planned n."""
+    lo, hi = row.diff_ci95
+    diff = f"{100 * row.difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    detect = []
+    for n in dict.fromkeys((row.n, planned)):
+        mdd = row.min_detectable(n)
+        detect.append(f"n = {n}: " + ("none" if mdd is None else f"{100 * mdd:.1f}"))
+    return diff, "; ".join(detect)
+
+
+def _eval_table(stage: StageConfig, folder: Path) -> str:
+    """Every part with records, finished or not (n, classes, device/precision), and its pairings."""
+    from freqpure.evaluation.table import attack_settings, defence_settings
+    from freqpure.study_parts import class_span, part_summary
+
+    parts = {r.name: part_summary(folder / r.name, name=r.name) if (folder / r.name).is_dir() else None
+             for r in stage.runs}
     columns: list[str] = []
-    for res in results.values():
-        columns += [c for c in res.per_attack if c not in columns]
-    head = ["run", "defence", "n", "clean"] + [f"`{c}`" for c in columns] + ["worst case", "vs paired DiffPure, worst "
-                                                                              "case (b/c, McNemar)"]
+    for s in parts.values():
+        if s is not None:
+            columns += [c for c in s.metrics() if c not in columns and c not in ("clean", "worst case")]
+    head = (["run", "defence", "images", "classes", "computed on", "clean"] + [f"`{c}`" for c in columns]
+            + ["worst case", "vs paired DiffPure, worst case: b/c, McNemar, difference [95% CI] (points)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     paired_lines = []
     for r in stage.runs:
-        res = results.get(r.name)
-        if res is None:
+        s = parts[r.name]
+        if s is None:
             lines.append("| " + " | ".join([r.name, "not yet run"] + [""] * (len(head) - 2)) + " |")
             continue
-        pair = None
-        if r.compare_to and r.compare_to != r.name and r.compare_to in results:
-            mine, base = _outcomes_eval(folder / r.name), _outcomes_eval(folder / r.compare_to)
-            pair = _paired(mine["worst case"], base["worst case"])
-            for metric in mine:
-                if metric in base:
-                    p = _paired(mine[metric], base[metric])
-                    paired_lines.append(f"| {r.name} vs {r.compare_to} | {metric} | {p['n']} | {_ptext(p)} |")
-        cells = [r.name, defence_settings(res), str(res.n), _pct(res.clean)]
-        cells += [_pct(res.per_attack.get(c)) for c in columns]
-        cells += [_pct(res.robust), _ptext(pair)]
+        defence = defence_settings(SimpleNamespace(config=saved_config(folder / r.name)))  # type: ignore[arg-type]
+        status = f"{s.n} of {s.planned}" + ("" if s.complete else " (interim)")
+        pair_cell = "—"
+        base = parts.get(r.compare_to) if r.compare_to and r.compare_to != r.name else None
+        if base is not None:
+            comparison = compare_samples(s.records, base.records, order=s.metrics())
+            labels = [s.records[i].label for i in comparison.common]
+            for row in comparison.rows:
+                diff, detect = _diff_text(row, s.planned)
+                paired_lines.append(f"| {r.name} vs {r.compare_to} | {row.metric} | {row.n} (classes "
+                                    f"{class_span(labels)}) | {100 * row.accuracy_a:.1f} vs {100 * row.accuracy_b:.1f} "
+                                    f"| {row.only_a}/{row.only_b}, p {_pvalue(row.p)} | {diff} | {detect} |")
+                if row.metric == "worst case":
+                    pair_cell = f"{row.only_a}/{row.only_b}, p {_pvalue(row.p)}, {diff} (n = {row.n})"
+        cells = [r.name, defence, status, class_span(s.labels), _environment_text(s.environments),
+                 _pct(s.accuracy("clean"))]
+        cells += [_pct(s.accuracy(c)) for c in columns]
+        cells += [_pct(s.accuracy("worst case")), pair_cell]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Accuracy in % [95% Wilson interval]; worst case = correct on the clean image and under every "
-              "attack of the run. b/c = images this run gets right and its DiffPure run wrong / the reverse (same "
-              "images, same seeds); p = two-sided exact McNemar."]
+    lines += ["", "Accuracy in % [95% Wilson interval] on the images recorded so far; a part marked interim "
+              "covers only the classes listed (the subset is ordered by class). Worst case = correct on the clean "
+              "image and on the final image of every attack of the run. b/c = images this run gets right and its "
+              "DiffPure run wrong / the reverse, on the images both have (same images, same seeds); p = two-sided "
+              "exact McNemar; difference = this run minus DiffPure in points with Newcombe's paired 95% interval."]
     if paired_lines:
-        lines += ["", "| pair | metric | common images | b/c, McNemar |", "|---|---|---|---|", *paired_lines]
+        lines += ["", "| pair | metric | common images | accuracy (%) | b/c, McNemar | difference [95% CI] "
+                  "(points) | smallest difference detectable (points; power 0.8, observed discordance) |",
+                  "|---|---|---|---|---|---|---|", *paired_lines]
     for r in stage.runs:
-        res = results.get(r.name)
-        if res is None:
-            continue
-        from freqpure.evaluation.table import attack_settings
+        if parts[r.name] is not None:
+            from freqpure.evaluation.config import AttackConfig
 
-        lines.append(f"- **{r.name}**: " + "; ".join(f"`{lab}`: {attack_settings(a)}" for lab, a in res.attacks()))
+            attacks = (saved_config(folder / r.name) or {}).get("attacks", [])
+            lines.append(f"- **{r.name}**: " + "; ".join(
+                f"`{from_dict(AttackConfig, a).display()}`: {attack_settings(a)}" for a in attacks))
     return "\n".join(lines)
+
+
+def _pvalue(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def stage_markdown(stage: StageConfig, folder: Path) -> str:
@@ -566,20 +604,23 @@ def stage_markdown(stage: StageConfig, folder: Path) -> str:
 
 
 def clean_vs_robust_points(study: StudyConfig, out: Path) -> list[dict[str, Any]]:
-    """One point per finished evaluate run: ``{"stage", "run", "method", "variant", "clean", "robust"}``
-    (worst-case robust accuracy), read from the runs' ``results.json``."""
+    """One point per evaluate part with records: ``{"stage", "run", "method", "variant", "clean", "robust",
+    "n", "planned"}`` (worst-case robust accuracy on the images recorded so far)."""
+    from freqpure.study_parts import part_summary
+
     points = []
     for stage in study.stages:
         if stage.kind != "evaluate":
             continue
         for r in stage.runs:
-            if not (out / stage.name / r.name / "results.json").is_file():
+            part = out / stage.name / r.name
+            s = part_summary(part, name=r.name) if part.is_dir() else None
+            if s is None:
                 continue
-            res = read_results(out / stage.name / r.name)
-            pur = res.config["purifier"]
-            points.append({"stage": stage.name, "run": r.name, "method": pur["method"],
-                           "variant": pur.get("variant") or "paper", "clean": res.clean.accuracy,
-                           "robust": res.robust.accuracy})
+            pur = (saved_config(part) or {}).get("purifier") or {}
+            points.append({"stage": stage.name, "run": r.name, "method": pur.get("method"),
+                           "variant": pur.get("variant") or "paper", "clean": s.accuracy("clean").accuracy,
+                           "robust": s.accuracy("worst case").accuracy, "n": s.n, "planned": s.planned})
     return points
 
 
@@ -601,7 +642,9 @@ def clean_vs_robust_plot(points: list[dict[str, Any]], path: str | Path) -> Path
         seen.add(key)
         ax.scatter(100 * p["clean"], 100 * p["robust"], color=colours.get(key, "#7f7f7f"),
                    marker=markers[stages.index(p["stage"]) % len(markers)], label=label, s=40)
-        ax.annotate(f"{p['stage'].split('-')[0]}/{p['run']}", (100 * p["clean"], 100 * p["robust"]), fontsize=6,
+        interim = f" (n = {p['n']} of {p['planned']})" if p.get("n", 0) < p.get("planned", 0) else ""
+        ax.annotate(f"{p['stage'].split('-')[0]}/{p['run']}{interim}", (100 * p["clean"], 100 * p["robust"]),
+                    fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("worst-case robust accuracy (%)")
@@ -613,23 +656,104 @@ def clean_vs_robust_plot(points: list[dict[str, Any]], path: str | Path) -> Path
     return path
 
 
+def _select(study: StudyConfig, stages: list[str] | None, parts: list[str] | None) -> dict[str, set[str] | None]:
+    """The parts to run by stage: ``{stage: None}`` = all of the stage's parts; stages absent are only tabulated.
+
+    ``stages``: stage names; ``parts``: ``STAGE/PART`` names. Unknown names are refused."""
+    names = {s.name: [p.name for p in (s.settings if s.kind == "clean" else s.runs)] for s in study.stages}
+    unknown = sorted(set(stages or []) - set(names))
+    if unknown:
+        raise UsageError(f"unknown stage(s) {unknown}; the study has {list(names)}")
+    if not stages and not parts:
+        return {name: None for name in names}
+    chosen: dict[str, set[str] | None] = {name: None for name in stages or []}
+    for item in parts or []:
+        stage, _, part = item.partition("/")
+        if stage not in names or part not in names[stage]:
+            raise UsageError(f"unknown part {item!r}: give STAGE/PART, e.g. "
+                             f"{next(iter(names))}/{names[next(iter(names))][0]}")
+        if chosen.get(stage, set()) is not None:
+            chosen.setdefault(stage, set()).add(part)  # type: ignore[union-attr]
+    return chosen
+
+
+class _Clock:
+    """The wall and CPU time of this invocation in a stage's timing.json, kept current while it works
+    (rewritten every ``interval`` seconds), so a killed invocation's time is counted up to its last beat."""
+
+    def __init__(self, folder: Path, interval: float = 60.0) -> None:
+        import threading
+
+        self.folder, self.interval = folder, interval
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+        self.entry: int | None = None
+        self._lock = threading.Lock()  # the beat and the final write never interleave
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import threading
+
+        if self.entry is not None:
+            return
+        self.entry = _record_time(self.folder, 0.0, 0.0, finished=False)
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._write(finished=False)
+
+    def _write(self, finished: bool) -> None:
+        with self._lock:
+            if self.entry is None:
+                return
+            _record_time(self.folder, time.perf_counter() - self.wall0, time.process_time() - self.cpu0,
+                         finished=finished, entry=self.entry)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._write(finished=True)
+
+
+def _finish_from_records(part: Path) -> bool:
+    """Write results.json of a part whose every record exists but that has none (records made elsewhere,
+    or a run stopped between its last batch and its summary), computing nothing. True if written."""
+    from freqpure.study_parts import finalize_from_records, part_summary
+
+    if (part / "results.json").is_file() or not (part / "config.yaml").is_file():
+        return False
+    summary = part_summary(part)
+    if summary is None or not summary.complete:
+        return False
+    from freqpure.errors import RunFolderError
+    from freqpure.evaluation.config import EvalConfig
+
+    try:
+        finalize_from_records(part, from_dict(EvalConfig, saved_config(part) or {}))
+    except RunFolderError:  # another process holds the part (and will summarise it)
+        return False
+    return True
+
+
 def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = ".", stages: list[str] | None = None,
-              progress: bool = True, execute: bool = True) -> Path:
+              parts: list[str] | None = None, progress: bool = True, execute: bool = True) -> Path:
     """Run (or resume) the stages of ``study`` into ``out``; returns the path of ``study.md``.
 
-    ``stages``: names of the stages to run (default: all); the others are only tabulated.
-    ``execute=False``: run nothing, only rewrite the tables.
-    ``base_dir``: the folder evaluation-config paths of ``runs`` are relative to (the study config's).
+    ``stages``: names of the stages to run; ``parts``: ``STAGE/PART`` names to run (default: everything);
+    the others are only tabulated. ``execute=False``: run nothing, only rewrite the tables (and write the
+    results.json of parts whose every record exists). ``base_dir``: the folder evaluation-config paths of
+    ``runs`` are relative to (the study config's).
     """
     import freqpure
     from freqpure.cli.common import resolve_device
+    from freqpure.evaluation.lock import RunLock
     from freqpure.evaluation.runner import evaluate
 
     out, base_dir = Path(out), Path(base_dir)
-    names = [s.name for s in study.stages]
-    unknown = sorted(set(stages or []) - set(names))
-    if unknown:
-        raise UsageError(f"unknown stage(s) {unknown}; the study has {names}")
+    chosen = _select(study, stages, parts)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "study.yaml"
     if not saved.exists():
@@ -645,39 +769,53 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
         return models["classifier"], models["eps"]
 
     for stage in study.stages:
-        if not execute or (stages and stage.name not in stages):
-            if (out / stage.name).is_dir():
-                (out / stage.name / "stage.md").write_text(stage_markdown(stage, out / stage.name))
-            continue
         folder = out / stage.name
+        if stage.kind == "evaluate" and folder.is_dir():
+            for run in stage.runs:  # records made elsewhere (imported) get their results.json here
+                _finish_from_records(folder / run.name)
+        if not execute or stage.name not in chosen:
+            if folder.is_dir():
+                (folder / "stage.md").write_text(stage_markdown(stage, folder))
+            continue
+        wanted = chosen[stage.name]
         folder.mkdir(parents=True, exist_ok=True)
-        wall0, cpu0, worked = time.perf_counter(), time.process_time(), False
+        clock = _Clock(folder)
         try:
             if stage.kind == "clean":
                 for setting in stage.settings:
+                    if wanted is not None and setting.name not in wanted:
+                        continue
                     part = folder / setting.name
                     if (part / "summary.json").is_file():
                         _check_part_dir(part, _clean_state(stage, setting, study))
                         continue
                     classifier, eps_model = shared_models()
-                    worked = True  # count the time of an interrupted part too
-                    run_clean_setting(stage, setting, study, part, classifier=classifier, eps_model=eps_model,
-                                      device=device, progress=progress)
+                    clock.start()  # count the time of an interrupted part too
+                    part.mkdir(parents=True, exist_ok=True)
+                    lock = RunLock(part).acquire()  # two studies never write one part
+                    try:
+                        run_clean_setting(stage, setting, study, part, classifier=classifier, eps_model=eps_model,
+                                          device=device, progress=progress)
+                    finally:
+                        lock.release()
             else:
                 for run in stage.runs:
+                    if wanted is not None and run.name not in wanted:
+                        continue
                     cfg = _eval_config(run, study, base_dir)
                     part = folder / run.name
                     if (part / "results.json").is_file():
                         from freqpure.evaluation.config import EvalConfig
+                        from freqpure.evaluation.store import without_environment
 
                         done = json.loads((part / "results.json").read_text())
-                        if not config_diff(to_dict(from_dict(EvalConfig, done["config"])), to_dict(cfg)):
+                        if not config_diff(without_environment(to_dict(from_dict(EvalConfig, done["config"]))),
+                                           without_environment(to_dict(cfg))):
                             continue
-                    worked = True
+                    clock.start()
                     evaluate(cfg, part, resume=True, progress=progress)
         finally:
-            if worked:
-                _record_time(folder, time.perf_counter() - wall0, time.process_time() - cpu0)
+            clock.stop()
             (folder / "stage.md").write_text(stage_markdown(stage, folder))
     text = [f"# {study.name}", "", f"Models: classifier `{study.classifier}`, diffusion `{study.diffusion}`; "
             f"device {study.device}; seed {study.seed}.", ""]
