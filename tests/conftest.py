@@ -126,7 +126,7 @@ def real_images(cifar_test_tar: Path) -> torch.Tensor:
     return read_tar_images(cifar_test_tar, every=625, limit=16)[0]
 
 
-TINY_DEMO_ARGS = ["--n", "3", "--batch-size", "2", "--steps", "2", "--eot", "2", "--ensemble", "1",
+TINY_DEMO_ARGS = ["--n", "3", "--batch-size", "2", "--attack-steps", "2", "--eot", "2", "--ensemble", "1",
                   "--rounds", "20:2", "--no-progress", "--threads", "1"]
 
 

@@ -73,7 +73,7 @@ def test_diffpure_and_config_file(image_dir, tmp_path):
     [
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--method", "magic"], "purifier.method must be"),
-        (["--t-start", "20"], "--t-start and --steps go together"),
+        (["--t-start", "20"], "--t-start needs --steps too"),
         (["--amp-radius", "40"], "amp_radius=40.0 is larger than the 32x32 spectrum"),
     ],
 )

@@ -82,25 +82,25 @@ def test_demo_rerun_reuses_work_and_refuses_other_settings(tiny_demo, tmp_path, 
     assert "estimated time" not in printed
     again = read_results(copy / "freqpure")
     assert again.robust == before.robust and again.resumed is True, "continuing finished work is a resume"
-    assert main([*args, "--steps", "3"]) == 2
+    assert main([*args, "--attack-steps", "3"]) == 2
     assert "attacks" in capsys.readouterr().err
 
 
 def test_demo_settings_come_from_config_file_set_and_flags(tmp_path, capsys) -> None:
     cfg = tmp_path / "demo.yaml"
-    cfg.write_text("n: 5\nsteps: 4\n")
+    cfg.write_text("n: 5\nattack_steps: 4\n")
     from freqpure.cli.common import load_command_config
     from freqpure.cli.main import build_parser
 
     parser = build_parser()
     ns = parser.parse_args(["demo", "--config", str(cfg), "--set", "eot=3", "--ensemble", "2"])
     settings = load_command_config(DemoSettings, ns, {"ensemble": ns.ensemble, "eot": ns.eot})
-    assert (settings.n, settings.steps, settings.eot, settings.ensemble) == (5, 4, 3, 2)
+    assert (settings.n, settings.attack_steps, settings.eot, settings.ensemble) == (5, 4, 3, 2)
     cfgs = demo_configs(settings)
     assert cfgs["none"].defence.ensemble == 1 and cfgs["freqpure"].defence.ensemble == 2
     assert main(["demo", "--config", str(cfg), "--set", "nn=3"]) == 2
     assert re.search(r"unknown config key.*nn", capsys.readouterr().err)
-    assert main(["demo", "--set", "steps=3", "--steps", "4"]) == 2
+    assert main(["demo", "--set", "attack_steps=3", "--attack-steps", "4"]) == 2
     assert "given both by --set and by its own flag" in capsys.readouterr().err
 
 
@@ -111,7 +111,7 @@ def test_demo_default_size_estimate_method(monkeypatch) -> None:
 
     from freqpure.evaluation import demo as demo_mod
 
-    settings = DemoSettings(n=16, steps=3, eot=1, batch_size=8, ensemble=1)
+    settings = DemoSettings(n=16, attack_steps=3, eot=1, batch_size=8, ensemble=1)
     cfgs = demo_configs(settings)
     calls = {"n": 0}
 

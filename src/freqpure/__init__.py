@@ -28,11 +28,13 @@ __all__ = [
     "Purifier",
     "StepNoise",
     "VPSDE",
+    "build_purifier",
     "list_models",
     "load_classifier",
     "load_diffusion",
     "model_info",
     "parse_rounds",
+    "preset",
     "spectral",
 ]
 
@@ -42,4 +44,12 @@ def __getattr__(name: str):  # lazy: the registry imports the model zoo only whe
         from freqpure.models import registry
 
         return getattr(registry, name)
+    if name == "preset":
+        from freqpure.presets import preset
+
+        return preset
+    if name == "build_purifier":
+        from freqpure.config import build_purifier
+
+        return build_purifier
     raise AttributeError(f"module 'freqpure' has no attribute {name!r}")

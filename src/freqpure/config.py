@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from freqpure.errors import NotFoundError, UsageError
+from freqpure.presets import DEFAULTS
 
 __all__ = [
     "PurifierConfig",
@@ -51,22 +52,25 @@ class PurifierConfig:
     key given explicitly overrides the variant (an ablation, e.g. ``variant: official`` with
     ``step_rule: posterior``). A key equal to its variant's value is stored as ``null`` (one canonical
     form, so a saved config compares equal however it was written); :meth:`effective` gives the values.
+
+    The defaults are the library's (:data:`freqpure.presets.DEFAULTS`); :func:`freqpure.presets.preset` gives
+    the named settings (``paper``, ``official-v2``, ``bundled-table``, ...).
     """
 
-    method: str = "freqpure"
-    diffusion: str = "cifar10-ddpm-small"
-    rounds: str = "100:20"
-    sampler: str = "ddpm"
-    amp_radius: float | None = 10.0
-    phase_radius: float | None = 10.0
-    delta: float = 0.3
+    method: str = DEFAULTS["method"]
+    diffusion: str = DEFAULTS["diffusion"]
+    rounds: str = DEFAULTS["rounds"]
+    sampler: str = DEFAULTS["sampler"]
+    amp_radius: float | None = DEFAULTS["amp_radius"]
+    phase_radius: float | None = DEFAULTS["phase_radius"]
+    delta: float = DEFAULTS["delta"]
     mode: str | None = None
-    variant: str = "paper"
+    variant: str = DEFAULTS["variant"]
     step_rule: str | None = None
     grid: str | None = None
     variance: str | None = None
     reference: str | None = None
-    reference_t: int = 50
+    reference_t: int = DEFAULTS["reference_t"]
     recompute_reference: bool = False
     clip_x0: bool = False
     # Arithmetic of the ε-model (and, in ``evaluate``, of the classifier): auto | fp32 | bf16. ``auto`` is bf16

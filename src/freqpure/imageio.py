@@ -214,9 +214,13 @@ def resize_square(image: Tensor, size: int) -> Tensor:
 def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     """Expand files and folders (searched recursively) into ``(path, relative output name)`` pairs.
 
+    A single input folder maps to the output folder itself (``photos/a/b.png`` → ``a/b.png``); with several
+    inputs each folder is mirrored under its own name (``a/x.png`` and ``b/x.png`` → ``a/x.png``, ``b/x.png``),
+    so equal file names in different folders do not collide. A file maps to its stem with ``.png``.
     Raises ``FileNotFoundError`` for a missing input and ``ValueError`` when nothing is found or an
     input is not a regular file or folder.
     """
+    inputs = list(inputs)
     found: list[tuple[Path, Path]] = []
     for raw in inputs:
         path = Path(raw)
@@ -224,7 +228,8 @@ def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise UsageError(f"no PNG/JPEG images found in folder {path}")
-            found += [(p, p.relative_to(path).with_suffix(".png")) for p in files]
+            base = Path(path.resolve().name) if len(inputs) > 1 else Path()
+            found += [(p, base / p.relative_to(path).with_suffix(".png")) for p in files]
             continue
         _regular_file(path)  # missing → NotFoundError; a device or FIFO → UsageError
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -235,7 +240,8 @@ def collect_images(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     names = [name for _, name in found]
     if len(set(names)) != len(names):
         dupes = sorted({str(n) for n in names if names.count(n) > 1})
-        raise UsageError(f"several inputs would be written to the same output name: {', '.join(dupes[:5])}")
+        raise UsageError(f"several inputs would be written to the same output name: {', '.join(dupes[:5])} "
+                         "(folders are mirrored under their own names: rename one, or purify them one at a time)")
     return found
 
 

@@ -23,6 +23,7 @@ from freqpure._checks import check_images
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, check_checkpoint_setting, checkpoint_policy
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
+from freqpure.presets import DEFAULTS
 from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds, round_timesteps
@@ -237,7 +238,15 @@ class Purifier(nn.Module):
         return _as_compute_dtype(x, _compute_dtype(self.eps_model))
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
-        """Purify ``x`` ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]`` (classifier space, unclamped)."""
+        """Purify ``x`` ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]`` (classifier space, unclamped).
+
+        Not clamped to [0, 1] on purpose: a clamp has zero gradient wherever it is active, which would hide part
+        of the defence from gradient attacks, and every recorded evaluation gave the classifier these exact
+        values. A few pixels may land slightly outside [0, 1] (about -0.01 … 1.06 on CIFAR-10); use
+        ``purifier(x).clamp(0, 1)`` to view or save images (``freqpure purify`` does). Each call draws fresh
+        noise from the generator seeded with ``seed`` (the k-th call of two purifiers built alike is the same);
+        pass ``noise=StepNoise(s)`` for the same output on every call.
+        """
         ensure_thread_policy()  # the first call applies the thread policy, whatever the import order
         x = self.validate(x)
         noise = noise if noise is not None else self.new_noise()
@@ -302,17 +311,18 @@ class Purifier(nn.Module):
 class DiffPure(Purifier):
     """DiffPure (Nie et al., 2022): noise to ``t_star`` and reverse-diffuse in ``steps`` steps.
 
+    Defaults are the library's (:data:`freqpure.presets.DEFAULTS`: t* = 100, 20 DDPM steps).
     ``DiffPure(eps_model, t_star=100, steps=100, sampler="sde")`` is DiffPure's CIFAR-10 setting
-    (t* = 0.1, dt = 1e-3); ``sampler="ddpm"`` runs the discrete ancestral chain instead.
+    (t* = 0.1, dt = 1e-3; preset ``diffpure-paper``); ``sampler="ddpm"`` runs the discrete ancestral chain.
     """
 
     def __init__(
         self,
         eps_model: EpsFn,
-        t_star: int = 100,
-        steps: int = 100,
+        t_star: int = DEFAULTS["t_star"],
+        steps: int = DEFAULTS["steps"],
         *,
-        sampler: Sampler = "ddpm",
+        sampler: Sampler = DEFAULTS["sampler"],
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
@@ -323,6 +333,10 @@ class DiffPure(Purifier):
 
 class FreqPure(Purifier):
     """FreqPure (Pei et al., ICML 2025): DiffPure with the frequency exchange on x0 at every step.
+
+    Defaults are the library's (:data:`freqpure.presets.DEFAULTS`: t* = 100, 20 DDPM steps, r_a = r_p = 10,
+    δ = 0.3, paper variant); ``freqpure.build_purifier(freqpure.preset("paper"), eps_model)`` is the paper's
+    CIFAR-10 setting (see :mod:`freqpure.presets`).
 
     Args:
         eps_model: ε-model callable.
@@ -348,14 +362,14 @@ class FreqPure(Purifier):
     def __init__(
         self,
         eps_model: EpsFn,
-        amp_radius: float | None = 10,
-        phase_radius: float | None = 10,
-        delta: float = 0.3,
-        t_start: int = 100,
-        steps: int = 20,
+        amp_radius: float | None = DEFAULTS["amp_radius"],
+        phase_radius: float | None = DEFAULTS["phase_radius"],
+        delta: float = DEFAULTS["delta"],
+        t_start: int = DEFAULTS["t_star"],
+        steps: int = DEFAULTS["steps"],
         *,
         reference: Reference | None = None,
-        reference_t: int = 50,
+        reference_t: int = DEFAULTS["reference_t"],
         recompute_reference: bool = False,
         mode: Literal["paper", "reference"] | None = None,
         rounds: str | Sequence[PurificationRound] | None = None,

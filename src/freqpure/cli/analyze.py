@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip the PNG plots")
     p.add_argument("--batch-size", type=int, help="images per batch (default: 64)")
     p.add_argument("--report", action="store_true", help="also write report.html (freqpure report)")
-    add_config_args(p, "analysis")
+    add_config_args(p, "analysis", example="--set n=64 --set attack_steps=10")
     add_runtime_args(p)
     p.set_defaults(func=run)
 

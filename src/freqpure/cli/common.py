@@ -87,11 +87,14 @@ def resolve_device(name: str | None) -> torch.device:
 # --threads, --device, --seed, --no-progress.
 
 
-def add_config_args(parser: argparse.ArgumentParser, what: str = "the command's") -> None:
-    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (checked strictly against the settings dataclass)."""
+def add_config_args(parser: argparse.ArgumentParser, what: str = "the command's", *, example: str) -> None:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (checked strictly against the settings dataclass).
+
+    ``example``: a ``--set`` this command accepts, shown in the help (each command has its own keys).
+    """
     parser.add_argument("--config", type=Path, metavar="FILE", help=f"YAML file of {what} settings (see configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set rounds=100:5 (repeatable; unknown keys are refused)")
+                        help=f"override one setting, e.g. {example} (repeatable; unknown keys are refused)")
 
 
 def load_command_config(cls: type, args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Any:

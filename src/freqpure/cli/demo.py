@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from freqpure.cli.common import add_config_args, add_runtime_args, apply_runtime_args, load_command_config
+from freqpure.errors import UsageError
+from freqpure.presets import PRESETS
+
+_TABLE = PRESETS["bundled-table"].settings
 
 __all__ = ["register", "run"]
 
@@ -21,14 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)")
     p.add_argument("--n", type=int, help="test images, class-balanced (default: 32)")
-    p.add_argument("--steps", type=int, help="PGD iterations (default: 20)")
+    p.add_argument("--attack-steps", type=int, metavar="N", help="PGD iterations (default: 20)")
+    p.add_argument("--steps", type=int, dest="old_steps", metavar="N", help=argparse.SUPPRESS)  # deprecated alias
     p.add_argument("--eot", type=int, help="EOT draws per gradient (default: 2)")
-    p.add_argument("--ensemble", type=int, help="purifications per image in the defence's vote (default: 3)")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="purifications per image; the defence takes their majority vote (default: 3)")
     p.add_argument("--eps", help="L-inf radius, a number or a fraction (default: 8/255)")
-    p.add_argument("--rounds", help="purification plan t*:steps (default: 100:5)")
-    p.add_argument("--radius", type=float,
-                   help="FreqPure amplitude and phase radius, frequency-index units (default: 3, the paper's CIFAR-10 "
-                        "setting: 2.8%% of a 32x32 spectrum)")
+    p.add_argument("--rounds", metavar="T:STEPS",
+                   help=f"purification plan, noise level t* : denoising steps (default: {_TABLE['rounds']}, "
+                        "preset bundled-table)")
+    p.add_argument("--radius", type=float, metavar="R",
+                   help=f"FreqPure amplitude and phase radius (r_a = r_p), frequency-index units (default: "
+                        f"{_TABLE['amp_radius']:g}, preset bundled-table: the paper's CIFAR-10 radius, 2.8%% of a "
+                        "32x32 spectrum)")
     p.add_argument("--gradient", choices=("full", "surrogate", "bpda"),
                    help="gradient through the purifier: full, surrogate or bpda (default: full, exact, checkpointed)")
     p.add_argument("--surrogate-rounds", help="surrogate plan for --gradient surrogate (default: t*:1)")
@@ -43,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="start afresh: delete the demo's run dirs in --out first (by default a re-run with the same "
                         "settings reuses finished work and a killed demo continues where it stopped)")
     p.add_argument("--no-estimate", action="store_true", help="skip the up-front time estimate (a 1-batch timing)")
-    add_config_args(p, "demo")
+    add_config_args(p, "demo", example="--set attack_steps=10 --set ensemble=1")
     add_runtime_args(p)
     p.set_defaults(func=run)
 
@@ -53,9 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from freqpure.evaluation.demo import DemoSettings, run_demo
 
     apply_runtime_args(args)
-    flags = {k: getattr(args, k) for k in ("n", "steps", "eot", "ensemble", "eps", "rounds", "radius", "gradient",
-                                           "surrogate_rounds", "batch_size", "sweep", "seed", "classifier",
-                                           "diffusion", "data_dir")}
+    if args.old_steps is not None:
+        if args.attack_steps is not None:
+            raise UsageError("--steps is the deprecated spelling of --attack-steps; give --attack-steps only")
+        print("note: demo --steps is deprecated (purify's --steps meant denoising steps); use --attack-steps",
+              file=sys.stderr)
+        args.attack_steps = args.old_steps
+    flags = {k: getattr(args, k) for k in ("n", "attack_steps", "eot", "ensemble", "eps", "rounds", "radius",
+                                           "gradient", "surrogate_rounds", "batch_size", "sweep", "seed",
+                                           "classifier", "diffusion", "data_dir")}
     settings = load_command_config(DemoSettings, args, flags)
     run_demo(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress,
              estimate=not args.no_estimate, device=resolve_device(args.device))

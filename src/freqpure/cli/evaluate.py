@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_args(p, "the evaluation")
+    add_config_args(p, "the evaluation", example="--set data.n=64 --set attacks.0.eot=4")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory for the results")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same config required)")
     p.add_argument("--diffusion", metavar="NAME|PATH", help="diffusion model (= --set purifier.diffusion=...)")

@@ -23,11 +23,13 @@ from freqpure.cli.common import (
     add_runtime_args,
     apply_runtime_args,
     dataclass_overrides,
+    parse_optional_float,
     resolve_device,
 )
 from freqpure.config import PurifierConfig, apply_overrides, from_dict, parse_yaml, to_dict, with_resolved_precision
 from freqpure.errors import NotFoundError, OutputExistsError, UsageError
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
+from freqpure.presets import DEFAULTS, PRESETS, preset
 from freqpure.provenance import environment, write_json_atomic
 
 __all__ = ["register", "run", "load_purifier_settings", "check_output_folder"]
@@ -45,12 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     p.add_argument("--out", required=True, type=Path, metavar="DIR",
                    help="output folder: must be new or empty, and not the folder of an input")
-    add_config_args(p, "purifier")
+    add_config_args(p, "purifier", example="--set rounds=100:5 --set delta=0.5")
     p.add_argument("--diffusion", "--model", dest="diffusion", metavar="NAME|PATH",
                    help="diffusion model: a registered name or a checkpoint path (--model is a deprecated alias)")
-    p.add_argument("--t-start", type=int, metavar="T", help="single-round noise level t* in steps (with --steps; "
-                   "not with --rounds)")
-    p.add_argument("--steps", type=int, metavar="N", help="single-round denoising steps (with --t-start)")
+    p.add_argument("--preset", choices=list(PRESETS), metavar="NAME",
+                   help="start from a named purifier setting (" + "; ".join(
+                       f"{p.name}: {p.description}" for p in PRESETS.values())
+                   + "); --config, --set and the flags below change it (default: default)")
+    p.add_argument("--t-start", type=int, metavar="T", help="noise level t* (diffusion steps) of a one-round plan; "
+                   "with --steps it is --rounds T:STEPS")
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps of a one-round plan (with --t-start); "
+                   "not PGD steps, which only evaluate, demo (--attack-steps) and analyze have")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per purifier call (default 64)")
     p.add_argument("--resize", action="store_true",
                    help="resize inputs to the model's image size (recorded per file; outputs stay at that size)")
@@ -61,14 +68,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runtime_args(p)
     add_precision_arg(p)
     add_dataclass_flags(p, PurifierConfig, exclude=("diffusion", "precision"), help_prefix="purifier settings")
-    allowed = {"method": "freqpure or diffpure", "sampler": "ddpm, ddim or sde", "mode": "paper or reference",
-               "reference": "input or denoised", "rounds": "plan T:STEPS[*REPEAT],... e.g. 100:20 or 20:5*5,50:5*5",
-               "amp_radius": "frequency-index units, none disables", "phase_radius": "frequency-index units, none "
-               "disables", "delta": "radians"}
+    p.add_argument_group("purifier settings").add_argument(
+        "--radius", type=parse_optional_float, metavar="R",
+        help="amplitude and phase radius at once (= --amp-radius R --phase-radius R)")
     for action in p._actions:
-        if action.dest in allowed:
-            action.help = f"{allowed[action.dest]} {action.help}"
+        if action.dest in _FLAG_HELP:
+            action.help = _FLAG_HELP[action.dest].replace("%", "%%")
     p.set_defaults(func=run)
+
+
+_AS_VARIANT = "(default: as --variant says)"
+_FLAG_HELP = {
+    "method": "freqpure or diffpure (default: freqpure)",
+    "rounds": f"purification plan T:STEPS[*REPEAT],..., noise level t* : denoising steps per round, e.g. 100:5 or "
+              f"20:5*5,50:5*5 (default: {DEFAULTS['rounds']})",
+    "sampler": f"ddpm (ancestral), ddim (deterministic) or sde (VP-SDE Euler-Maruyama, DiffPure's) "
+               f"(default: {DEFAULTS['sampler']})",
+    "amp_radius": f"FreqPure amplitude-exchange radius r_a in frequency-index units of the centred spectrum; none "
+                  f"disables (default: {DEFAULTS['amp_radius']:g})",
+    "phase_radius": f"FreqPure phase-projection radius r_p, frequency-index units; none disables "
+                    f"(default: {DEFAULTS['phase_radius']:g})",
+    "delta": f"FreqPure phase half-width in radians (default: {DEFAULTS['delta']:g})",
+    "variant": "paper (the method as the paper states it) or official (the official code's arithmetic): fills "
+               "--mode, --reference, --step-rule, --grid and --variance when they are not given (default: paper)",
+    "mode": f"exchange arithmetic: paper (phase projected on the circle, real part) or reference (the official "
+            f"code's: replace-then-clip phase, magnitude of the inverse FFT) {_AS_VARIANT}",
+    "step_rule": f"after the edit: posterior (eps re-derived from the edited x0) or official (the model's eps "
+                 f"kept) {_AS_VARIANT}",
+    "grid": f"step indices of a round: respaced (t*-1 ... 0) or official (t*/n-1, ..., t*-1; n must divide t*) "
+            f"{_AS_VARIANT}",
+    "variance": f"learned (a model's learned-variance channels) or fixed (posterior variance) {_AS_VARIANT}",
+    "reference": f"FreqPure's reference image: input (the image being purified), denoised (the round's input "
+                 f"noised to --reference-t and denoised once per round) or round-denoised (redrawn at every step) "
+                 f"{_AS_VARIANT}",
+    "reference_t": f"step index the denoised references are noised to (default: {DEFAULTS['reference_t']})",
+    "recompute_reference": "with --reference denoised, redraw the reference at every step (= round-denoised) "
+                           "(default: off)",
+    "clip_x0": "clamp every x0 estimate to [-1, 1], guided-diffusion's clip_denoised (default: off)",
+}
 
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -107,18 +144,32 @@ def load_purifier_settings(path: Path) -> tuple[PurifierConfig, str]:
 
 
 def _settings(args: argparse.Namespace) -> tuple[PurifierConfig, str | None]:
-    cfg, kind = (load_purifier_settings(args.config) if args.config else (PurifierConfig(), None))
+    if args.preset and args.config:
+        raise UsageError("--preset and --config both give the starting settings; give one of them (and change "
+                         "single keys with --set or their flags)")
+    if args.config:
+        cfg, kind = load_purifier_settings(args.config)
+    else:
+        cfg, kind = preset(args.preset or "default"), None if args.preset is None else f"preset {args.preset}"
     overrides = list(args.overrides or [])
     cfg = apply_overrides(cfg, overrides)
     set_keys = {item.partition("=")[0].strip() for item in overrides}
     flags: dict[str, Any] = dataclass_overrides(args, PurifierConfig)
     if args.diffusion is not None:
         flags["diffusion"] = args.diffusion
-    if (args.t_start is None) != (args.steps is None):
-        raise UsageError("--t-start and --steps go together (or use --rounds T:STEPS,...)")
-    if args.t_start is not None:
+    if args.radius is not None:
+        both = sorted({"amp_radius", "phase_radius"} & set(flags))
+        if both:
+            raise UsageError(f"--radius sets both radii; give it or --{both[0].replace('_', '-')}, not both")
+        flags["amp_radius"] = flags["phase_radius"] = args.radius
+    if args.t_start is not None or args.steps is not None:
         if "rounds" in flags or "rounds" in set_keys:
-            raise UsageError("--t-start/--steps and --rounds both set the purification plan; give one of them")
+            raise UsageError("--t-start/--steps and --rounds both set the purification plan; give --rounds T:STEPS "
+                             "only")
+        if args.t_start is None or args.steps is None:
+            given, missing = ("--t-start", "--steps") if args.steps is None else ("--steps", "--t-start")
+            raise UsageError(f"{given} needs {missing} too: --t-start T --steps N is the plan T:N (or give "
+                             "--rounds T:N)")
         flags["rounds"] = f"{args.t_start}:{args.steps}"
     clash = sorted(set_keys & set(flags))
     if clash:
@@ -280,6 +331,7 @@ def _purify(args: argparse.Namespace, cfg: PurifierConfig, config_kind: str | No
         "command": "purify",
         "settings": to_dict(cfg),
         "config_file": None if args.config is None else {"path": str(args.config), "kind": config_kind},
+        "preset": args.preset,
         "seed": seed,
         "model": cfg.diffusion,
         "resize": args.resize,

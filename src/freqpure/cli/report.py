@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rows of the example grid (default: 8)")
     p.add_argument("--max-spectra", type=int, default=None, metavar="N",
                    help="examples with amplitude/phase spectra per defended run (default: 1)")
-    add_config_args(p, "report")
+    add_config_args(p, "report", example="--set max_examples=4")
     add_runtime_args(p, device=False, seed=False, progress=False)
     p.set_defaults(func=run)
 

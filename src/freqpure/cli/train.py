@@ -30,7 +30,7 @@ EPILOG = """examples:
 def _training_args(p: argparse.ArgumentParser, default_out: str, what: str) -> None:
     from freqpure.cli.common import add_config_args, add_runtime_args
 
-    add_config_args(p, what)
+    add_config_args(p, what, example="--set batch_size=128 --set seed=1")
     p.add_argument("--out", default=default_out, metavar="DIR",
                    help=f"run directory: checkpoint.pt, config.json, metrics.jsonl, export/ (default: {default_out})")
     add_runtime_args(p)
@@ -144,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "the copies for purifier-aware classifier fine-tuning. Settings: the fields of "
                                    "PurifySplitConfig (split, diffusion, t_star, steps, sampler, seed, chunk, amp).")
     q.add_argument("out", help="output .safetensors file (resumes from OUT.partial)")
-    add_config_args(q, "purify-data")
+    add_config_args(q, "purify-data", example="--set steps=5 --set chunk=256")
     q.add_argument("--split", choices=["train", "test"], help="which split (default: train)")
     q.add_argument("--diffusion", metavar="NAME|PATH",
                    help="bundled diffusion model or .safetensors path (default: cifar10-ddpm-small)")

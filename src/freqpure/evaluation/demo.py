@@ -15,8 +15,11 @@ scales them by the number of gradients and predictions the demo makes (see its d
 from __future__ import annotations
 
 import math
+import os
+import platform
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from torch import nn
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.results import SCHEMA_VERSION, Results, package_versions, read_results, write_json
+from freqpure.presets import PRESETS
 from freqpure.samplers import NOISE_SCHEME
 
 __all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
@@ -37,18 +41,23 @@ DEFENCES = ("none", "diffpure", "freqpure")
 TITLES = {"none": "no defence", "diffpure": "DiffPure", "freqpure": "FreqPure"}
 
 
+_TABLE = PRESETS["bundled-table"].settings
+
+
 @dataclass
 class DemoSettings:
-    """What the demo runs. Defaults: 32 images, PGD 20 steps of L-inf 8/255 with EOT 2 and full gradients through
-    the purifier, a 3-vote defence, the 5-step plan 100:5, FreqPure radius 3 (the paper's CIFAR-10 setting)."""
+    """What the demo runs. Defaults: 32 images, PGD of 20 steps (``attack_steps``) in L-inf 8/255 with EOT 2 and
+    full gradients through the purifier, a defence that purifies each image 3 times (``ensemble``) and takes the
+    majority vote, and the purifier preset ``bundled-table`` (plan 100:5, FreqPure radius 3 = the paper's CIFAR-10
+    radius, δ = 0.3; see :mod:`freqpure.presets`). ``steps`` is a deprecated spelling of ``attack_steps``."""
 
     n: int = 32
-    steps: int = 20
+    attack_steps: int = 20
     eot: int = 2
     ensemble: int = 3
     eps: str = "8/255"
-    rounds: str = "100:5"
-    radius: float = 3.0
+    rounds: str = _TABLE["rounds"]
+    radius: float = _TABLE["amp_radius"]
     gradient: str = "full"
     surrogate_rounds: str | None = None
     batch_size: int = 8
@@ -57,9 +66,17 @@ class DemoSettings:
     classifier: str = "cifar10-resnet-small"
     diffusion: str = "cifar10-ddpm-small"
     data_dir: str | None = None
+    steps: int | None = None  # deprecated: attack_steps
 
     def __post_init__(self) -> None:
-        for key in ("n", "steps", "eot", "ensemble", "batch_size"):
+        if self.steps is not None:
+            warnings.warn("demo setting 'steps' is deprecated: it is 'attack_steps' (PGD iterations)", FutureWarning,
+                          stacklevel=3)
+            if self.attack_steps not in (self.steps, DemoSettings.attack_steps):
+                raise UsageError(f"demo steps={self.steps} and attack_steps={self.attack_steps} disagree; give "
+                                 "attack_steps only")
+            self.attack_steps, self.steps = self.steps, None
+        for key in ("n", "attack_steps", "eot", "ensemble", "batch_size"):
             if getattr(self, key) < 1:
                 raise UsageError(f"demo {key} must be >= 1, got {getattr(self, key)}")
         if self.gradient not in ("full", "surrogate", "bpda"):
@@ -78,7 +95,7 @@ def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]
         surrogate = matched_surrogate(s.rounds)  # keeps *k repeats: 20:5*5,50:5*5 -> 20:1*5,50:1*5
     cfgs = {}
     for method in DEFENCES:
-        attack = AttackConfig(name="pgd", norm="linf", eps=s.eps, steps=s.steps, eot=s.eot,
+        attack = AttackConfig(name="pgd", norm="linf", eps=s.eps, steps=s.attack_steps, eot=s.eot,
                               gradient=s.gradient if method != "none" else "full",
                               surrogate_rounds=surrogate if method != "none" else None)
         cfgs[method] = EvalConfig(
@@ -103,6 +120,8 @@ class DemoSummary:
     estimate_seconds: float | None
     wall_seconds: float
     threads: int
+    machine: str = ""  # processor | threads | device, as the estimate's calibration keys it
+    load_average: str = ""  # at the end of the run
     grid: str = "grid.png"
     noise_scheme: str = NOISE_SCHEME
     versions: dict[str, str] = field(default_factory=package_versions)
@@ -115,7 +134,8 @@ class DemoSummary:
             raise UsageError(f"{where}: not a demo summary (written by freqpure demo)")
         return cls(settings=dict(data["settings"]), runs={str(k): str(v) for k, v in data["runs"].items()},
                    estimate_seconds=data.get("estimate_seconds"), wall_seconds=float(data.get("wall_seconds", 0.0)),
-                   threads=int(data.get("threads", 1)), grid=str(data.get("grid", "grid.png")),
+                   threads=int(data.get("threads", 1)), machine=str(data.get("machine", "")),
+                   load_average=str(data.get("load_average", "")), grid=str(data.get("grid", "grid.png")),
                    noise_scheme=str(data.get("noise_scheme", "")), versions=dict(data.get("versions") or {}),
                    schema_version=int(data.get("schema_version", SCHEMA_VERSION)))
 
@@ -144,9 +164,9 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
 
     For each defence, times on one batch of ``batch_size`` random images (the shapes matter, not the data) one
     attack gradient (its EOT draws included) and one defended prediction, and once one gradient of the bare
-    classifier (each after a warm-up call on one image). Per batch a run makes ``steps + 1`` attack
-    gradients (the steps, and the loss that picks the kept iterate), 3 defended predictions (clean, the final
-    adversarial image, the example purification) and, when the sanity check is on, ``undefended_steps``
+    classifier (each after a warm-up call on one image). Per batch a run makes ``steps`` attack gradients,
+    one loss evaluation that picks the kept iterate (costed as a prediction), 3 defended predictions (clean, the
+    final adversarial image, the example purification) and, when the sanity check is on, ``undefended_steps``
     bare-classifier gradients. The estimate is the sum over defences of ``batches x per-batch cost``, plus the
     timing itself. ``done``: samples already finished per defence (a resumed demo), left out of the count.
     """
@@ -178,7 +198,7 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
         t_grad = timed(lambda oracle=oracle, x=x, y=y: oracle(x, y))
         with torch.no_grad():
             t_pred = timed(lambda defence=defence, x=x: defence.predict(x, StepNoise(0)))
-        per_batch = (attack.steps + 1) * t_grad + 3 * t_pred
+        per_batch = attack.steps * t_grad + 4 * t_pred  # the final-loss call is a forward pass: one more prediction
         if cfg.sanity.enabled and cfg.sanity.undefended:
             if t_bare is None:
                 bare = EOTGradient(AttackModel(classifier, None), eot=1, loss="ce", seed=0)
@@ -189,8 +209,90 @@ def estimate_seconds(cfgs: dict[str, EvalConfig], classifier: nn.Module, eps_mod
     return total + (time.perf_counter() - t_begin)
 
 
+def _load_average() -> str:
+    """The 1-minute load average and the core count, e.g. ``1.05 on 2 cores`` (``unknown`` off Linux)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f} on {len(os.sched_getaffinity(0))} cores"
+    except (AttributeError, OSError):
+        return "unknown"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration of the estimate on this machine
+# ---------------------------------------------------------------------------------------------
+_CALIBRATION_KEEP = 5  # the last few ratios of a machine: its load changes, its hardware does not
+
+
+def calibration_file() -> Path:
+    """Where the demo keeps its measured ``wall / estimate`` ratios: ``$FREQPURE_CACHE/demo-timing.json``, else
+    ``$XDG_CACHE_HOME/freqpure/…``, else ``~/.cache/freqpure/…``."""
+    root = os.environ.get("FREQPURE_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "freqpure")
+    return Path(root) / "demo-timing.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``platform.processor()``, else ``unknown CPU``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_key(device: torch.device, threads: int) -> str:
+    """What a calibration is valid for: the processor, the thread count and the device."""
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+    return f"{what} | {threads} thread(s) | {device.type}"
+
+
+def _read_calibrations(path: Path) -> dict[str, list[float]]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): [float(r) for r in v if isinstance(r, int | float) and 0 < r < 100]
+            for k, v in data.items() if isinstance(v, list)}
+
+
+def calibration(key: str, path: Path | None = None) -> tuple[float, int]:
+    """``(factor, runs)``: the median ``wall / estimate`` of the last demos on this machine (1.0, 0 when none)."""
+    ratios = _read_calibrations(path or calibration_file()).get(key, [])
+    if not ratios:
+        return 1.0, 0
+    ordered = sorted(ratios)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return min(4.0, max(0.25, median)), len(ratios)
+
+
+def record_calibration(key: str, ratio: float, path: Path | None = None) -> bool:
+    """Add one ``wall / uncalibrated estimate`` ratio for ``key`` (best effort: False when it cannot be written)."""
+    import json
+
+    from freqpure._fileio import atomic_path
+
+    path = path or calibration_file()
+    data = _read_calibrations(path)
+    data[key] = (data.get(key, []) + [round(float(ratio), 4)])[-_CALIBRATION_KEEP:]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
+    except OSError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,25 +324,40 @@ def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False
             shutil.rmtree(out / method, ignore_errors=True)
     t0 = time.perf_counter()
     classifier, eps_model = _load_models(settings, device)
-    eta = None
+    threads = torch.get_num_threads()
+    key = machine_key(device, threads)
+    eta = raw = None
+    t_estimate = time.perf_counter()
+    fresh = False
     if estimate:
         from freqpure.evaluation.store import SampleStore
 
         done = {m: len(SampleStore(out / m / "samples.jsonl").load()) for m in cfgs}
-        eta = estimate_seconds(cfgs, classifier, eps_model, done)
-        echo(f"estimated time: about {_minutes(eta)} on {torch.get_num_threads()} thread(s) "
-             "(from a 1-batch timing; finished work in --out is reused)")
+        fresh = not any(done.values())
+        raw = estimate_seconds(cfgs, classifier, eps_model, done)
+        factor, runs = calibration(key)
+        eta = raw * factor
+        how = (f"scaled by {factor:.2f}, the median wall/estimate of {runs} earlier demo(s) here" if runs
+               else "not yet calibrated here: each finished demo calibrates the next")
+        echo(f"estimated time: about {_minutes(eta)} on {threads} thread(s) of {key.split(' | ')[0]}, load "
+             f"{_load_average()} (from a 1-batch timing, {how}; finished work in --out is reused)")
     results = {}
     for method, cfg in cfgs.items():
         results[method] = evaluate(cfg, out / method, resume=True, progress=progress,
                                    models=(classifier, eps_model if method != "none" else None))
+    ran = time.perf_counter() - t_estimate
+    # calibrate only on runs the estimate describes fully: nothing reused, >= 2 batches per defence (a tiny run
+    # is mostly fixed costs)
+    if raw and fresh and settings.n >= 2 * settings.batch_size:
+        record_calibration(key, ran / raw)
     wall = time.perf_counter() - t0
     summary = DemoSummary(settings=asdict(settings), runs={m: m for m in DEFENCES}, estimate_seconds=eta,
-                          wall_seconds=wall, threads=torch.get_num_threads())
+                          wall_seconds=wall, threads=threads, machine=key, load_average=_load_average())
     write_json(out / "results.json", summary.to_dict())
     make_grid({TITLES[m]: out / m / "examples.npz" for m in DEFENCES}, out / "grid.png")
     echo(format_table(settings, results))
-    echo(f"wall time {_minutes(wall)} on {torch.get_num_threads()} thread(s); grid: {out / 'grid.png'}")
+    echo(f"wall time {_minutes(wall)} on {threads} thread(s)"
+         + (f" (estimated {_minutes(eta)})" if eta is not None else "") + f"; grid: {out / 'grid.png'}")
     if report:
         from freqpure.report import write_report
 

@@ -1,0 +1,98 @@
+"""Purifier defaults and named presets: the one place every entry point takes its purification settings from.
+
+The library defaults (:data:`DEFAULTS`) are what ``FreqPure(eps_model)``, ``DiffPure(eps_model)``,
+:class:`freqpure.config.PurifierConfig()` and ``freqpure purify`` use when nothing is given. They are also
+recorded in every results file written so far (configs leave out what they do not change), so they stay
+as they are; the settings a run really uses are named by a preset:
+
+=================  ============================================================================================
+``default``        the library defaults: t* = 100, 20 DDPM steps, r_a = r_p = 10, δ = 0.3, paper variant
+``bundled-table``  t* = 100, 5 DDPM steps, r_a = r_p = 3, δ = 0.3: the README's robustness table, ``freqpure
+                   demo`` and the ``configs/cifar10-*-bundled.yaml`` PGD/BPDA configs (sized for a CPU)
+``paper``          FreqPure as the paper states it on CIFAR-10: ten rounds ``20:5*5,50:5*5``, r = 3, δ = 0.3
+                   (``configs/cifar10-freqpure-*-published.yaml``)
+``official-v2``    the official code's arithmetic (``variant: official``) at the same plan, r = 3, δ = 0.3
+                   (the official ``cifar10 _v2.sh``, behind the paper's numbers)
+``official-sh``    the official code at its ``cifar10.sh`` setting: ``1000:100``, r = 10, δ = 0.3
+``diffpure-paper`` DiffPure's CIFAR-10 setting: VP-SDE, t* = 0.1, 100 Euler steps (``100:100``, ``sde``)
+``paper-imagenet`` FreqPure's ImageNet plan ``50:5*8``, r = 10, δ = 0.3 (256×256 ADM)
+=================  ============================================================================================
+
+A preset sets only the keys it names; everything else keeps its default, and explicit settings given after
+it win (``purify --preset bundled-table --method diffpure``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from freqpure.errors import UsageError
+
+__all__ = ["DEFAULTS", "PRESETS", "Preset", "preset", "preset_names"]
+
+# The library defaults. PurifierConfig's fields, FreqPure's and DiffPure's signatures read these.
+DEFAULTS: dict[str, Any] = {
+    "method": "freqpure",
+    "diffusion": "cifar10-ddpm-small",
+    "rounds": "100:20",
+    "t_star": 100,
+    "steps": 20,
+    "sampler": "ddpm",
+    "amp_radius": 10.0,
+    "phase_radius": 10.0,
+    "delta": 0.3,
+    "variant": "paper",
+    "reference_t": 50,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of purifier settings (keys of :class:`freqpure.config.PurifierConfig`) and what it is."""
+
+    name: str
+    description: str
+    settings: dict[str, Any]
+
+
+_V2 = "20:5*5,50:5*5"
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("default", "the library defaults (t*=100, 20 DDPM steps, r=10, delta=0.3, paper variant)", {}),
+    Preset("bundled-table", "the README robustness table, the demo and the bundled PGD/BPDA configs "
+           "(t*=100, 5 DDPM steps, r=3, delta=0.3)",
+           {"rounds": "100:5", "amp_radius": 3.0, "phase_radius": 3.0, "delta": 0.3}),
+    Preset("paper", "FreqPure as the paper states it on CIFAR-10 (ten rounds 20:5*5,50:5*5, r=3, delta=0.3)",
+           {"method": "freqpure", "variant": "paper", "rounds": _V2, "amp_radius": 3.0, "phase_radius": 3.0,
+            "delta": 0.3}),
+    Preset("official-v2", "the official FreqPure code, its CIFAR-10 v2 script (variant official, 20:5*5,50:5*5, "
+           "r=3, delta=0.3)",
+           {"method": "freqpure", "variant": "official", "rounds": _V2, "amp_radius": 3.0, "phase_radius": 3.0,
+            "delta": 0.3}),
+    Preset("official-sh", "the official FreqPure code, its cifar10.sh script (variant official, 1000:100, r=10, "
+           "delta=0.3)",
+           {"method": "freqpure", "variant": "official", "rounds": "1000:100", "amp_radius": 10.0,
+            "phase_radius": 10.0, "delta": 0.3}),
+    Preset("diffpure-paper", "DiffPure's CIFAR-10 setting (VP-SDE, t*=0.1, 100 Euler steps)",
+           {"method": "diffpure", "rounds": "100:100", "sampler": "sde"}),
+    Preset("paper-imagenet", "FreqPure's ImageNet plan (50:5*8, r=10, delta=0.3; needs a 256x256 model)",
+           {"method": "freqpure", "variant": "paper", "rounds": "50:5*8", "amp_radius": 10.0, "phase_radius": 10.0,
+            "delta": 0.3}),
+)}
+
+
+def preset_names() -> list[str]:
+    """The preset names, in table order."""
+    return list(PRESETS)
+
+
+def preset(name: str, **overrides: Any) -> Any:
+    """A :class:`freqpure.config.PurifierConfig` of preset ``name`` with ``overrides`` on top.
+
+    ``freqpure.build_purifier(freqpure.preset("paper"), eps_model)`` is the paper's FreqPure.
+    """
+    from freqpure.config import PurifierConfig, from_dict
+
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return from_dict(PurifierConfig, {**PRESETS[name].settings, **overrides}, f"preset {name}")
