@@ -221,3 +221,20 @@ def test_demo_estimate_calibration_is_per_machine(tmp_path: Path, monkeypatch: p
     assert demo.calibration("another machine | 1 thread(s) | cpu") == (1.0, 0)
     (tmp_path / "demo-timing.json").write_text("not json")
     assert demo.calibration(key) == (1.0, 0)  # a damaged file is ignored, never an error
+
+
+@pytest.mark.data
+def test_evaluate_prints_the_table_not_the_whole_results_md(tmp_path: Path, capsys) -> None:
+    from freqpure.cli.main import main
+    from helpers import model_name, one_thread
+
+    sets = ["data.n=2", "batch_size=2", "purifier.method=none", "attacks.0.steps=1", "sanity.eps_sweep=[]",
+            "sanity.undefended_steps=2", f"classifier.name={model_name('cifar10-resnet-small')}"]
+    with one_thread():
+        assert main(["evaluate", *[a for s in sets for a in ("--set", s)], "--out", str(tmp_path / "r"),
+                     "--no-progress", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "| clean (standard) |" in printed and "robust (worst case over attacks)" in printed
+    assert "## Protocol" not in printed and "## Sanity" not in printed
+    assert "## Protocol" in (tmp_path / "r" / "results.md").read_text()
+    assert f"protocol, sanity checks and time: {tmp_path / 'r' / 'results.md'}" in printed

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     apply_runtime_args(args)
     results = evaluate(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    if results is not None:
-        print((args.out / "results.md").read_text())
-        print(f"results: {args.out / 'results.json'}")
+    if results is not None:  # the table; the protocol, sanity details and timing stay in results.md
+        print((args.out / "results.md").read_text().split("\n## ")[0].rstrip())
+        print(f"\nprotocol, sanity checks and time: {args.out / 'results.md'}; "
+              f"all numbers: {args.out / 'results.json'}")
     return 0
