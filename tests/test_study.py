@@ -179,3 +179,36 @@ def test_cli_study_tables_only(tmp_path, capsys):
                  "--set", "classifier=" + model_name("cifar10-resnet-small")]) == 0
     assert "not yet run" in capsys.readouterr().out
     assert main(["study", "--config", str(cfg), "--out", str(tmp_path / "o"), "--set", "stages.0.kind=x"]) == 2
+
+
+def test_passthrough_perturbations_are_drawn_per_image():
+    from freqpure.study import passthrough_noise
+
+    like = torch.zeros(1, 3, 32, 32)
+    a = passthrough_noise([5, 17, 5], like, band=0, seed=0)
+    assert a.shape == (3, 3, 32, 32) and a.dtype == torch.float64
+    assert torch.equal(a[0], a[2]) and not torch.allclose(a[0], a[1])  # image 5 draws the same wherever it sits
+    assert torch.equal(passthrough_noise([17], like, band=0, seed=0)[0], a[1])  # ... in whatever batch
+    assert not torch.allclose(passthrough_noise([5], like, band=1, seed=0)[0], a[0])  # each band its own draw
+    assert not torch.allclose(passthrough_noise([5], like, band=0, seed=1)[0], a[0])
+
+
+def test_the_pilot_resumes_with_its_own_passthrough_draw(tmp_path):
+    pilot = REPO / "benchmarks" / "results" / "study-pilot-n64"
+    cfg = load_study_config(pilot / "pilot-study-cifar10.yaml")
+    assert cfg.stages[0].passthrough_noise == "batch-shared-v1"
+    from freqpure.study import _check_part_dir, _clean_state
+
+    stage = cfg.stages[0]
+    for setting in stage.settings:  # every recorded part's saved state matches the pilot config as it is
+        part = pilot / stage.name / setting.name
+        if (part / "config.yaml").is_file():
+            copy = tmp_path / setting.name
+            copy.mkdir()
+            (copy / "config.yaml").write_text((part / "config.yaml").read_text())
+            _check_part_dir(copy, _clean_state(stage, setting, cfg))
+    import dataclasses
+
+    fresh = dataclasses.replace(stage, passthrough_noise="per-image-v2")
+    with pytest.raises(UsageError, match="different setting"):
+        _check_part_dir(copy, _clean_state(fresh, setting, cfg))

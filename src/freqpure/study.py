@@ -73,6 +73,11 @@ __all__ = [
 ]
 
 STAGE_KINDS = ("clean", "evaluate")
+# How the passthrough perturbation is drawn: "per-image-v2", one draw per test image from its own stream
+# (path: seed, PASSTHROUGH_SALT, test index, band); "batch-shared-v1", the pilot's (one generator seeded with
+# the root seed for every batch, so every batch got the same perturbations: kept only to read and resume it).
+PASSTHROUGH_NOISE = ("per-image-v2", "batch-shared-v1")
+PASSTHROUGH_SALT = 7_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +131,7 @@ class StageConfig:
     passthrough_eps: float | str = "8/255"
     bands: list[float] = field(default_factory=lambda: [3.0, 8.0])
     batch_size: int = 32
+    passthrough_noise: str = "per-image-v2"
 
     def __post_init__(self) -> None:
         from freqpure.evaluation.config import parse_number
@@ -158,6 +164,11 @@ class StageConfig:
         self.passthrough_eps = parse_number(self.passthrough_eps, f"stage {self.name!r} passthrough_eps")
         if not 0 < self.passthrough_eps <= 0.5:
             raise UsageError(f"stage {self.name!r}: passthrough_eps must be in (0, 0.5], got {self.passthrough_eps}")
+        if self.passthrough_noise not in PASSTHROUGH_NOISE:
+            raise UsageError(f"stage {self.name!r}: passthrough_noise must be one of {', '.join(PASSTHROUGH_NOISE)}, "
+                             f"got {self.passthrough_noise!r}")
+        if not all(isinstance(b, int | float) and math.isfinite(b) for b in self.bands):
+            raise UsageError(f"stage {self.name!r}: bands must be finite numbers, got {self.bands}")
         if not self.bands or any(b <= a for a, b in zip(self.bands, self.bands[1:])) or self.bands[0] < 0:
             raise UsageError(f"stage {self.name!r}: bands must be increasing edges >= 0, got {self.bands}")
 
@@ -235,14 +246,28 @@ def band_labels(edges: list[float]) -> list[str]:
     return labels + [f"r>{edges[-1]:g}"]
 
 
-def band_limited_noise(shape: tuple[int, ...], mask: Tensor, eps: float, generator: torch.Generator) -> Tensor:
-    """Gaussian noise ``[B, C, H, W]`` restricted to the centred band ``mask`` ``[H, W]``, scaled per image
-    to L-inf norm ``eps`` (so its spectrum lies in the band exactly, before any clipping)."""
-    z = torch.randn(shape, generator=generator, dtype=torch.float64)
-    spec = torch.fft.fftshift(torch.fft.fft2(z), dim=(-2, -1)) * mask.to(torch.float64)
+def band_limit(z: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """Noise ``z`` ``[B, C, H, W]`` restricted to the centred band ``mask`` ``[H, W]`` and scaled per image to
+    L-inf norm ``eps`` (so its spectrum lies in the band exactly, before any clipping); float32."""
+    spec = torch.fft.fftshift(torch.fft.fft2(z.double()), dim=(-2, -1)) * mask.to(torch.float64)
     v = torch.fft.ifft2(torch.fft.ifftshift(spec, dim=(-2, -1))).real
-    peak = v.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+    peak = v.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (z.dim() - 1)))
     return (eps * v / peak).float()
+
+
+def band_limited_noise(shape: tuple[int, ...], mask: Tensor, eps: float, generator: torch.Generator) -> Tensor:
+    """:func:`band_limit` of Gaussian noise of ``shape`` drawn from ``generator``."""
+    return band_limit(torch.randn(shape, generator=generator, dtype=torch.float64), mask, eps)
+
+
+def passthrough_noise(indices: list[int], like: Tensor, band: int, seed: int) -> Tensor:
+    """Standard-normal float64 noise ``[len(indices), C, H, W]`` for the passthrough perturbation of band
+    ``band`` (scheme ``per-image-v2``): row ``i`` comes from test image ``indices[i]``'s own stream, so every
+    image gets its own draw whatever its batch or position."""
+    shape = (len(indices), *like.shape[1:])
+    stream = StepNoise(seed).child(PASSTHROUGH_SALT)
+    one = torch.empty((1, *like.shape[1:]), dtype=torch.float64)
+    return torch.cat([stream.child(int(i))(band, one) for i in indices]).reshape(shape)
 
 
 def band_passthrough(delta: Tensor, response: Tensor, mask: Tensor) -> Tensor:
@@ -274,7 +299,8 @@ def _clean_state(stage: StageConfig, setting: SettingConfig, study: StudyConfig)
             "diffusion": study.diffusion, "seed": study.seed,
             "data_dir": study.data_dir, "n": stage.n, "vote_n": stage.vote_n, "vote_k": stage.vote_k,
             "passthrough_n": stage.passthrough_n, "passthrough_eps": stage.passthrough_eps,
-            "bands": list(stage.bands), "batch_size": stage.batch_size}
+            "bands": list(stage.bands), "batch_size": stage.batch_size,
+            "passthrough_noise": stage.passthrough_noise}
 
 
 def _upgrade_saved_state(saved: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +309,7 @@ def _upgrade_saved_state(saved: dict[str, Any]) -> dict[str, Any]:
     purifier = (saved.get("setting") or {}).get("purifier")
     if isinstance(purifier, dict) and "precision" not in purifier:
         purifier["precision"] = "fp32"
+    saved.setdefault("passthrough_noise", "batch-shared-v1")  # parts from before the key: the pilot's draw
     return saved
 
 
@@ -344,10 +371,14 @@ def run_clean_setting(stage: StageConfig, setting: SettingConfig, study: StudyCo
             if measured and purifier is not None:
                 if masks is None:
                     masks = _band_masks(x.shape[-2], x.shape[-1], list(stage.bands), torch.device("cpu"))
-                gen = torch.Generator().manual_seed(StepNoise(study.seed).child(b).child(7).seed)
                 xs = x[measured]
+                # the pilot's draw (kept to resume it): the same generator for every batch
+                legacy = (torch.Generator().manual_seed(StepNoise(study.seed).child(b).child(7).seed)
+                          if stage.passthrough_noise == "batch-shared-v1" else None)
                 for k, label in enumerate(labels):
-                    delta = band_limited_noise(tuple(xs.shape), masks[k], stage.passthrough_eps, gen).to(device)
+                    z = (torch.randn(tuple(xs.shape), generator=legacy, dtype=torch.float64) if legacy is not None
+                         else passthrough_noise([int(data.indices[pos[i]]) for i in measured], xs, k, study.seed))
+                    delta = band_limit(z, masks[k], stage.passthrough_eps).to(device)
                     x_pert = (xs + delta).clamp(0, 1)
                     delta_eff = x_pert - xs
                     # purify the whole batch (so every image gets the same noise draw as its clean purification)
