@@ -851,6 +851,10 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
     text = [f"# {study.name}", "", f"Models: classifier `{study.classifier}`, diffusion `{study.diffusion}`; "
             f"device {study.device}; seed {study.seed}.", ""]
     text += [stage_markdown(s, out / s.name) for s in study.stages]
+    from freqpure.verdict import PRIMARY, verdict_markdown
+
+    if any(s.name == PRIMARY[0] for s in study.stages):  # the study the rule was written for
+        text += ["## Verdict by the pre-registered rule", "", verdict_markdown(out), ""]
     points = clean_vs_robust_points(study, out)
     if points:
         try:
