@@ -63,3 +63,57 @@ def test_auto_precision_on_cuda_is_bf16_where_supported(monkeypatch):
 
     monkeypatch.delenv("FREQPURE_PRECISION", raising=False)
     assert resolve_precision("auto", "cuda") == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# #25: noise made on the device, and no host-device sync inside a reverse step or a PGD iteration
+# ---------------------------------------------------------------------------------------------
+def test_noise_schemes_give_the_same_numbers_on_cuda_and_cpu():
+    from freqpure.noise import CounterNoise
+    from freqpure.samplers import DrawNoise
+
+    like = torch.empty(64, 3, 32, 32)
+    old = DrawNoise(StepNoise(5).rows(64))
+    assert torch.equal(old(3, like.cuda()).cpu(), old(3, like))  # host draws, pinned non-blocking copy
+    new = DrawNoise(CounterNoise(5).rows(64))
+    gpu, cpu = new(3, like.cuda()), new(3, like)
+    assert gpu.device.type == "cuda"  # made there
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)  # Box–Muller's float rounding only
+
+
+def _without_sync(fn):
+    """``fn()`` under ``torch.cuda.set_sync_debug_mode("error")``: any host-device sync raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.parametrize("scheme", ["blake2b-philox-v2", "counter-v1"])
+def test_purification_and_an_attack_iteration_do_not_sync(real_images, scheme):
+    from freqpure._checks import trusted_images
+    from freqpure.attacks.eot import EOTGradient
+    from freqpure.attacks.gradients import attack_purifier
+    from freqpure.attacks.pgd import pgd
+    from freqpure.noise import make_noise
+
+    eps, clf = _models("cuda")
+    x, y = real_images[:4].cuda(), torch.arange(4, device="cuda")
+    purifiers = [FreqPure(eps, 3, 3, t_start=100, steps=3), FreqPure(eps, 3, 3, rounds="20:2*2", variant="official"),
+                 DiffPure(eps, 100, 3), DiffPure(eps, 100, 3, sampler="sde")]
+    for p in purifiers:
+        with torch.no_grad():
+            p(x, make_noise(0, (), scheme))  # warm-up: cached masks, cuDNN plans, pinned host blocks
+        with torch.no_grad(), trusted_images():  # the input was validated above: the one edge sync
+            out = _without_sync(lambda p=p: p(x, make_noise(1, (), scheme)))
+        assert torch.isfinite(out).all()
+    for purifier in (DiffPure(eps, 100, 3), FreqPure(eps, 3, 3, rounds="20:2*2", variant="official")):
+        defended = PurifiedClassifier(clf, attack_purifier(purifier, "full"), vote="softmax")
+        oracle = EOTGradient(defended, eot=2, seed=make_noise(2, (), scheme))
+        oracle(x, y)  # warm-up, and the attack run's one checkpoint decision (reads the free memory)
+        with trusted_images():
+            res = _without_sync(lambda oracle=oracle: pgd(oracle, x, y, norm="linf", eps=8 / 255, steps=2,
+                                                          generator=make_noise(3, (), scheme).rng()))
+        assert torch.isfinite(res.loss).all() and float(res.first_grad_norm.min()) > 0

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from freqpure.errors import UsageError
 
-__all__ = ["check_images"]
+__all__ = ["check_images", "trusted_images", "values_trusted"]
+
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("freqpure_trusted_images", default=False)
+
+
+@contextlib.contextmanager
+def trusted_images() -> Iterator[None]:
+    """Inside: :func:`check_images` checks shapes and types only, not values (NaN/Inf, range).
+
+    For loops whose images were validated once at the API edge and stay valid by construction (PGD's
+    iterates are clamped into [0, 1]): the value checks read the tensor back to the host, a device sync
+    per call on a GPU.
+    """
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def values_trusted() -> bool:
+    """True inside :func:`trusted_images`."""
+    return _TRUSTED.get()
 
 
 def check_images(
@@ -24,7 +50,7 @@ def check_images(
 
     Raises ``ValueError`` for: not a tensor / not 4-D / empty batch, non-float dtype, wrong channel
     count or spatial size, NaN or Inf, values outside ``value_range`` (beyond ``tolerance``) unless
-    ``clamp`` is set.
+    ``clamp`` is set. Inside :func:`trusted_images` the value checks (a host read-back) are skipped.
     """
     if not isinstance(x, Tensor):
         raise UsageError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -43,6 +69,16 @@ def check_images(
                 f"{name} must be {want[0]}x{want[1]} for this model, got {x.shape[-2]}x{x.shape[-1]}; "
                 "resize it first (see PurifiedClassifier's preprocess)"
             )
+    if not values_trusted():
+        _check_values(x, name, value_range, clamp, tolerance)
+    if value_range is not None and clamp:
+        x = x.clamp(*value_range)
+    return x
+
+
+def _check_values(x: Tensor, name: str, value_range: tuple[float, float] | None, clamp: bool,
+                  tolerance: float) -> None:
+    """NaN/Inf and range checks of :func:`check_images` (read back to the host: a sync on a GPU)."""
     with torch.no_grad():
         finite = torch.isfinite(x)
         if not bool(finite.all()):
@@ -56,6 +92,3 @@ def check_images(
                     f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]; images must be "
                     f"scaled to [{lo}, {hi}] (pass clamp=True to clip them)"
                 )
-    if value_range is not None and clamp:
-        x = x.clamp(*value_range)
-    return x

@@ -163,7 +163,8 @@ def with_resolved_precision(cfg: T, device: Any = "cpu") -> T:
     from freqpure.runtime import resolve_precision
 
     if isinstance(cfg, PurifierConfig):
-        return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device))
+        model = cfg.diffusion if cfg.method != "none" else None  # auto: measured on this model (cached)
+        return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device, model=model))
     return dataclasses.replace(cfg, purifier=with_resolved_precision(cfg.purifier, device))
 
 
@@ -241,8 +242,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") 
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Dataclass → plain nested dict (YAML/JSON-ready)."""
-    return dataclasses.asdict(cfg)
+    """Dataclass → plain nested dict (YAML/JSON-ready). A field with ``metadata={"omit_none": True}`` is left
+    out while it is ``None`` (a key added later keeps older configs' dicts, and fingerprints, unchanged)."""
+    out = dataclasses.asdict(cfg)
+    _drop_unset(cfg, out)
+    return out
+
+
+def _drop_unset(cfg: Any, out: dict[str, Any]) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("omit_none") and value is None:
+            out.pop(f.name, None)
+        elif dataclasses.is_dataclass(value) and isinstance(out.get(f.name), dict):
+            _drop_unset(value, out[f.name])
+
 
 
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
@@ -250,7 +264,7 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
 
     Lists of sections are indexed by position: ``attacks.0.eps=0.01``.
     """
-    data = to_dict(cfg)
+    data = dataclasses.asdict(cfg)  # every key, the omitted-while-None ones too
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:

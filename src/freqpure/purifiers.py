@@ -23,6 +23,7 @@ from freqpure._checks import check_images
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, check_checkpoint_setting, checkpoint_policy
 from freqpure.errors import UsageError
 from freqpure.models.adapters import check_step_range
+from freqpure.noise import check_noise_scheme, make_noise
 from freqpure.presets import DEFAULTS
 from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
 from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
@@ -141,6 +142,8 @@ class Purifier(nn.Module):
 
         variant: ``"paper"`` (default) or ``"official"``: the preset that fills ``step_rule``, ``grid``,
             ``variance`` (and, in :class:`FreqPure`, ``mode`` and ``reference``) when they are ``None``.
+        noise_scheme: the scheme of the noise drawn for calls without ``noise`` (``freqpure.noise.NOISE_SCHEMES``;
+            ``None``: ``freqpure.samplers.NOISE_SCHEME``). A ``noise`` passed in is used as it is.
         step_rule: ``"posterior"`` (ε re-derived from the edited x0) or ``"official"`` (the model's own ε
             kept; :func:`freqpure.samplers.official_step`). ``None``: as the variant says.
         grid: ``"respaced"`` (t* − 1 … 0) or ``"official"`` (t*/n − 1, …, t* − 1, last step to ᾱ = 1; needs
@@ -170,9 +173,11 @@ class Purifier(nn.Module):
         step_rule: str | None = None,
         grid: str | None = None,
         variance: str | None = None,
+        noise_scheme: str | None = None,
     ) -> None:
         super().__init__()
         resolve_precision(precision)  # refuse a bad name here
+        self.noise_scheme = None if noise_scheme is None else check_noise_scheme(noise_scheme)
         if sampler not in ("ddpm", "ddim", "sde"):
             raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
         if not callable(eps_model):
@@ -223,8 +228,8 @@ class Purifier(nn.Module):
 
     # -- public API ---------------------------------------------------------------------------
     def new_noise(self) -> StepNoise:
-        """A fresh noise source drawn from this purifier's seeded generator."""
-        return StepNoise(int(torch.randint(0, 2**62, (1,), generator=self._seeds)))
+        """A fresh noise source drawn from this purifier's seeded generator (scheme ``noise_scheme``)."""
+        return make_noise(int(torch.randint(0, 2**62, (1,), generator=self._seeds)), (), self.noise_scheme)
 
     def validate(self, x: Tensor) -> Tensor:
         """Check ``x`` against the model (channels, image size) and the [0, 1] range.
@@ -422,7 +427,8 @@ class FreqPure(Purifier):
 
     def make_x0_hook(self, x_round: Tensor, x_input: Tensor, noise: StepNoise) -> X0Hook:
         def exchange(x0: Tensor, ref: Tensor) -> Tensor:
-            return freq_exchange(x0, ref, self.amp_radius, self.phase_radius, self.delta, mode=self.mode)
+            return freq_exchange(x0, ref, self.amp_radius, self.phase_radius, self.delta, mode=self.mode,
+                                 check_values=False)  # inputs validated once in forward: no per-step sync
 
         if self.reference == "input":
             return lambda x0, t: exchange(x0, x_input)

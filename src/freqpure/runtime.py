@@ -107,9 +107,15 @@ def _cpu_has_fast_bf16() -> bool:
     return " amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """``auto`` → ``bf16`` where it pays off (CPUs with AMX-BF16, CUDA with bf16), else ``fp32``.
+def resolve_precision(precision: str, device: torch.device | str = "cpu", model: Any = None,
+                      args: tuple[Any, ...] | None = None, fn: Any = None) -> str:
+    """``auto`` → ``bf16`` where it is measured to pay off, else ``fp32``.
 
+    With a ``model`` (and the ``args`` of a call) ``auto`` is measured: fp32 against bf16 on the first use,
+    cached per machine and model (:func:`freqpure.precision.measured_precision`); with a registry name
+    (``model="cifar10-ddpm-small"``, no ``args``) that model is loaded and timed on a probe batch
+    (:func:`freqpure.precision.probe_precision`). Without a model, or when it cannot be loaded, it is the
+    guess from the hardware (CPUs with AMX-BF16, CUDA with bf16).
     ``$FREQPURE_PRECISION`` (``fp32`` or ``bf16``), when set, is what ``auto`` means (the test suite pins
     it to ``fp32`` so that exact reference values hold on every machine); explicit values always win.
     """
@@ -123,6 +129,13 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
             raise UsageError(f"FREQPURE_PRECISION must be fp32 or bf16, got {forced!r}")
         return forced
     device = torch.device(device)
+    if model is not None:
+        from freqpure.precision import measured_precision, probe_precision
+
+        decision = (probe_precision(model, device) if isinstance(model, str) and args is None
+                    else measured_precision(model, args or (), device, fn=fn))
+        if decision is not None:
+            return decision.choice
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if _cpu_has_fast_bf16() else "fp32"
@@ -139,15 +152,20 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> Iterator[Non
         yield
 
 
-def run_in_precision(fn: Any, precision: str, *args: Tensor) -> Tensor:
+def run_in_precision(fn: Any, precision: str, *args: Tensor, model: Any = None) -> Tensor:
     """``fn(*args)`` under :func:`autocast` on the device of ``args[0]``, the result cast back to its dtype.
 
     The arguments stay fp32 (autocast casts them inside the matmuls/convolutions), so the gradient with
-    respect to them is fp32 too; only the network's own arithmetic is rounded to ``precision``.
+    respect to them is fp32 too; only the network's own arithmetic is rounded to ``precision``. ``auto`` is
+    measured on the first call (``model``, default ``fn``, names the cache entry; see :func:`resolve_precision`).
     """
     if precision == "fp32":
         return fn(*args)
     x = args[0]
+    if precision == "auto":
+        precision = resolve_precision("auto", x.device, model=fn if model is None else model, args=args, fn=fn)
+        if precision == "fp32":
+            return fn(*args)
     with autocast(precision, x.device):
         out = fn(*args)
     return out.to(x.dtype) if out.is_floating_point() else out
@@ -165,7 +183,7 @@ class Autocast(nn.Module):
         self.train(module.training)
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return run_in_precision(lambda x_: self.module(x_, *args, **kwargs), self.precision, x)
+        return run_in_precision(lambda x_: self.module(x_, *args, **kwargs), self.precision, x, model=self.module)
 
     def __getattr__(self, name: str) -> Any:
         try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, checkpoint_policy, run_step
 from freqpure.errors import UsageError
+from freqpure.noise import CounterNoise, counter_normals, identity_words, make_noise
 from freqpure.schedules import VPSDE, LinearBetaSchedule, validate_timesteps
 
 __all__ = [
@@ -103,6 +105,40 @@ def path_rng(tag: bytes, path: Sequence[int]) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=derive_key(tag, path)))
 
 
+_LOCAL = threading.local()  # one reusable numpy Philox generator per thread
+_M64 = 2**64 - 1
+
+
+def _philox_normals(key: int, out: np.ndarray) -> None:
+    """Fill float32 ``out`` with ``Generator(Philox(key=key)).standard_normal(out.shape, dtype=float32)``.
+
+    Bit-identical to building that generator, without its cost: a fresh ``Philox(key=...)`` first seeds
+    itself from OS entropy before the key replaces it, so one generator per thread is re-keyed instead.
+    """
+    gen = getattr(_LOCAL, "gen", None)
+    if gen is None:
+        gen = _LOCAL.gen = np.random.Generator(np.random.Philox(key=0))
+    gen.bit_generator.state = {
+        "bit_generator": "Philox",
+        "state": {"counter": np.zeros(4, dtype=np.uint64),
+                  "key": np.array([key & _M64, (key >> 64) & _M64], dtype=np.uint64)},
+        "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
+    }
+    gen.standard_normal(out=out, dtype=np.float32)
+
+
+def _host_buffer(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """An uninitialised float32 host tensor for draws bound for ``device`` (pinned when that is a GPU)."""
+    return torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
+
+
+def _to_like(z: Tensor, like: Tensor) -> Tensor:
+    """Host draws ``z`` → ``like``'s device and dtype (a non-blocking copy from pinned memory on a GPU)."""
+    if like.device.type == "cpu":
+        return z.to(dtype=like.dtype)
+    return z.to(device=like.device, non_blocking=True).to(like.dtype)
+
+
 class StepNoise:
     """Deterministic Gaussian noise addressed by an integer key: ``noise(key, like)``.
 
@@ -143,10 +179,12 @@ class StepNoise:
         message = _DRAW + self._prefix + _encode_int(int(key))
         return int.from_bytes(hashlib.blake2b(message, digest_size=16).digest(), "little")
 
+    scheme = NOISE_SCHEME
+
     def __call__(self, key: int, like: Tensor) -> Tensor:
-        rng = np.random.Generator(np.random.Philox(key=self.key(key)))
-        z = torch.from_numpy(rng.standard_normal(tuple(like.shape), dtype=np.float32))
-        return z.to(device=like.device, dtype=like.dtype)
+        buf = _host_buffer(tuple(like.shape), like.device)
+        _philox_normals(self.key(key), buf.numpy())
+        return _to_like(buf, like)
 
     def child(self, salt: int) -> StepNoise:
         """An independent stream (e.g. per round, per EOT draw or per image): path ``path + (salt,)``."""
@@ -193,20 +231,51 @@ class DrawNoise:
         self.streams = list(streams)
 
     @classmethod
-    def from_seed(cls, seed: int, draws: int) -> DrawNoise:
-        """``draws`` independent streams derived from ``seed``."""
-        base = StepNoise(seed)
+    def from_seed(cls, seed: int, draws: int, scheme: str | None = None) -> DrawNoise:
+        """``draws`` independent streams derived from ``seed`` (noise scheme ``scheme``; default
+        :data:`NOISE_SCHEME`)."""
+        base = make_noise(seed, (), scheme)
         return cls([base.child(k) for k in range(draws)])
 
     def __len__(self) -> int:
         return len(self.streams)
 
     def __call__(self, key: int, like: Tensor) -> Tensor:
+        """All streams' draws ``key`` in one call: ``[K·m, ...]`` shaped like ``like`` (stream ``k`` fills rows
+        ``k·m .. (k+1)·m − 1``). Counter streams draw on ``like``'s device in one batched call; Philox streams
+        fill one host buffer (pinned for a GPU) moved in one copy; the numbers are each stream's own."""
         k = len(self.streams)
         if like.shape[0] % k:
             raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
+        part_shape = (like.shape[0] // k, *like.shape[1:])
+        if self._kind == "counter":
+            words = self._identity_words(like.device)
+            return counter_normals(words, key, math.prod(part_shape)).reshape(like.shape).to(like.dtype)
+        if self._kind == "philox":
+            buf = _host_buffer((k, *part_shape), like.device)
+            arr = buf.numpy()
+            for i, s in enumerate(self.streams):
+                _philox_normals(s.key(key), arr[i])
+            return _to_like(buf.view(like.shape), like)
         part = like[: like.shape[0] // k]
         return torch.cat([s(key, part) for s in self.streams]) if k > 1 else self.streams[0](key, part)
+
+    @property
+    def _kind(self) -> str:
+        kinds = {type(s) for s in self.streams}
+        if kinds == {StepNoise}:
+            return "philox"
+        if kinds == {CounterNoise}:
+            return "counter"
+        return "mixed"  # subclasses with draws of their own: each stream is asked
+
+    def _identity_words(self, device: torch.device) -> Tensor:
+        """The streams' identity words ``[K, 4]`` on ``device``, made once per device."""
+        cache = self.__dict__.setdefault("_words", {})
+        words = cache.get(device)
+        if words is None:
+            words = cache[device] = identity_words([s.identity for s in self.streams], device)
+        return words
 
     def child(self, salt: int) -> DrawNoise:
         return DrawNoise([s.child(salt) for s in self.streams])
@@ -228,7 +297,7 @@ class DrawNoise:
 
 def _broadcast(values: Tensor, x: Tensor) -> Tensor:
     """float64 scalar(s) → x's dtype/device, shaped to broadcast over ``[B, C, H, W]``."""
-    return values.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return values.to(device=x.device, dtype=x.dtype, non_blocking=True).reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def split_model_output(out: Tensor, channels: int) -> tuple[Tensor, Tensor | None]:

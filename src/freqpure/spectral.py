@@ -99,20 +99,36 @@ def radial_mask(
         mask = _radial_mask_cpu(height, width, float(radius), grid)
         if not centred:
             mask = torch.fft.ifftshift(mask, dim=(-2, -1))
-        mask = mask.to(device)
+        mask = mask.to(device, non_blocking=True)  # from a cached host tensor: no sync
         if len(_DEVICE_MASKS) > 256:
             _DEVICE_MASKS.clear()
         _DEVICE_MASKS[key] = mask
     return mask
 
 
-def self_conjugate_mask(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
-    """Bins equal to their own mirror ``(-k mod N)`` in the natural layout: DC and Nyquist bins. ``[H, W]`` bool."""
+@lru_cache(maxsize=64)
+def _self_conjugate_cpu(height: int, width: int) -> Tensor:
     rows = torch.arange(height)
     cols = torch.arange(width)
     row_ok = (-rows) % height == rows
     col_ok = (-cols) % width == cols
-    return (row_ok[:, None] & col_ok[None, :]).to(device or "cpu")
+    return row_ok[:, None] & col_ok[None, :]
+
+
+def self_conjugate_mask(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """Bins equal to their own mirror ``(-k mod N)`` in the natural layout: DC and Nyquist bins. ``[H, W]`` bool.
+
+    Cached per shape and device (built once, then no host work or copy per call). Do not modify it in place.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = ("selfconj", height, width, str(device))
+    mask = _DEVICE_MASKS.get(key)
+    if mask is None:
+        mask = _self_conjugate_cpu(height, width).to(device, non_blocking=True)
+        if len(_DEVICE_MASKS) > 256:
+            _DEVICE_MASKS.clear()
+        _DEVICE_MASKS[key] = mask
+    return mask
 
 
 def relative_radius(fraction: float, height: int, width: int) -> float:
@@ -255,6 +271,8 @@ def freq_exchange(
     phase_radius: float | None,
     delta: float,
     mode: Mode = "paper",
+    *,
+    check_values: bool = True,
 ) -> Tensor:
     """Apply ASE (radius ``amp_radius``) and PSP (radius ``phase_radius``, half-width ``delta``) to ``est``.
 
@@ -266,6 +284,8 @@ def freq_exchange(
         delta: phase half-width in radians.
         mode: ``"paper"`` (true projection on the circle) or ``"reference"`` (the official code's
             arithmetic); see the module docstring.
+        check_values: refuse NaN/Inf in ``est`` and ``ref`` (a host read-back: a device sync on a GPU).
+            Purifiers, which validate their input once, pass ``False`` for the per-step call.
 
     Returns:
         ``[B, C, H, W]`` real tensor, same dtype as ``est``.
@@ -274,8 +294,9 @@ def freq_exchange(
         raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
     _check_pair(est, ref)
     _check_settings(amp_radius, phase_radius, delta)
-    _check_finite(est, "est")
-    _check_finite(ref, "ref")
+    if check_values:
+        _check_finite(est, "est")
+        _check_finite(ref, "ref")
     dtype = est.dtype
     if dtype in (torch.float16, torch.bfloat16):  # no half-precision FFT of arbitrary sizes: compute in fp32
         est, ref = est.float(), ref.float()

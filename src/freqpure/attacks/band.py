@@ -88,12 +88,26 @@ def band_constrain(
     lo, hi = -x, 1 - x
     if norm is Norm.LINF:
         lo, hi = lo.clamp(min=-eps), hi.clamp(max=eps)
-    for _ in range(max_iters):
+    check_every = _CPU_CHECK_EVERY if d.device.type == "cpu" else _GPU_CHECK_EVERY
+    done = torch.zeros((), dtype=torch.bool, device=d.device)
+    for it in range(max_iters):
         violation = torch.maximum(d - hi, lo - d).clamp_min(0).amax()
-        if violation <= tol:
+        if check_every == 1:
+            if violation <= tol:
+                break
+            d = band_project(torch.maximum(torch.minimum(d, hi), lo), max_radius)
+            continue
+        # on a GPU: freeze d once converged (the same numbers as stopping there) and read the flag back
+        # to the host only every few iterations instead of once per iteration
+        done = done | (violation <= tol)
+        d = torch.where(done, d, band_project(torch.maximum(torch.minimum(d, hi), lo), max_radius))
+        if (it + 1) % check_every == 0 and bool(done):
             break
-        d = band_project(torch.maximum(torch.minimum(d, hi), lo), max_radius)
     return torch.maximum(torch.minimum(d, hi), lo)
+
+
+_GPU_CHECK_EVERY = 8  # band_constrain's host read-backs on a GPU: one per this many projection iterations
+_CPU_CHECK_EVERY = 1  # (a read-back costs nothing on the CPU)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from freqpure.attacks.losses import attack_loss
 from freqpure.attacks.types import Loss, parse_enum
 from freqpure.errors import UsageError
+from freqpure.noise import CounterNoise
 from freqpure.samplers import DrawNoise, StepNoise
 
 __all__ = ["DrawNoise", "EOTGradient", "NoiseSource", "StochasticModel", "is_stochastic"]
@@ -96,7 +97,7 @@ class EOTGradient:
                 "and PurifiedClassifier do this), or use eot=1 for a deterministic model")
         self.eot = eot
         self.loss_name = parse_enum(Loss, loss, "loss")
-        self.root = seed if isinstance(seed, StepNoise) else StepNoise(int(seed))
+        self.root = seed if isinstance(seed, StepNoise | CounterNoise) else StepNoise(int(seed))
         self.max_batch = max_batch
         self.calls = 0
 

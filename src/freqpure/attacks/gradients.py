@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.attacks.types import GradientMode, parse_enum
+from freqpure.checkpointing import RunCheckpoint
 from freqpure.errors import UsageError
+from freqpure.noise import CounterNoise
 from freqpure.samplers import StepNoise
 
 __all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier", "matched_surrogate"]
@@ -87,7 +89,7 @@ def attack_purifier(purifier: nn.Module, mode: GradientMode | str, surrogate_rou
     else:
         clone = copy.copy(purifier)
     if hasattr(clone, "checkpoint"):
-        clone.checkpoint = "auto"
+        clone.checkpoint = RunCheckpoint()  # "auto", decided once for the attack run (freqpure.checkpointing)
     return clone
 
 
@@ -146,7 +148,7 @@ class SeededModel(nn.Module):
     def __init__(self, model: nn.Module, seed: int | StepNoise) -> None:
         super().__init__()
         self.model = model
-        self.root = seed if isinstance(seed, StepNoise) else StepNoise(int(seed))
+        self.root = seed if isinstance(seed, StepNoise | CounterNoise) else StepNoise(int(seed))
         self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from freqpure._checks import check_images, trusted_images
 from freqpure.attacks.eot import EOTGradient, is_stochastic
 from freqpure.attacks.registry import AttackContext, AttackOutcome, register_attack
 from freqpure.attacks.types import GradientMode, Norm, eps_text, parse_enum
@@ -57,14 +58,16 @@ Generator = torch.Generator | np.random.Generator
 
 def _uniform(shape, generator: Generator | None, like: Tensor) -> Tensor:
     if isinstance(generator, np.random.Generator):
-        return torch.from_numpy(generator.random(tuple(shape))).to(device=like.device, dtype=like.dtype)
-    return torch.rand(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+        host = torch.from_numpy(generator.random(tuple(shape))).to(like.dtype)
+        return host.to(like.device, non_blocking=True)  # host draws: a copy without a sync
+    return torch.rand(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device, non_blocking=True)
 
 
 def _normal(shape, generator: Generator | None, like: Tensor) -> Tensor:
     if isinstance(generator, np.random.Generator):
-        return torch.from_numpy(generator.standard_normal(tuple(shape))).to(device=like.device, dtype=like.dtype)
-    return torch.randn(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
+        host = torch.from_numpy(generator.standard_normal(tuple(shape))).to(like.dtype)
+        return host.to(like.device, non_blocking=True)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device, non_blocking=True)
 
 
 def random_start(x: Tensor, norm: Norm | str, eps: float, generator: Generator | None = None) -> Tensor:
@@ -132,7 +135,22 @@ def pgd(
     if keep not in ("best", "last"):
         raise UsageError(f"keep must be 'best' or 'last', got {keep!r}")
     alpha = default_step_size(norm, eps, steps) if step_size is None else float(step_size)
-    x = x.detach()
+    x = check_images(x.detach(), "x")  # validated once here; the iterates stay in [0, 1] by construction
+    with trusted_images():  # no value checks (host read-backs) inside the loop's model calls
+        return _pgd_loop(loss_and_grad, x, y, norm, eps, steps, alpha, random_init, keep, generator, band_max_radius)
+
+
+def _keep_better(better: Tensor, x_new: Tensor, loss_new: Tensor, best_x: Tensor,
+                 best_loss: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample best-iterate bookkeeping without a host sync: ``torch.where`` instead of boolean indexing."""
+    keep_new = better.view(-1, *([1] * (x_new.ndim - 1)))
+    return torch.where(keep_new, x_new, best_x), torch.where(better, loss_new, best_loss)
+
+
+def _pgd_loop(loss_and_grad: LossAndGrad, x: Tensor, y: Tensor, norm: Norm, eps: float, steps: int, alpha: float,
+              random_init: bool, keep: str, generator: Generator | None,
+              band_max_radius: float | None) -> PGDResult:
+    """:func:`pgd`'s iterations on validated ``x`` (no host-device sync inside an iteration)."""
     if band_max_radius is None:
         def constrain(delta: Tensor) -> Tensor:
             return (x + project(delta, norm, eps)).clamp(0, 1)
@@ -152,15 +170,13 @@ def pgd(
         loss, grad = loss_and_grad(x_adv, y)
         if first_norm is None:
             first_norm = grad.flatten(1).norm(dim=1)
-        better = loss > best_loss
-        best_x[better], best_loss[better] = x_adv[better], loss[better]
+        best_x, best_loss = _keep_better(loss > best_loss, x_adv, loss, best_x, best_loss)
         step = x_adv + alpha * _ascent(torch.nan_to_num(grad), norm)
         x_adv = constrain(step - x).detach()
     if keep == "last":  # no extra model call: the final iterate's loss is not measured
         return PGDResult(x_adv, torch.full_like(best_loss, math.nan), first_norm)
     final_loss = _final_loss(loss_and_grad, x_adv, y)
-    better = final_loss > best_loss
-    best_x[better], best_loss[better] = x_adv[better], final_loss[better]
+    best_x, best_loss = _keep_better(final_loss > best_loss, x_adv, final_loss, best_x, best_loss)
     return PGDResult(best_x, best_loss, first_norm)
 
 
@@ -256,7 +272,7 @@ class PGDAttack:
                 best = res
                 continue
             better = torch.nan_to_num(res.loss, nan=-math.inf) > torch.nan_to_num(best.loss, nan=-math.inf)
-            best.x_adv[better], best.loss[better] = res.x_adv[better], res.loss[better]
+            best.x_adv, best.loss = _keep_better(better, res.x_adv, res.loss, best.x_adv, best.loss)
         return AttackOutcome(best.x_adv, best.loss, best.first_grad_norm)
 
 

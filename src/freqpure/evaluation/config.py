@@ -256,8 +256,15 @@ class EvalConfig:
     defence: DefenceConfig = field(default_factory=DefenceConfig)
     attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig()])
     sanity: SanityConfig = field(default_factory=SanityConfig)
+    # The noise scheme (freqpure.noise.NOISE_SCHEMES); null = freqpure.samplers.NOISE_SCHEME. Left out of the
+    # saved config while null, so configs and record fingerprints written before the key existed still match.
+    noise_scheme: str | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
+        if self.noise_scheme is not None:
+            from freqpure.noise import check_noise_scheme
+
+            self.noise_scheme = check_noise_scheme(self.noise_scheme)
         if self.batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.attacks:

@@ -51,6 +51,7 @@ from freqpure.evaluation.results import (
 )
 from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir, run_store, saved_config
 from freqpure.evaluation.store import SampleStore
+from freqpure.noise import make_noise
 from freqpure.samplers import NOISE_SCHEME, StepNoise
 
 __all__ = ["evaluate", "prepare_run_dir", "batch_stream", "Purpose", "Scope"]
@@ -75,7 +76,8 @@ class Scope(IntEnum):
     SWEEP = 1
 
 
-def batch_stream(seed: int, batch: int, purpose: Purpose, index: int = 0, *, sweep: int | None = None) -> StepNoise:
+def batch_stream(seed: int, batch: int, purpose: Purpose, index: int = 0, *, sweep: int | None = None,
+                 scheme: str | None = None) -> StepNoise:
     """The noise stream of ``(seed, batch, purpose, index)`` — never of the process rank.
 
     Its path is ``(seed, Scope.BATCH, batch, purpose, index)``, or ``(seed, Scope.SWEEP, sweep, batch,
@@ -85,7 +87,7 @@ def batch_stream(seed: int, batch: int, purpose: Purpose, index: int = 0, *, swe
     different paths never share draws.
     """
     scope = (Scope.BATCH, batch) if sweep is None else (Scope.SWEEP, sweep, batch)
-    return StepNoise(seed, (*scope, int(purpose), int(index)))
+    return make_noise(seed, (*scope, int(purpose), int(index)), scheme)  # scheme None: NOISE_SCHEME
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class BatchRunner:
         seed = self.cfg.seed
 
         def stream(purpose: Purpose) -> StepNoise:
-            return batch_stream(seed, batch, purpose, i, sweep=sweep)
+            return batch_stream(seed, batch, purpose, i, sweep=sweep, scheme=self.cfg.noise_scheme)
 
         judge = None
         if self.defence.purifier is not None:  # randomised: the defence decides who leaves a pool
@@ -148,7 +150,7 @@ class BatchRunner:
         steps = self.cfg.sanity.undefended_steps
         bare = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)
         oracle = EOTGradient(bare, loss="ce")
-        gen = batch_stream(self.cfg.seed, batch, Purpose.UNDEFENDED, j).rng()
+        gen = batch_stream(self.cfg.seed, batch, Purpose.UNDEFENDED, j, scheme=self.cfg.noise_scheme).rng()
         res = pgd(oracle, x, y, norm=norm, eps=eps, steps=steps, random_init=True, generator=gen)
         with torch.no_grad():
             return bare(res.x_adv).argmax(1) == y
@@ -158,7 +160,7 @@ class BatchRunner:
         """Records for the batch, and its example images when it holds one of the first samples."""
         cfg, seed = self.cfg, self.cfg.seed
         t0 = time.perf_counter()
-        pred_clean = self.defence.predict(x, batch_stream(seed, batch, Purpose.CLEAN))
+        pred_clean = self.defence.predict(x, batch_stream(seed, batch, Purpose.CLEAN, scheme=cfg.noise_scheme))
         t_judge = time.perf_counter() - t0
         per_attack: list[dict[str, Any]] = []
         advs, preds = [], []
@@ -167,7 +169,7 @@ class BatchRunner:
             t1 = time.perf_counter()
             out = self.attack(i, attack, x, y, batch)
             t2 = time.perf_counter()
-            pred = self.defence.predict(out.x_adv, batch_stream(seed, batch, Purpose.JUDGE, i))
+            pred = self.defence.predict(out.x_adv, batch_stream(seed, batch, Purpose.JUDGE, i, scheme=cfg.noise_scheme))
             t_attack += t2 - t1
             t_judge += time.perf_counter() - t2
             linf, l2 = _norms(out.x_adv, x)
@@ -196,7 +198,7 @@ class BatchRunner:
             records.append({
                 "schema_version": SCHEMA_VERSION,
                 "index": int(indices[s]), "position": int(positions[s]), "batch": batch, "label": labels[s],
-                "noise_scheme": NOISE_SCHEME,
+                "noise_scheme": run_noise_scheme(cfg),
                 "clean_pred": int(pred_clean[s]), "clean_correct": clean_ok, "attacks": attacks,
                 "robust": clean_ok and all(v["correct"] for v in attacks.values()),
                 "undefended": {k: bool(v[s]) for k, v in undefended.items()},
@@ -217,7 +219,7 @@ class BatchRunner:
             take = (~fooled) & (p_a != y)
             chosen_x[take], chosen_pred[take] = x_a[take], p_a[take]
             fooled |= take
-        noise = batch_stream(self.cfg.seed, batch, Purpose.EXAMPLE)
+        noise = batch_stream(self.cfg.seed, batch, Purpose.EXAMPLE, scheme=self.cfg.noise_scheme)
         purified = self.defence.purify_once(chosen_x[keep], noise)
         with torch.no_grad():  # the bare classifier on this one purification (the grid's caption under it)
             pred_purified = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)(purified)
@@ -276,7 +278,7 @@ def evaluate(
         defence = build_defence(cfg, classifier, eps_model)
         runner = BatchRunner(cfg, defence, ctx.device)
         existing = store.load()
-        check_noise_scheme(existing, out)
+        check_noise_scheme(existing, out, run_noise_scheme(cfg))
         done = set(existing)
         resumed = resume and bool(done)  # a real resume: this invocation continues finished work
         n = len(data.indices)
@@ -300,14 +302,20 @@ def evaluate(
             ctx.close()
 
 
-def check_noise_scheme(records: dict[int, dict[str, Any]], out: Path) -> None:
-    """Refuse to continue a run whose samples were drawn with another noise scheme (a record without
-    ``noise_scheme`` predates the field: ``linear-v1``); mixing schemes would break replay and pairing."""
+def run_noise_scheme(cfg: EvalConfig) -> str:
+    """The noise scheme a run draws with: its config's ``noise_scheme``, else :data:`NOISE_SCHEME`."""
+    return cfg.noise_scheme or NOISE_SCHEME
+
+
+def check_noise_scheme(records: dict[int, dict[str, Any]], out: Path, scheme: str = NOISE_SCHEME) -> None:
+    """Refuse to continue a run whose samples were drawn with another noise scheme than ``scheme`` (the run's
+    own, :func:`run_noise_scheme`; a record without ``noise_scheme`` predates the field: ``linear-v1``); mixing
+    schemes would break replay and pairing."""
     schemes = {r.get("noise_scheme", "linear-v1") for r in records.values()}
-    other = sorted(schemes - {NOISE_SCHEME})
+    other = sorted(schemes - {scheme})
     if other:
-        raise RunFolderError(f"{out} holds samples made with noise scheme {', '.join(other)}; this freqpure draws "
-                             f"with {NOISE_SCHEME}, so the run cannot be continued: choose a new --out")
+        raise RunFolderError(f"{out} holds samples made with noise scheme {', '.join(other)}; this run draws "
+                             f"with {scheme}, so it cannot be continued: choose a new --out")
 
 
 def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], todo: list[int],
@@ -384,8 +392,9 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     results = Results(
         name=cfg.name, defence=cfg.purifier.method, seed=cfg.seed, n=len(recs), data=data.source,
         clean=Accuracy.of([r.clean_correct for r in recs]), robust=Accuracy.of([r.robust for r in recs]),
-        per_attack=per_attack, undefended=undefended, protocol=protocol(cfg), sanity=sanity, timings=timings,
-        warnings=warnings, world_size=world_size, resumed=resumed, noise_scheme=NOISE_SCHEME,
+        per_attack=per_attack, undefended=undefended, protocol={**protocol(cfg), **runtime_decisions(cfg, runner)},
+        sanity=sanity, timings=timings,
+        warnings=warnings, world_size=world_size, resumed=resumed, noise_scheme=run_noise_scheme(cfg),
         versions=package_versions(), config=to_dict(cfg), examples={"file": "examples.npz", "n": n_examples},
         environments=environments,
     )
@@ -410,6 +419,24 @@ def record_environments(recs: list[SampleRecord], saved: dict[str, Any]) -> dict
     return counts
 
 
+def runtime_decisions(cfg: EvalConfig, runner: BatchRunner | None) -> dict[str, Any]:
+    """What this invocation decided at run time, and why: ``gradient_memory`` (per attack, its run's
+    checkpoint decision, :class:`~freqpure.checkpointing.RunCheckpoint`) and ``precision_choice`` (what
+    ``precision: auto`` measured, :func:`freqpure.precision.decisions`); keys only where there is one."""
+    from freqpure.checkpointing import run_decisions
+    from freqpure.precision import decisions
+
+    out: dict[str, Any] = {}
+    found = run_decisions(runner.attack_models) if runner is not None else {}  # None: written from records alone
+    if found:
+        out["gradient_memory"] = {cfg.attacks[i].display(): d.text() for i, d in sorted(found.items())}
+    chosen = decisions()
+    if chosen:
+        out["precision_choice"] = {f"{d['model']} on {d['machine']}": f"{d['choice']} ({d['source']}): {d['reason']}"
+                                   for d in chosen}
+    return out
+
+
 def protocol(cfg: EvalConfig) -> dict[str, Any]:
     """The decisions that change robustness numbers, stated explicitly (field notes §5)."""
     d = cfg.defence
@@ -429,7 +456,7 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
         "eot": {a.display(): a.eot for a in cfg.attacks},
         "noise": "independent diffusion noise per EOT draw and per batch, derived from (seed, batch index, purpose) "
                  "— never from the process rank",
-        "noise_scheme": NOISE_SCHEME,
+        "noise_scheme": run_noise_scheme(cfg),
         "classifier_mode": "eval mode, parameters frozen; no clamp, rounding or no_grad on the gradient path "
                            "(except BPDA's identity backward, by design)",
     }
@@ -486,7 +513,8 @@ def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, da
             pos = list(range(start, min(start + cfg.batch_size, k)))
             x, y = data.images(pos).to(device), data.labels[pos].to(device)
             out = runner.attack(0, scaled, x, y, b, sweep=m_i)  # streams of their own: (Scope.SWEEP, m_i, b)
-            pred = runner.defence.predict(out.x_adv, batch_stream(cfg.seed, b, Purpose.JUDGE, 0, sweep=m_i))
+            pred = runner.defence.predict(out.x_adv, batch_stream(cfg.seed, b, Purpose.JUDGE, 0, sweep=m_i,
+                                                                  scheme=cfg.noise_scheme))
             correct += int((pred == y).sum())
         eps_list.append(scaled.eps)
         accs.append(correct / k)
