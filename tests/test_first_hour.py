@@ -238,3 +238,39 @@ def test_evaluate_prints_the_table_not_the_whole_results_md(tmp_path: Path, caps
     assert "## Protocol" not in printed and "## Sanity" not in printed
     assert "## Protocol" in (tmp_path / "r" / "results.md").read_text()
     assert f"protocol, sanity checks and time: {tmp_path / 'r' / 'results.md'}" in printed
+
+
+@pytest.mark.data
+def test_report_speaks_words_and_says_what_the_models_are(tiny_demo) -> None:
+    import html
+
+    from freqpure.report import write_report
+
+    out, _, _ = tiny_demo
+    page = html.unescape(write_report(out, out / "words.html").read_text())
+    assert "bundled small models, trained on a CPU" in page and "not the paper's" in page
+    headings = re.findall(r"<th title=\"[^\"]*\">([^<]*)</th>", page)
+    assert headings == ["PGD L∞ 8/255, full gradient"]  # words, not the slug pgd-linf-8/255-full-eot1
+    bare = page[page.index('id="run-no-defence"'):page.index('id="run-diffpure"')]
+    assert "classified once by the bare classifier" in bare and "<dt>noise</dt>" not in bare
+    assert "purification step" not in bare and "The sanity row is a separate check" in bare
+    defended = page[page.index('id="run-diffpure"'):]
+    assert "axes and colour scales" in defended and "cycles per image" in defended
+    raw = page[page.index('id="raw"'):]
+    assert "image_size:" not in raw.replace("data.image_size left out", "")
+
+
+@pytest.mark.data
+def test_multi_run_page_lists_every_runs_attacks(tiny_demo) -> None:
+    import copy
+
+    from freqpure.report import _what_was_run, load_run
+
+    out, _, _ = tiny_demo
+    runs = [load_run(out / "none"), load_run(out / "diffpure")]
+    runs[1] = copy.deepcopy(runs[1])
+    runs[1].results.config["attacks"][0]["steps"] = 7
+    attacks = _what_was_run(runs)["attacks"]
+    assert len(attacks) == 2
+    assert "2 steps" in attacks[0] and "(against no defence)" in attacks[0]
+    assert "7 steps" in attacks[1] and "(against DiffPure)" in attacks[1]

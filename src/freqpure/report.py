@@ -427,19 +427,68 @@ def _sanity_rows(results: Results) -> list[dict[str, Any]]:
     return rows
 
 
+# Protocol entries about the purifier's randomness or graph: they do not apply to the bare classifier.
+_PURIFIER_ONLY = ("noise", "noise_scheme", "gradient_memory")
+_BARE_WORDING = (("judged once by the defence with its own randomness (noise seeded by (seed, batch), independent of "
+                  "the attack's draws)", "classified once by the bare classifier (deterministic: no purifier, no "
+                  "vote)"),
+                 ("following the exact gradient through every purification step",
+                  "following the classifier's own gradient (there is no purifier)"),
+                 ("(1 against a deterministic defence)", "(1: the bare classifier has no randomness)"))
+
+
 def _protocol_rows(results: Results) -> list[tuple[str, str]]:
+    """The protocol of a run in words; for the undefended run, without what only a purifier has."""
+    bare = results.config["purifier"]["method"] == "none"
     rows = []
     for key, value in results.protocol.items():
+        if bare and key in _PURIFIER_ONLY:
+            continue
         name = key.replace("_", " ")
         if isinstance(value, dict):
             value = "; ".join(f"{k}: {v}" for k, v in value.items())
-        rows.append((name, str(value)))
+        value = str(value)
+        if bare:
+            for old, new in _BARE_WORDING:
+                value = value.replace(old, new)
+        rows.append((name, value))
     return rows
+
+
+def _bare_note(results: Results) -> str | None:
+    """One sentence on the no-defence card: what its attack column and its sanity row count, and why they differ."""
+    if results.config["purifier"]["method"] != "none":
+        return None
+    text = (f"Attack columns: the same attack the defences face, aimed straight at the bare classifier; an image "
+            f"counts only when the classifier gets both the clean and the attacked image right "
+            f"({results.robust.correct} of {results.n} here, {_pct(results.robust.accuracy)}).")
+    if results.undefended:
+        acc = next(iter(results.undefended.values()))
+        steps = results.config.get("sanity", {}).get("undefended_steps", "?")
+        text += (f" The sanity row is a separate check that the attack code works: a plain {steps}-step PGD on the "
+                 f"same images, counted on the attacked image alone ({acc.correct} of {acc.n}, "
+                 f"{_pct(acc.accuracy)}); it must fall to "
+                 f"{_pct(results.sanity.get('undefended_falls', {}).get('threshold', 0.05))} or less. The two differ "
+                 "because the attacks differ (steps, step size, EOT, random start) and the sanity row does not need "
+                 "the clean image right.")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
 # Images and plots
 # ---------------------------------------------------------------------------------------------
+def attack_heading(attack: dict[str, Any]) -> str:
+    """A column heading in words, e.g. ``PGD L∞ 8/255, full gradient`` (the label is a slug for files)."""
+    from freqpure.evaluation.table import attack_settings
+
+    parts = attack_settings(attack).split(", ")
+    return f"{parts[0]}, {parts[-1]}" if len(parts) > 1 else parts[0]
+
+
+def _attack_configs(runs: Sequence[RunData]) -> dict[str, dict[str, Any]]:
+    return {label: attack for run in runs for label, attack in run.results.attacks()}
+
+
 def _image(png: bytes, alt: str) -> dict[str, Any]:
     width, height = Image.open(io.BytesIO(png)).size
     return {"uri": data_uri(png), "alt": alt, "width": width, "height": height}
@@ -485,7 +534,34 @@ def _spectra_rows(ex: dict[str, np.ndarray], i: int) -> tuple[list[dict[str, Any
             cells += [_image(_map_png(da / damp_max, _SEQUENTIAL), f"{key} amplitude change"),
                       _image(_map_png(dp / math.pi, _SEQUENTIAL), f"{key} phase change")]
         rows.append({"name": key, "cells": cells})
-    return rows, f"{damp_max:.3g}"
+    return rows, f"{damp_max:.3g}", amp_max
+
+
+def _colour_bar(anchors: np.ndarray, width: int = 96, height: int = 10) -> bytes:
+    """A horizontal colour bar of ``anchors`` (low on the left), as PNG."""
+    return png_bytes(colour_map(np.repeat(np.linspace(0, 1, width)[None, :], height, axis=0), anchors))
+
+
+def _axes_key(height: int, width: int, size: int = 96) -> bytes:
+    """The axes every spectrum thumbnail shares: frequency u left to right, v top to bottom, DC in the centre."""
+    from PIL import ImageDraw
+
+    pad = 22
+    img = Image.new("RGB", (size + 2 * pad, size + 2 * pad), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([pad, pad, pad + size - 1, pad + size - 1], outline=(120, 120, 120))
+    cx, cy = pad + size * (width // 2) / width, pad + size * (height // 2) / height
+    draw.line([pad, cy, pad + size - 1, cy], fill=(190, 190, 190))
+    draw.line([cx, pad, cx, pad + size - 1], fill=(190, 190, 190))
+    draw.text((cx + 3, cy + 2), "DC", fill=(40, 40, 40))
+    lo_u, hi_u, lo_v, hi_v = -(width // 2), (width - 1) // 2, -(height // 2), (height - 1) // 2
+    draw.text((pad, pad + size + 3), str(lo_u), fill=(40, 40, 40))
+    draw.text((pad + size - 12, pad + size + 3), str(hi_u), fill=(40, 40, 40))
+    draw.text((cx - 3, pad + size + 3), "u", fill=(40, 40, 40))
+    draw.text((2, pad), str(lo_v), fill=(40, 40, 40))
+    draw.text((2, pad + size - 10), str(hi_v), fill=(40, 40, 40))
+    draw.text((6, cy - 5), "v", fill=(40, 40, 40))
+    return png_bytes(np.asarray(img))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,17 +628,42 @@ def _what_was_run(runs: Sequence[RunData]) -> dict[str, Any]:
     from freqpure.evaluation.table import attack_settings
 
     defences = [{"title": run.title, "text": defence_in_words(run.results)} for run in runs]
-    attacks: list[str] = []
+    used: dict[str, list[str]] = {}  # every run's attacks, each listed once with the runs that faced it
     for run in runs:
-        for label, attack in run.results.attacks():
-            text = f"{label}: {attack_settings(attack)}"
-            if run.method != "none" and text not in attacks:
-                attacks.append(text)
-    if not attacks:
-        attacks = [f"{label}: {attack_settings(a)}" for label, a in runs[0].results.attacks()]
+        for _, attack in run.results.attacks():
+            used.setdefault(attack_settings(attack), [])
+            if run.title not in used[attack_settings(attack)]:
+                used[attack_settings(attack)].append(run.title)
+    attacks = [text + ("" if len(runs) == 1 or len(titles) == len(runs) else f" (against {', '.join(titles)})")
+               for text, titles in used.items()]
     first = runs[0].results
     data = f"{first.n} test images ({first.data}), seed {first.seed}, noise scheme {first.noise_scheme}"
-    return {"defences": defences, "attacks": attacks, "data": data}
+    return {"defences": defences, "attacks": attacks, "data": data, "models": _models_note(runs)}
+
+
+def _models_note(runs: Sequence[RunData]) -> str | None:
+    """A sentence when the runs use freqpure's bundled models: small CPU-trained models, not the paper's."""
+    from freqpure.models.registry import model_info
+
+    names = set()
+    for run in runs:
+        cfg = run.results.config
+        names.add(cfg["classifier"]["name"])
+        if cfg["purifier"]["method"] != "none":
+            names.add(cfg["purifier"]["diffusion"])
+    bundled = []
+    for name in sorted(names):
+        try:
+            if model_info(name).get("bundled"):
+                bundled.append(name)
+        except Exception:  # a file path or an unknown name: not a bundled model
+            continue
+    if not bundled:
+        return None
+    return (f"The models ({', '.join(bundled)}) are freqpure's bundled small models, trained on a CPU for this "
+            "project (a ResNet of about 90% clean accuracy and a 2.25M-parameter UNet), not the paper's "
+            "(WRN-28-10 and the published score models): these numbers show how the defences behave at small scale, "
+            "not the paper's result.")
 
 
 def _accuracy_table(runs: Sequence[RunData]) -> dict[str, Any]:
@@ -581,7 +682,15 @@ def _accuracy_table(runs: Sequence[RunData]) -> dict[str, Any]:
         by_col = {i: r.per_attack[label] for label, i in mine.items()}
         rows.append({"title": run.title, "anchor": _anchor(run.title), "n": r.n, "clean": cell(r.clean),
                      "attacks": [cell(by_col.get(i)) for i in range(len(columns))], "robust": cell(r.robust)})
-    return {"columns": [{"heading": c.heading.strip("`"), "settings": c.settings} for c in columns], "rows": rows}
+    configs = _attack_configs(runs)
+
+    def heading(c) -> str:
+        words = attack_heading(configs[c.label]) if c.label in configs else c.heading.strip("`")
+        suffix = re.search(r" \(\d+\)$", c.heading)
+        return words + (suffix.group(0) if suffix else "")
+
+    return {"columns": [{"heading": heading(c), "settings": c.settings, "label": c.label} for c in columns],
+            "rows": rows}
 
 
 def _run_section(run: RunData, spectra_examples: int) -> dict[str, Any]:
@@ -592,7 +701,7 @@ def _run_section(run: RunData, spectra_examples: int) -> dict[str, Any]:
     for label, attack in r.attacks():
         secs = r.timings.per_attack_seconds_per_sample.get(label)
         acc = r.per_attack[label]
-        attacks.append({"label": label, "settings": attack_settings(attack),
+        attacks.append({"label": attack_heading(attack), "slug": label, "settings": attack_settings(attack),
                         "accuracy": f"{_pct(acc.accuracy)} {_interval(acc.ci95)}",
                         "time": "" if secs is None else f"{secs:.2f} s per image"})
     t = r.timings
@@ -601,12 +710,19 @@ def _run_section(run: RunData, spectra_examples: int) -> dict[str, Any]:
                       f"{r.world_size} process(es)" + ("; resumed from an interrupted run" if r.resumed else ""))]
     spectra_blocks = []
     if run.method != "none" and run.examples is not None:
+        height, width = run.examples["clean"].shape[-2:]
         for i in range(min(spectra_examples, run.examples["clean"].shape[0])):
-            rows, scale = _spectra_rows(run.examples, i)
-            spectra_blocks.append({"index": i, "rows": rows, "scale": scale})
+            rows, scale, amp_max = _spectra_rows(run.examples, i)
+            bars = [{"image": _image(_colour_bar(_SEQUENTIAL), "colour bar"), "low": "0", "high": f"{amp_max:.3g}"},
+                    {"image": _image(_colour_bar(_CYCLIC), "colour bar"), "low": "−π", "high": "π"},
+                    {"image": _image(_colour_bar(_SEQUENTIAL), "colour bar"), "low": "0", "high": scale},
+                    {"image": _image(_colour_bar(_SEQUENTIAL), "colour bar"), "low": "0", "high": "π"}]
+            spectra_blocks.append({"index": i, "rows": rows, "scale": scale, "bars": bars,
+                                   "axes": _image(_axes_key(height, width), "spectrum axes"),
+                                   "size": f"{height}x{width}"})
     return {"title": run.title, "anchor": _anchor(run.title), "path": str(run.path), "facts": facts,
             "attacks": attacks, "sanity": _sanity_rows(r), "warnings": r.warnings, "protocol": _protocol_rows(r),
-            "spectra": spectra_blocks, "purifier": run.method != "none"}
+            "spectra": spectra_blocks, "purifier": run.method != "none", "note": _bare_note(r)}
 
 
 def _analysis_view(analysis: AnalysisData) -> dict[str, Any]:
@@ -645,9 +761,30 @@ def _raw(inputs: ReportInputs) -> list[dict[str, str]]:
     for run in inputs.runs:
         r = run.results
         meta = {"schema_version": r.schema_version, "noise_scheme": r.noise_scheme, "versions": r.versions}
-        raw.append({"name": f"{run.title}: config.yaml", "text": run.config_text})
+        raw.append({"name": f"{run.title}: config.yaml", "text": _without_unused_keys(run.config_text)})
         raw.append({"name": f"{run.title}: versions and noise scheme", "text": yaml.safe_dump(meta, sort_keys=False)})
     return raw
+
+
+def _without_unused_keys(config_text: str) -> str:
+    """The saved config text, without ``data.image_size`` for CIFAR-10 (a key only ImageNet runs use)."""
+    try:
+        data = yaml.safe_load(config_text)
+    except yaml.YAMLError:
+        return config_text
+    section = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or section.get("dataset") != "cifar10" or "image_size" not in section:
+        return config_text
+    lines = config_text.splitlines()
+    out, in_data = [], False
+    for line in lines:
+        if not line.startswith((" ", "\t")):
+            in_data = line.startswith("data:")
+        if in_data and line.strip().startswith("image_size:"):
+            continue
+        out.append(line)
+    out.append("# data.image_size left out: it applies to ImageNet only (CIFAR-10 images are used at 32x32)")
+    return "\n".join(out) + "\n"
 
 
 def _environment():
