@@ -636,22 +636,35 @@ def stage_markdown(stage: StageConfig, folder: Path) -> str:
 
 def clean_vs_robust_points(study: StudyConfig, out: Path) -> list[dict[str, Any]]:
     """One point per evaluate part with records: ``{"stage", "run", "method", "variant", "clean", "robust",
-    "n", "planned"}`` (worst-case robust accuracy on the images recorded so far)."""
-    from freqpure.study_parts import part_summary
+    "n", "planned", "classes"}`` (worst-case robust accuracy).
+
+    Parts of one stage that share a subset (the same planned n) are all measured on the images every one of
+    them has, so that an unfinished part is never set beside another on other images (other classes)."""
+    from freqpure.study_parts import class_span, part_summary
 
     points = []
     for stage in study.stages:
         if stage.kind != "evaluate":
             continue
+        found = {}
         for r in stage.runs:
             part = out / stage.name / r.name
-            s = part_summary(part, name=r.name) if part.is_dir() else None
-            if s is None:
+            summary = part_summary(part, name=r.name) if part.is_dir() else None
+            if summary is not None:
+                found[r.name] = summary
+        for planned in sorted({s.planned for s in found.values()}):
+            group = {name: s for name, s in found.items() if s.planned == planned}
+            common = sorted(set.intersection(*(set(s.records) for s in group.values())))
+            if not common:
                 continue
-            pur = (saved_config(part) or {}).get("purifier") or {}
-            points.append({"stage": stage.name, "run": r.name, "method": pur.get("method"),
-                           "variant": pur.get("variant") or "paper", "clean": s.accuracy("clean").accuracy,
-                           "robust": s.accuracy("worst case").accuracy, "n": s.n, "planned": s.planned})
+            for name, s in group.items():
+                recs = [s.records[i] for i in common]
+                pur = (saved_config(out / stage.name / name) or {}).get("purifier") or {}
+                points.append({"stage": stage.name, "run": name, "method": pur.get("method"),
+                               "variant": pur.get("variant") or "paper",
+                               "clean": sum(r.clean_correct for r in recs) / len(recs),
+                               "robust": sum(r.robust for r in recs) / len(recs), "n": len(recs),
+                               "planned": planned, "classes": class_span([r.label for r in recs])})
     return points
 
 
@@ -662,24 +675,29 @@ def clean_vs_robust_plot(points: list[dict[str, Any]], path: str | Path) -> Path
         return None
     from freqpure.plots import _figure
 
-    fig, ax = _figure(7.0, 5.0)
+    fig, ax = _figure(8.5, 5.5)
     colours = {"diffpure": "#1f77b4", "freqpure/paper": "#2ca02c", "freqpure/official": "#d62728"}
     markers = "osD^v<>"
     stages = list(dict.fromkeys(p["stage"] for p in points))
     seen = set()
+    placed: list[tuple[float, float]] = []
     for p in points:
         key = "diffpure" if p["method"] == "diffpure" else f"{p['method']}/{p['variant']}"
         label = key if key not in seen else None
         seen.add(key)
         ax.scatter(100 * p["clean"], 100 * p["robust"], color=colours.get(key, "#7f7f7f"),
                    marker=markers[stages.index(p["stage"]) % len(markers)], label=label, s=40)
-        interim = f" (n = {p['n']} of {p['planned']})" if p.get("n", 0) < p.get("planned", 0) else ""
-        ax.annotate(f"{p['stage'].split('-')[0]}/{p['run']}{interim}", (100 * p["clean"], 100 * p["robust"]),
-                    fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
+        interim = (f" (n = {p['n']} of {p['planned']}, classes {p.get('classes')})"
+                   if p.get("n", 0) < p.get("planned", 0) else "")
+        xy = (100 * p["clean"], 100 * p["robust"])
+        stacked = sum(abs(x - xy[0]) < 0.5 and abs(y - xy[1]) < 0.5 for x, y in placed)  # coincident points
+        placed.append(xy)
+        ax.annotate(f"{p['stage'].split('-')[0]}/{p['run']}{interim}", xy, fontsize=6,
+                    xytext=(4, 3 - 8 * stacked), textcoords="offset points")
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("worst-case robust accuracy (%)")
-    ax.set_title("clean vs robust accuracy (marker = stage)")
+    ax.set_title("clean vs worst-case robust accuracy\n(marker = stage; the runs of a stage on their common images)",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = Path(path)
