@@ -274,3 +274,32 @@ def test_multi_run_page_lists_every_runs_attacks(tiny_demo) -> None:
     assert len(attacks) == 2
     assert "2 steps" in attacks[0] and "(against no defence)" in attacks[0]
     assert "7 steps" in attacks[1] and "(against DiffPure)" in attacks[1]
+
+
+@pytest.mark.data
+def test_readme_evaluate_your_own_classifier(tmp_path: Path) -> None:
+    """The README's snippet, at a tiny size: any nn.Module taking [B, 3, 32, 32] in [0, 1] to logits."""
+    import freqpure
+    from freqpure.evaluation import evaluate, load_eval_config
+    from helpers import model_name, one_thread
+
+    class MyNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    clf = MyNet().eval()
+    eps = freqpure.load_diffusion(model_name("cifar10-ddpm-small"))
+    cfg = load_eval_config(ROOT / "configs" / "cifar10-freqpure-pgd-linf-bundled.yaml",
+                           ["data.n=2", "batch_size=2", "classifier.name=my-net", "attacks.0.steps=1",
+                            "attacks.0.eot=1", "defence.ensemble=1", "purifier.rounds=20:1", "sanity.eps_sweep=[]",
+                            "sanity.undefended_steps=1"])
+    with one_thread():
+        results = evaluate(cfg, tmp_path / "my-net", models=(clf, eps), progress=False)
+    assert results.n == 2 and 0 <= results.robust.accuracy <= results.clean.accuracy <= 1
+    assert results.config["classifier"]["name"] == "my-net"
+    readme = (ROOT / "README.md").read_text()
+    assert "evaluate(cfg, \"runs/my-net\", models=(clf, eps))" in readme

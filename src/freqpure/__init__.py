@@ -7,7 +7,7 @@ Three lines to defend a classifier::
     defended = freqpure.PurifiedClassifier(my_classifier, purifier, ensemble=10)
 """
 
-# Thread policy, OpenMP part: before anything imports torch (see freqpure._threadenv and README "Speed").
+# Thread policy, OpenMP part: before anything imports torch (freqpure._threadenv; docs/usage.md, "Threads").
 from freqpure._threadenv import set_passive_wait_policy
 
 set_passive_wait_policy()

@@ -7,8 +7,8 @@ as they are; the settings a run really uses are named by a preset:
 
 =================  ============================================================================================
 ``default``        the library defaults: t* = 100, 20 DDPM steps, r_a = r_p = 10, δ = 0.3, paper variant
-``bundled-table``  t* = 100, 5 DDPM steps, r_a = r_p = 3, δ = 0.3: the README's robustness table, ``freqpure
-                   demo`` and the ``configs/cifar10-*-bundled.yaml`` PGD/BPDA configs (sized for a CPU)
+``bundled-table``  t* = 100, 5 DDPM steps, r_a = r_p = 3, δ = 0.3: the robustness table (docs/results.md),
+                   ``freqpure demo`` and the ``configs/cifar10-*-bundled.yaml`` PGD/BPDA configs (sized for a CPU)
 ``paper``          FreqPure as the paper states it on CIFAR-10: ten rounds ``20:5*5,50:5*5``, r = 3, δ = 0.3
                    (``configs/cifar10-freqpure-*-published.yaml``)
 ``official-v2``    the official code's arithmetic (``variant: official``) at the same plan, r = 3, δ = 0.3
@@ -59,7 +59,7 @@ class Preset:
 _V2 = "20:5*5,50:5*5"
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("default", "the library defaults (t*=100, 20 DDPM steps, r=10, delta=0.3, paper variant)", {}),
-    Preset("bundled-table", "the README robustness table, the demo and the bundled PGD/BPDA configs "
+    Preset("bundled-table", "the robustness table (docs/results.md), the demo and the bundled PGD/BPDA configs "
            "(t*=100, 5 DDPM steps, r=3, delta=0.3)",
            {"rounds": "100:5", "amp_radius": 3.0, "phase_radius": 3.0, "delta": 0.3}),
     Preset("paper", "FreqPure as the paper states it on CIFAR-10 (ten rounds 20:5*5,50:5*5, r=3, delta=0.3)",
