@@ -67,6 +67,8 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
     paths["nan_classifier"] = write_safetensors(d / "nan_clf.safetensors", cnan, cmeta)
     paths["dup_yaml"] = d / "dup.yaml"
     paths["dup_yaml"].write_text("seed: 1\nseed: 2\n")
+    paths["latin1_yaml"] = d / "latin1.yaml"
+    paths["latin1_yaml"].write_bytes("seed: 1  # caf\u00e9\n".encode("latin-1"))
     paths["results"] = d / "someone-else"
     paths["results"].mkdir()
     (paths["results"] / "results.json").write_text("{}\n")
@@ -155,6 +157,77 @@ CLI_ROWS = [
                                                str(t / "x.safetensors"), "--arch", "ncsnpp", "--arch-config", "{"],
      ["--arch-config", "JSON"]),
 ]
+
+
+# issue 23, items 6-8: accepted-but-meaningless values, tracebacks and misleading messages
+PURIFY_NO_DEVICE = ["--t-start", "20", "--steps", "1", "--no-progress"]
+CLI_ROWS += [
+    ("purify-threads-huge", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"), *FAST, "--threads",
+                                          "100000"], ["--threads must be in 1.."]),
+    ("purify-threads-zero", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"), *FAST, "--threads", "0"],
+     ["--threads must be in 1.."]),
+    *[(f"purify-device-{d}", lambda h, t, d=d: ["purify", str(h["ok"]), "--out", str(t / "o"), *PURIFY_NO_DEVICE,
+                                                "--device", d], [f"'{d}' is not supported", "cpu, cuda"])
+      for d in ("bogus", "meta", "mps", "cuda:x")],
+    ("evaluate-device-mps", lambda h, t: ["evaluate", *EVAL, "--set", "device=mps", "--out", str(t / "r")],
+     ["device 'mps' is not supported"]),
+    ("evaluate-seed-negative", lambda h, t: ["evaluate", *EVAL, "--seed", "-1", "--out", str(t / "r")],
+     ["seed must be in 0.."]),
+    ("evaluate-seed-huge", lambda h, t: ["evaluate", *EVAL, "--seed", str(2**70), "--out", str(t / "r")],
+     ["seed must be in 0.."]),
+    ("evaluate-subset-seed", lambda h, t: ["evaluate", *EVAL, "--set", "data.subset_seed=-1", "--out", str(t / "r")],
+     ["data.subset_seed must be in 0.."]),
+    ("evaluate-step-size-inf", lambda h, t: ["evaluate", *EVAL, "--set", "attacks.0.step_size=.inf", "--out",
+                                             str(t / "r")], ["step_size must be finite"]),
+    ("evaluate-config-latin1", lambda h, t: ["evaluate", "--config", str(h["latin1_yaml"]), "--out", str(t / "r")],
+     ["latin1.yaml", "not UTF-8"]),
+    ("purify-config-latin1", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"), *FAST, "--config",
+                                           str(h["latin1_yaml"])], ["latin1.yaml", "not UTF-8"]),
+    ("evaluate-config-folder", lambda h, t: ["evaluate", "--config", str(h["folder"]), "--out", str(t / "r")],
+     ["is a folder"]),
+    ("purify-config-folder", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"), *FAST, "--config",
+                                           str(h["folder"])], ["is a folder"]),
+    ("evaluate-data-dir-file", lambda h, t: ["evaluate", *EVAL, "--data-dir", str(h["file"]), "--out", str(t / "r")],
+     ["file.txt", "is a file, not a folder"]),
+    ("evaluate-out-file", lambda h, t: ["evaluate", *EVAL, "--out", str(h["file"])], ["is a file, not a folder"]),
+    ("purify-rounds-negative-attached", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"),
+                                                      "--rounds=-5:1"], ["cannot parse round '-5:1'"]),
+    ("purify-rounds-huge-repeat", lambda h, t: ["purify", str(h["ok"]), "--out", str(t / "o"), "--rounds",
+                                                "10:1*99999999999"], ["more than 10000 rounds"]),
+    ("analyze-eps-one", lambda h, t: ["analyze", "--out", str(t / "o"), "--eps", "1"], ["eps must be in (0, 0.5]"]),
+    ("analyze-step-size-zero", lambda h, t: ["analyze", "--out", str(t / "o"), "--step-size", "0"],
+     ["step_size must be finite and > 0"]),
+    ("analyze-max-radius-zero", lambda h, t: ["analyze", "--out", str(t / "o"), "--max-radius", "0"],
+     ["max_radius must be finite and > 0"]),
+    ("train-diffusion-lr-inf", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--lr", "inf"],
+     ["lr must be a finite number > 0"]),
+    ("train-classifier-lr-nan", lambda h, t: ["train", "classifier", "--out", str(t / "o"), "--lr", "nan"],
+     ["lr must be a finite number > 0"]),
+    ("train-ema-decay-two", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--ema-decay", "2"],
+     ["ema_decay must be in [0, 1)"]),
+    ("train-ema-decay-nan", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--ema-decay", "nan"],
+     ["ema_decay must be in [0, 1)"]),
+    ("table-schema-string", lambda h, t: ["table", str(_schema_string_run(t))],
+     ["schema_version must be a whole number", "'1'"]),
+]
+
+
+@pytest.mark.parametrize("flag, value", [("--rounds", "-5:1"), ("--phase-radius", "-inf")])
+def test_a_value_starting_with_a_dash_gets_one_line_with_the_fix(flag, value, hostile, tmp_path, capsys) -> None:
+    """Item 8: `--rounds -5:1` was answered by argparse's bare "expected one argument" and a usage block."""
+    with pytest.raises(SystemExit) as info:
+        main(["purify", str(hostile["ok"]), "--out", str(tmp_path / "o"), *FAST, flag, value])
+    assert info.value.code == 2
+    line = _one_line(capsys)
+    assert f"argument {flag}: expected one argument" in line and f"{flag}=VALUE" in line, line
+
+
+def _schema_string_run(tmp: Path) -> Path:
+    """A copy of a committed run whose results.json says ``schema_version: "1"`` (a string)."""
+    run = _copy_run(tmp)
+    data = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**data, "schema_version": "1"}))
+    return run
 
 
 @pytest.mark.parametrize("argv, words", [(r[1], r[2]) for r in CLI_ROWS], ids=[r[0] for r in CLI_ROWS])
@@ -292,10 +365,10 @@ def test_table_escapes_labels_and_names() -> None:
     """Attack labels and run names with pipes, newlines or backticks cannot break the markdown table."""
     import re
 
-    from freqpure.evaluation.results import Results
+    from freqpure.evaluation.results import Results, accuracy
     from freqpure.evaluation.table import render_table
 
-    acc = {"accuracy": 0.5, "ci95": [0.1, 0.9], "n": 2, "correct": 1}
+    acc = accuracy([True, False])
     label = "pgd | evil\n`x`"
     attack = {"name": "pgd", "norm": "linf", "eps": 8 / 255, "steps": 1, "step_size": None, "eot": 1,
               "random_start": True, "gradient": "full"}
@@ -307,3 +380,350 @@ def test_table_escapes_labels_and_names() -> None:
     cells = [len(re.split(r"(?<!\\)\|", line)) for line in (header, row)]
     assert cells == [8, 8] and rule.count("---") == 6, text
     assert "pgd \\| evil `x`" in header and "**run\\|\\*one\\***" in text
+
+
+# ====================================================================================================
+# Issue 23: the second hostile battery. Nothing lost, nothing silently wrong, no traceback.
+# ====================================================================================================
+RESULTS_DIR = REPO / "benchmarks" / "results"
+RUN512 = RESULTS_DIR / "precision-equivalence-512" / "fp32"  # a finished schema-1 run: results.json + 512 records
+
+
+def _copy_run(tmp_path: Path, source: Path = RUN512) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("results.json", "samples.jsonl", "config.yaml"):
+        shutil.copyfile(source / name, run / name)
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _edit_line(path: Path, number: int, edit) -> None:
+    """Apply ``edit`` to the JSON record on line ``number`` (1-based) of ``path``."""
+    lines = path.read_text().splitlines(keepends=True)
+    rec = json.loads(lines[number - 1])
+    edit(rec)
+    lines[number - 1] = json.dumps(rec) + "\n"
+    path.write_text("".join(lines))
+
+
+# ------------------------------------------------------------------ data loss: files this run did not create
+def test_purify_data_never_replaces_a_file_it_did_not_create(hostile, tmp_path, capsys) -> None:
+    """Item 1: `train purify-data notes.txt` overwrote an unrelated file; now refused, replaced only with --force."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    args = ["train", "purify-data", str(notes), "--limit", "2", "--split", "test", "--t-star", "20", "--steps", "1",
+            "--amp", "none", "--no-progress", "--threads", "1"]
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert "notes.txt" in line and "--force" in line and notes.read_text() == "my notes\n"
+    assert main([*args, "--force"]) == 0
+    from freqpure.purified_data import load_purified
+
+    assert load_purified(notes)[0].shape == (2, 32, 32, 3)  # replaced, as asked
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_purify_data_limit_must_be_positive(limit, tmp_path, capsys) -> None:
+    """Item 6: --limit 0 wrote an empty data set (rc 0), --limit -1 49,999 images."""
+    out = tmp_path / "x.safetensors"
+    assert main(["train", "purify-data", str(out), f"--limit={limit}", "--split", "test", "--no-progress"]) == 2
+    assert "--limit must be a whole number >= 1" in _one_line(capsys) and not out.exists()
+
+
+def test_train_export_never_replaces_other_files(tmp_path, capsys) -> None:
+    run = tmp_path / "trainrun"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    other = tmp_path / "other.safetensors"
+    other.write_text("not mine\n")
+    assert main(["train", "export", str(run), str(other)]) == 2
+    assert "--force" in _one_line(capsys) and other.read_text() == "not mine\n"
+    assert main(["train", "export", str(run), str(run / "config.json"), "--force"]) == 2
+    assert "one of the files of run" in _one_line(capsys) and (run / "config.json").read_text() == "{}\n"
+
+
+# ------------------------------------------------------------------ data loss: table --out / report -o
+@pytest.mark.parametrize("command", ["table", "report"])
+@pytest.mark.parametrize("name", ["results.json", "samples.jsonl", "config.yaml"])
+def test_outputs_never_replace_the_runs_own_files(command, name, tmp_path, capsys) -> None:
+    """Item 2: `table RUN --out RUN/results.json` and `report RUN -o RUN/results.json` destroyed the run."""
+    run = _copy_run(tmp_path)
+    before = _files(run)
+    flag = "--out" if command == "table" else "-o"
+    assert main([command, str(run), flag, str(run / name), "--force"]) == 2  # not even with --force
+    line = _one_line(capsys)
+    assert name in line and "one of the files of run" in line
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("command", ["table", "report"])
+def test_outputs_replace_an_existing_file_only_with_force(command, tmp_path, capsys) -> None:
+    run = _copy_run(tmp_path)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine\n")
+    flag = "--out" if command == "table" else "-o"
+    assert main([command, str(run), flag, str(mine)]) == 2
+    assert "--force" in _one_line(capsys) and mine.read_text() == "mine\n"
+    assert main([command, str(run), flag, str(mine), "--force"]) == 0
+    assert mine.read_text() != "mine\n"
+    capsys.readouterr()
+
+
+def test_report_replaces_its_own_earlier_page_but_not_a_stranger(tmp_path, capsys) -> None:
+    run = _copy_run(tmp_path)
+    assert main(["report", str(run)]) == 0
+    first = (run / "report.html").read_text()
+    assert main(["report", str(run)]) == 0  # an earlier freqpure report is regenerable output
+    assert (run / "report.html").read_text().startswith(first[:200])
+    (run / "report.html").write_text("<p>my own page</p>")
+    assert main(["report", str(run)]) == 2
+    assert "--force" in capsys.readouterr().err and (run / "report.html").read_text() == "<p>my own page</p>"
+
+
+def test_table_out_folder_is_named_not_a_temp_file(tmp_path, capsys) -> None:
+    """Item 8: `table --out DIR` named a temporary file in its error."""
+    run = _copy_run(tmp_path)
+    assert main(["table", str(run), "--out", str(tmp_path)]) == 2
+    line = _one_line(capsys)
+    assert "must be a file path" in line and ".tmp" not in line
+
+
+# ------------------------------------------------------------------ data loss: one writer per folder
+def test_purify_into_a_folder_in_use_is_refused(hostile, tmp_path, capsys) -> None:
+    """Item 3: two concurrent purifies into one new folder both exited 0; the second is now refused."""
+    from freqpure.evaluation.lock import LOCK_NAME, RunLock
+
+    out = tmp_path / "shared"
+    holder = RunLock(out).acquire()  # a live purify holds the folder (flock: per open file, also in-process)
+    try:
+        assert main(["purify", str(hostile["ok"]), "--out", str(out), *FAST]) == 2
+        line = _one_line(capsys)
+        assert "in use by another freqpure run" in line and f"PID {os.getpid()}" in line
+        assert (out / LOCK_NAME).exists()  # the holder's lock file is left alone
+    finally:
+        holder.release()
+    assert main(["purify", str(hostile["ok"]), "--out", str(out), *FAST]) == 0  # free again (stale lock file)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "ok.png"]  # no lock file left behind
+    capsys.readouterr()
+    assert main(["purify", str(hostile["ok"]), "--out", str(out), *FAST]) == 2  # now it holds a finished run
+    assert "not empty" in _one_line(capsys)
+
+
+def test_a_lock_file_removed_between_open_and_lock_is_not_trusted(tmp_path) -> None:
+    """A run that removed its lock file as it finished: a process that opened the old file must not win."""
+    import fcntl
+
+    from freqpure.errors import RunFolderError
+    from freqpure.evaluation.lock import RunLock
+
+    lock = RunLock(tmp_path / "f")
+    real_flock = fcntl.flock
+
+    def flock_after_removal(fd, op):  # the other run finishes and removes the file just before our flock
+        lock.path.unlink(missing_ok=True)
+        return real_flock(fd, op)
+
+    (tmp_path / "f").mkdir()
+    lock.path.write_text("")
+    fcntl.flock = flock_after_removal
+    try:
+        with pytest.raises(RunFolderError, match="has just finished"):
+            lock.acquire()
+    finally:
+        fcntl.flock = real_flock
+    assert not lock.held and RunLock(tmp_path / "f").acquire().held
+
+
+@pytest.mark.parametrize("argv", [
+    lambda out: ["analyze", "--out", str(out), "--n", "2"],
+    lambda out: ["demo", "--out", str(out), "--n", "2", "--no-estimate"],
+    lambda out: ["train", "classifier", "--out", str(out), "--epochs", "1"],
+    lambda out: ["train", "diffusion", "--out", str(out), "--steps", "1"],
+], ids=["analyze", "demo", "train-classifier", "train-diffusion"])
+def test_every_folder_writing_command_locks_its_folder(argv, tmp_path, capsys) -> None:
+    """Item 3: every command that writes a folder holds evaluate's lock on it; a second one is refused at once."""
+    from freqpure.evaluation.lock import RunLock
+
+    out = tmp_path / "busy"
+    with RunLock(out):
+        assert main(argv(out)) == 2
+        assert "in use by another freqpure run" in _one_line(capsys)
+    assert [p.name for p in out.iterdir()] == [".freqpure.lock"]  # nothing written beside the holder's lock
+
+
+@pytest.mark.parametrize("command, words", [("demo", "not a demo's"), ("analyze", "no analysis.json")])
+def test_demo_and_analyze_refuse_another_runs_folder(command, words, tmp_path, capsys) -> None:
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    (other / "results.json").write_text("{}\n")
+    assert main([command, "--out", str(other), "--n", "2"]) == 2
+    assert words in _one_line(capsys)
+    assert [p.name for p in other.iterdir()] == ["results.json"]  # untouched: no lock file either
+    assert (other / "results.json").read_text() == "{}\n"
+
+
+# ------------------------------------------------------------------ silently wrong: records (table, report)
+def test_every_committed_evaluate_record_validates() -> None:
+    """The one validator accepts every samples.jsonl an evaluate run has committed (schema 0 and 1)."""
+    import yaml
+
+    from freqpure.evaluation.results import read_sample_records
+
+    def is_evaluate_run(folder: Path) -> bool:  # a study's clean parts keep other records (config: setting:)
+        if (folder / "results.json").exists():
+            return True
+        return "attacks" in (yaml.safe_load((folder / "config.yaml").read_text()) or {})
+
+    runs = [p.parent for p in RESULTS_DIR.rglob("samples.jsonl") if is_evaluate_run(p.parent)]
+    assert len(runs) >= 8, runs
+    for run in runs:
+        records = read_sample_records(run / "samples.jsonl")
+        assert records and all(r.robust == (r.clean_correct and all(a.correct for a in r.attacks.values()))
+                               for r in records.values()), run
+
+
+RECORD_ROWS = [
+    ("robust-string", lambda r: r.update(robust="false"), ["robust must be JSON true or false", "'false'"]),
+    ("robust-contradicts", lambda r: r.update(robust=True), ["robust is true but", "survives 0 of 1"]),
+    ("clean-contradicts", lambda r: r.update(clean_correct=False),
+     ["clean_correct is false but clean_pred 0 equals the label 0"]),
+    ("attack-contradicts", lambda r: next(iter(r["attacks"].values())).update(correct=True),
+     ["correct is true but its pred 8 differs from the label 0"]),
+    ("no-fingerprint", lambda r: r.pop("config_sha256"), ["config_sha256 is missing"]),
+    ("schema-string", lambda r: r.update(schema_version="1"), ["schema_version must be a whole number", "'1'"]),
+    ("schema-newer", lambda r: r.update(schema_version=2), ["schema_version 2 is newer"]),
+    ("empty-attacks", lambda r: r.update(attacks={}), ["attacks is empty"]),
+    ("unknown-key", lambda r: r.update({"robust ": True}), ["unknown key(s) 'robust '"]),
+    ("negative-label", lambda r: r.update(label=-1), ["label must be a whole number >= 0"]),
+    ("float-pred", lambda r: r.update(clean_pred=0.0), ["clean_pred must be a whole number"]),
+    ("nan-linf", lambda r: next(iter(r["attacks"].values())).update(linf=math.nan), ["linf must be a finite"]),
+    ("attack-missing-pred", lambda r: next(iter(r["attacks"].values())).pop("pred"), ["lacks pred"]),
+]
+
+
+@pytest.mark.parametrize("command", ["table", "report"])
+@pytest.mark.parametrize("edit, words", [(r[1], r[2]) for r in RECORD_ROWS], ids=[r[0] for r in RECORD_ROWS])
+def test_a_bad_record_is_refused_naming_file_and_line(command, edit, words, tmp_path, capsys) -> None:
+    """Item 4: a record is validated on read (types, derived fields, fingerprint) and refused with file:line."""
+    run = _copy_run(tmp_path)
+    _edit_line(run / "samples.jsonl", 7, edit)
+    before = _files(run)
+    out = ["--out", str(tmp_path / "t.md")] if command == "table" else ["-o", str(tmp_path / "r.html")]
+    assert main([command, str(run), *out]) == 2
+    line = _one_line(capsys)
+    assert f"{run / 'samples.jsonl'}:7" in line, line
+    for word in words:
+        assert word in line, (word, line)
+    assert _files(run) == before and not (tmp_path / "t.md").exists() and not (tmp_path / "r.html").exists()
+
+
+def test_garbled_and_duplicate_lines_are_refused(tmp_path, capsys) -> None:
+    run = _copy_run(tmp_path)
+    samples = run / "samples.jsonl"
+    text = samples.read_text()
+    lines = text.splitlines(keepends=True)
+    samples.write_text("".join(lines[:3]) + "{not json\n" + "".join(lines[3:]))
+    assert main(["table", str(run)]) == 2
+    assert f"{samples}:4: not a JSON record" in _one_line(capsys)
+    twin = json.loads(lines[0])  # index 8 again, valid in itself but with another prediction
+    twin.update(clean_pred=3, clean_correct=False, robust=False)
+    samples.write_text(text + json.dumps(twin) + "\n")
+    assert main(["table", str(run)]) == 2
+    assert f"{samples}:513: index 8 was already recorded on line 1 with other predictions" in _one_line(capsys)
+    samples.write_text(text + lines[0][:40])  # a torn last line (a kill mid-write) is no error
+    assert main(["table", str(run)]) == 0
+    capsys.readouterr()
+
+
+def test_records_that_do_not_add_up_to_results_json_are_refused(tmp_path, capsys) -> None:
+    """Item 5: a valid record changed consistently no longer adds up to results.json's counts."""
+    run = _copy_run(tmp_path)
+    _edit_line(run / "samples.jsonl", 1, lambda r: r.update(clean_pred=3, clean_correct=False))
+    assert main(["table", str(run)]) == 2
+    assert "says clean = 425 but its samples.jsonl records give 424" in _one_line(capsys)
+
+
+def _set_accuracy(entry: dict, k: int) -> None:
+    from freqpure.evaluation.results import accuracy
+
+    entry.update(accuracy([True] * k + [False] * (entry["n"] - k)))
+
+
+RESULTS_ROWS = [
+    ("accuracy-beside-count", lambda d: d["clean"].update(accuracy=0.99), ["accuracy 0.99 is not correct / n"]),
+    ("correct-over-n", lambda d: d["clean"].update(correct=600), ["correct = 600 of n = 512 is not a count"]),
+    ("nan-accuracy", lambda d: d["robust"].update(accuracy=math.nan), ["accuracy nan is not correct / n"]),
+    ("robust-over-clean", lambda d: (_set_accuracy(d["robust"], 430), _set_accuracy(d["per_attack"][
+        "PGD-EOT Linf (full)"], 430)), ["worst case (430 correct) exceeds clean (425 correct)"]),
+    ("string-count", lambda d: d["clean"].update(correct="425"), ["correct = '425'"]),
+    ("string-n", lambda d: d.update(n="512"), ["n must be a whole number"]),
+    ("wrong-ci", lambda d: d["clean"].update(ci95=[0.0, 1.0]), ["ci95 [0.0, 1.0] is not the 95% Wilson interval"]),
+    ("empty-per-attack", lambda d: d.update(per_attack={}), ["per_attack is empty"]),
+    ("missing-purifier-key", lambda d: d["config"]["purifier"].pop("rounds"), ["config lacks purifier.rounds"]),
+    ("no-purifier", lambda d: d["config"].pop("purifier"), ["config lacks purifier.method"]),
+    ("schema-string", lambda d: d.update(schema_version="1"), ["schema_version must be a whole number", "'1'"]),
+    ("count-differs-from-records", lambda d: _set_accuracy(d["clean"], 424),
+     ["says clean = 424 but its samples.jsonl records give 425"]),
+    ("timings-string", lambda d: d["timings"].update(seconds_per_sample="fast"), ["seconds_per_sample must be"]),
+]
+
+
+@pytest.mark.parametrize("command", ["table", "report"])
+@pytest.mark.parametrize("edit, words", [(r[1], r[2]) for r in RESULTS_ROWS], ids=[r[0] for r in RESULTS_ROWS])
+def test_inconsistent_results_json_is_refused(command, edit, words, tmp_path, capsys) -> None:
+    """Items 5 and 7: table/report printed whatever results.json said (0.99 beside 3/4, 9 of 4, NaN, robust >
+    clean, strings) or raised a traceback (empty per_attack, missing purifier keys)."""
+    run = _copy_run(tmp_path)
+    data = json.loads((run / "results.json").read_text())
+    edit(data)
+    (run / "results.json").write_text(json.dumps(data))
+    out = ["--out", str(tmp_path / "t.md")] if command == "table" else ["-o", str(tmp_path / "r.html")]
+    assert main([command, str(run), *out]) == 2
+    line = _one_line(capsys)
+    assert "results.json" in line
+    for word in words:
+        assert word in line, (word, line)
+
+
+def test_unedited_run_still_tables(tmp_path, capsys) -> None:
+    """The control for the rows above: the same copied run, unedited, makes its table."""
+    run = _copy_run(tmp_path)
+    assert main(["table", str(run), "--out", str(tmp_path / "t.md")]) == 0
+    assert "83.0 [79.5, 86.0]" in (tmp_path / "t.md").read_text()
+    capsys.readouterr()
+
+
+# ------------------------------------------------------------------ silently wrong: evaluate's finalize
+def test_evaluate_finalize_validates_every_record(tmp_path, capsys) -> None:
+    """Item 4: evaluate summarises only records that pass the validator; a bad one is named by file and line."""
+    run = tmp_path / "ev"
+    args = ["evaluate", *EVAL, "--set", "purifier.method=none", "--out", str(run), "--threads", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+    samples = run / "samples.jsonl"
+    good = samples.read_text()
+    (run / "results.json").unlink()
+    for edit, words in [
+        (lambda r: r.update(robust="false" if r["robust"] else "true"), "robust must be JSON true or false"),
+        (lambda r: r.pop("config_sha256"), "config_sha256 is missing"),
+        (lambda r: r.update(clean_correct=not r["clean_correct"]), "clean_correct is"),
+    ]:
+        samples.write_text(good)
+        _edit_line(samples, 2, edit)
+        assert main([*args, "--resume"]) == 2
+        line = _one_line(capsys)
+        assert f"{samples}:2" in line and words in line, line
+        assert not (run / "results.json").exists()
+    extra = json.loads(good.splitlines()[0]) | {"index": 99999}
+    samples.write_text(good + json.dumps(extra) + "\n")
+    assert main([*args, "--resume"]) == 2
+    assert "outside this run's subset (index 99999)" in _one_line(capsys)
+    samples.write_text(good)
+    assert main([*args, "--resume"]) == 0 and (run / "results.json").exists()
+    capsys.readouterr()

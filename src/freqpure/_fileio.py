@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "check_writable_output"]
+from freqpure.errors import OutputExistsError
+
+__all__ = ["RUN_FILE_NAMES", "atomic_path", "check_output_file", "check_writable_output"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -58,4 +60,43 @@ def check_writable_output(path: str | Path, what: str = "output") -> Path:
     os.unlink(probe)
     if path.exists() and not os.access(path, os.W_OK):
         raise PermissionError(13, f"{what} is not writable", str(path))
+    return path
+
+
+# Files that make up a run folder of evaluate, study, demo, analyze, purify or train: an output path given to
+# another command (``table --out``, ``report -o``) may never be one of them, even with --force.
+RUN_FILE_NAMES = frozenset({
+    "config.yaml", "samples.jsonl", "results.json", "results.md", "examples.npz", ".freqpure.lock", "summary.json",
+    "vote.jsonl", "timing.json", "study.yaml", "study.md", "grid.png", "manifest.json", "analysis.json",
+    "metrics.jsonl", "checkpoint.pt", "config.json",
+})
+
+
+def _own_file_of(target: Path, folder: Path) -> bool:
+    """Whether ``target`` (resolved) is one of run folder ``folder``'s own files (also in its sub-runs)."""
+    root = folder.resolve()
+    if root not in target.parents:
+        return False
+    return target.name in RUN_FILE_NAMES or "parts" in target.relative_to(root).parts[:-1]
+
+
+def check_output_file(path: str | Path, what: str, *, force: bool = False,
+                      inputs: Iterable[str | Path] = (), replaceable: Callable[[Path], bool] | None = None) -> Path:
+    """Check, before any work, that the output file ``path`` may be written; return it.
+
+    :func:`check_writable_output`, then: never one of the run files of the ``inputs`` folders (a file input
+    stands for its folder), even with ``force``; an existing file only with ``force`` or when
+    ``replaceable(path)`` says it is this command's own earlier output.
+    """
+    path = check_writable_output(path, what)
+    target = path.resolve()
+    for item in inputs:
+        item = Path(item)
+        folder = item if item.is_dir() else item.parent
+        if target == item.resolve() or _own_file_of(target, folder):
+            raise OutputExistsError(f"{what} {path} is one of the files of run {folder}; writing it would destroy "
+                                    "the run: give a path outside the run's files")
+    if target.exists() and not force and not (replaceable is not None and replaceable(target)):
+        raise OutputExistsError(f"{what} {path} already exists and was not written by this command; pass --force "
+                                "to replace it")
     return path

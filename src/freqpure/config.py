@@ -28,6 +28,7 @@ __all__ = [
     "to_dict",
     "apply_overrides",
     "load_yaml",
+    "read_config_text",
     "dump_yaml",
     "config_diff",
     "parse_yaml",
@@ -343,12 +344,23 @@ def parse_yaml(text: str, where: str = "YAML") -> Any:
         raise UsageError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
 
 
+def read_config_text(path: str | Path, what: str = "config file") -> str:
+    """The text of a YAML config file; a folder, a missing file or bytes that are not UTF-8 are refused."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a YAML file")
+    if not path.is_file():
+        raise NotFoundError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{what} {path} is not UTF-8 text (byte {err.start} cannot be decoded); give a YAML "
+                         "file") from None
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Load a YAML file strictly into dataclass ``cls``."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"config file not found: {path}")
-    data = parse_yaml(path.read_text(), f"config file {path}") or {}
+    data = parse_yaml(read_config_text(path, "config file"), f"config file {Path(path)}") or {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping at the top level")
     return from_dict(cls, data)

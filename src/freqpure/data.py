@@ -117,6 +117,9 @@ def find_cifar10_dir(data_dir: str | os.PathLike | None = None, split: str = "te
 
     An explicit ``data_dir`` that does not exist is an error (no silent fallback).
     """
+    if data_dir is not None and Path(data_dir).expanduser().exists() and not Path(data_dir).expanduser().is_dir():
+        raise UsageError(f"CIFAR-10 data folder {data_dir} is a file, not a folder; give the folder that holds the "
+                         "data (test.tar / train.tar, cifar-10-batches-py or class folders)")
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise NotFoundError(f"CIFAR-10 data folder {data_dir} does not exist")
     env = os.environ.get("FREQPURE_DATA")
@@ -285,8 +288,14 @@ def load_cifar10_batches(folder: str | os.PathLike, split: str = "test") -> tupl
             raise UsageError(f"{file}: refused to load CIFAR-10 batch file: {err}") from None
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
             raise UsageError(f"{file}: corrupt CIFAR-10 batch file ({err!r})") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        if data.ndim != 2 or data.shape[1] != 3072:
             raise UsageError(f"{file}: unexpected data shape {data.shape}, expected [N, 3072]")
+        if labels.ndim != 1 or len(data) != len(labels):
+            raise UsageError(f"{file}: {len(data)} images but {labels.size} labels; the batch file is damaged")
+        bad = labels[(labels < 0) | (labels >= len(CIFAR10_CLASSES))]
+        if bad.size:
+            raise UsageError(f"{file}: label {int(bad[0])} is not a CIFAR-10 class (0..{len(CIFAR10_CLASSES) - 1}); "
+                             "the batch file is damaged")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(labels)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)

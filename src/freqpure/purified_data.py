@@ -87,16 +87,20 @@ def purify_split(
     limit: int | None = None,
     progress: bool = True,
     save_every: int = 16,
+    force: bool = False,
 ) -> Path:
     """Purify every image of ``config.split`` (or its first ``limit``) and write ``out``; returns ``out``.
 
     Progress is saved to ``<out>.partial`` every ``save_every`` chunks; re-running the same call
-    resumes there.
+    resumes there. An existing ``out`` is replaced only with ``force`` (checked before any work).
     """
+    from freqpure._fileio import check_output_file
     from freqpure.purifiers import DiffPure
     from freqpure.samplers import StepNoise
 
-    out = Path(out)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit must be a whole number >= 1 (the first N images), got {limit!r}")
+    out = check_output_file(out, "output", force=force)
     partial = out.with_name(out.name + ".partial")
     x_u8, y = load_cifar10(config.split, data_dir)
     if limit is not None:

@@ -42,12 +42,13 @@ import torch
 import yaml
 from PIL import Image
 
+from freqpure._fileio import atomic_path
 from freqpure.errors import NotFoundError, UsageError
-from freqpure.evaluation.results import Results, SampleRecord, read_results, read_samples
+from freqpure.evaluation.results import Results, SampleRecord, read_run
 from freqpure.spectral import centred_spectrum, wrap_phase
 
 __all__ = ["write_report", "render_html", "ReportInputs", "RunData", "load_run", "DEFENCE_ORDER", "REPORT_NAME",
-           "MAX_BYTES", "CSP"]
+           "MAX_BYTES", "CSP", "is_report"]
 
 REPORT_NAME = "report.html"
 DEFENCE_ORDER = ("none", "diffpure", "freqpure")
@@ -208,7 +209,7 @@ def load_run(directory: str | Path) -> RunData:
     paired comparison). A file that exists but cannot be read is an error naming it."""
     directory = Path(directory)
     _require(directory / "results.json", "an evaluation run dir holds results.json")
-    results = read_results(directory)
+    results, samples = read_run(directory)  # records validated and checked against results.json
     config_path = directory / "config.yaml"
     if config_path.exists():
         config_text, _ = _read_yaml(config_path)
@@ -217,7 +218,6 @@ def load_run(directory: str | Path) -> RunData:
                                                                                             sort_keys=False)
     examples_path = directory / "examples.npz"
     examples = _read_examples(examples_path) if examples_path.exists() else None
-    samples = read_samples(directory) if (directory / "samples.jsonl").is_file() else None
     return RunData(directory, results, config_text, examples, samples)
 
 
@@ -854,8 +854,16 @@ def write_report(
         max_spectra, max_examples = (max_spectra - 1, max_examples) if max_spectra > 0 else (0, max_examples // 2)
         page = render_html(inputs, max_examples=max_examples, max_spectra=max_spectra)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:  # a unique temporary name: never another file, never half a page
+        tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def is_report(path: str | Path) -> bool:
+    """Whether ``path`` is a page written by :func:`write_report` (which a new report may replace)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return "<title>freqpure report:" in head and CSP in head

@@ -198,6 +198,9 @@ def validate_timesteps(timesteps: Sequence[int], num_steps: int = 1000) -> list[
     return ts
 
 
+MAX_ROUNDS = 10_000  # far beyond any published plan (10 rounds); a bigger repeat is a typo, not a plan
+
+
 def parse_rounds(spec: str | Sequence[PurificationRound] | Sequence[Sequence[int]]) -> list[PurificationRound]:
     """Parse a multi-round plan.
 
@@ -218,6 +221,9 @@ def parse_rounds(spec: str | Sequence[PurificationRound] | Sequence[Sequence[int
             k = int(repeat) if star else 1
             if k < 1:
                 raise UsageError(f"round {raw!r} in {spec!r} repeats {k} times: REPEAT must be >= 1")
+            if len(rounds) + k > MAX_ROUNDS:
+                raise UsageError(f"the plan {spec!r} has more than {MAX_ROUNDS} rounds (round {raw!r} repeats {k} "
+                                 "times); a purification plan has a handful of rounds")
             rounds.extend([PurificationRound(int(t_star), int(steps))] * k)
         if not rounds:
             raise UsageError(f"no rounds in {spec!r}")

@@ -70,10 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from freqpure.cli.common import resolve_device
     from freqpure.evaluation.analyze import AnalyzeSettings, run_analysis
+    from freqpure.evaluation.lock import locked_folder
 
     apply_runtime_args(args)
     settings = load_command_config(AnalyzeSettings, args, {k: getattr(args, k) for k in _FLAGS})
-    result = run_analysis(settings, args.out, device=resolve_device(args.device), progress=not args.no_progress)
+    _check_out(args.out)
+    with locked_folder(args.out):  # a second analyze into the same folder is refused
+        result = run_analysis(settings, args.out, device=resolve_device(args.device), progress=not args.no_progress)
     print(f"analysis: {args.out / 'analysis.json'}")
     for name, t in result["targets"].items():
         value = t["value"]
@@ -84,3 +87,15 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(args.out)}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a new or empty folder, or one holding an earlier analysis (whose files are replaced)."""
+    from freqpure.errors import OutputExistsError
+    from freqpure.evaluation.lock import LOCK_NAME
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a folder; give a new or empty folder")
+    if out.is_dir() and not (out / "analysis.json").is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise OutputExistsError(f"--out {out} holds files but no analysis.json (another command's or your own "
+                                "files); give a new or empty folder")

@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from freqpure.cli.common import resolve_device
     from freqpure.evaluation.demo import DemoSettings, run_demo
+    from freqpure.evaluation.lock import locked_folder
 
     apply_runtime_args(args)
     if args.old_steps is not None:
@@ -73,6 +74,26 @@ def run(args: argparse.Namespace) -> int:
                                            "gradient", "surrogate_rounds", "batch_size", "sweep", "seed",
                                            "classifier", "diffusion", "data_dir")}
     settings = load_command_config(DemoSettings, args, flags)
-    run_demo(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress,
-             estimate=not args.no_estimate, device=resolve_device(args.device))
+    _check_out(args.out)
+    with locked_folder(args.out):  # a second demo into the same folder is refused
+        run_demo(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+                 estimate=not args.no_estimate, device=resolve_device(args.device))
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder, and its ``results.json`` (if any) an earlier demo's: never another run's."""
+    import json
+
+    from freqpure.errors import OutputExistsError
+    from freqpure.evaluation.demo import DemoSummary
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file, not a folder; give a new folder")
+    summary = out / "results.json"
+    if summary.exists():
+        try:
+            DemoSummary.from_dict(json.loads(summary.read_text(encoding="utf-8")), str(summary))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise OutputExistsError(f"--out {out} holds a results.json that is not a demo's (another run's, or "
+                                    "damaged); the demo would replace it: give a new folder") from None

@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     apply_runtime_args(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file, not a folder; give a new folder (or a run folder to resume)")
     results = evaluate(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if results is not None:  # the table; the protocol, sanity details and timing stay in results.md
         print((args.out / "results.md").read_text().split("\n## ")[0].rstrip())

@@ -12,14 +12,26 @@ import importlib
 import os
 import pkgutil
 import sys
+from typing import NoReturn
 
 import freqpure.cli as cli_pkg
 
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``freqpure CMD: error: ...``, exit 2) and a hint for values that start
+    with ``-`` (``--rounds -5:1`` reads as a flag: ``--rounds=-5:1`` passes the value, which is then checked)."""
+
+    def error(self, message: str) -> NoReturn:
+        if "expected one argument" in message:
+            flag = message.split(":")[0].replace("argument ", "").split("/")[-1].strip()
+            message += f" (a value that starts with '-' must be attached: {flag}=VALUE)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="freqpure",
         description="Diffusion purification from the frequency domain (FreqPure, DiffPure) and adaptive attacks.",
     )
@@ -49,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from freqpure.runtime import configure_threads
 
-        configure_threads(getattr(args, "threads", None))  # one thread policy for every command (README "Speed")
+        # one thread policy for every command (README "Speed")
+        configure_threads(_check_threads(getattr(args, "threads", None)))
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`freqpure models | head`): not an error
         with contextlib.suppress(OSError):
@@ -69,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         text = str(err) if isinstance(err, FreqpureError) else _os_error_line(err)
         print(f"freqpure {args.command}: error: {text}", file=sys.stderr)
         return 2
+
+
+def _check_threads(threads: int | None) -> int | None:
+    """``--threads`` within 1 .. max(64, 4 x the cores): torch crashes (a segfault) on absurd counts."""
+    from freqpure.errors import UsageError
+
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    if threads is not None and not 1 <= threads <= limit:
+        raise UsageError(f"--threads must be in 1..{limit} (this machine has {os.cpu_count()} cores), got {threads}")
+    return threads
 
 
 def _os_error_line(err: OSError) -> str:

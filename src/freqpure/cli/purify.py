@@ -26,8 +26,17 @@ from freqpure.cli.common import (
     parse_optional_float,
     resolve_device,
 )
-from freqpure.config import PurifierConfig, apply_overrides, from_dict, parse_yaml, to_dict, with_resolved_precision
-from freqpure.errors import NotFoundError, OutputExistsError, UsageError
+from freqpure.config import (
+    PurifierConfig,
+    apply_overrides,
+    from_dict,
+    parse_yaml,
+    read_config_text,
+    to_dict,
+    with_resolved_precision,
+)
+from freqpure.errors import OutputExistsError, UsageError
+from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
 from freqpure.presets import DEFAULTS, PRESETS, preset
 from freqpure.provenance import environment, write_json_atomic
@@ -118,9 +127,7 @@ def load_purifier_settings(path: Path) -> tuple[PurifierConfig, str]:
 
     Returns the config and which of the two it was (for the manifest).
     """
-    if not path.is_file():
-        raise NotFoundError(f"--config file not found: {path}")
-    data = parse_yaml(path.read_text(), f"--config file {path}") or {}
+    data = parse_yaml(read_config_text(path, "--config file"), f"--config file {path}") or {}
     if not isinstance(data, dict):
         raise UsageError(f"--config {path} must hold a mapping; purify --config takes {_ACCEPTS}")
     where, kind = "purifier", "purifier settings"
@@ -197,7 +204,12 @@ def check_output_folder(out: Path, files: list[tuple[Path, Path]], inputs: list[
     for _, name in files:
         if (target / name).resolve() in sources:
             raise OutputExistsError(f"--out {out}: output {name} would overwrite an input file")
-    if out.is_dir() and any(out.iterdir()):
+    _check_empty(out)
+
+
+def _check_empty(out: Path) -> None:
+    """Refuse an ``--out`` folder that holds anything but a run lock."""
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise OutputExistsError(f"--out {out} is not empty; purify writes only into a new or empty folder "
                                 "(it never replaces files it did not write in this run)")
 
@@ -257,14 +269,37 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, files, args.inputs)
 
     written = _Written(args.out)
+    lock = None
     try:
         written.make_dir(args.out)
+        lock = _claim(args.out)
         _probe_writable(args.out)
         _purify(args, cfg, config_kind, seed, device, files, infos, written)
     except BaseException:
+        _unclaim(lock)
         written.remove()
         raise
+    _unclaim(lock)
     return 0
+
+
+def _claim(out: Path) -> RunLock:
+    """Lock ``out`` for this run (a second purify into it is refused) and check, under the lock, that it is
+    still empty: another run may have filled it between the first check and the lock."""
+    lock = RunLock(out).acquire()
+    try:
+        _check_empty(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _unclaim(lock: RunLock | None) -> None:
+    """Remove the lock file while still holding it, then release (a run that opened it meanwhile is refused)."""
+    if lock is not None and lock.held:
+        lock.path.unlink(missing_ok=True)
+        lock.release()
 
 
 def _check_sizes(infos: list[ImageInfo], want: int | None, model: str, resize: bool) -> None:

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluation run, demo or analysis directory (several run dirs: a comparison)")
     p.add_argument("-o", "--out", type=Path, metavar="FILE",
                    help="output HTML file (default: RUN/report.html; required for several runs)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing output file that is not an earlier freqpure report (never a run's "
+                        "own files)")
     p.add_argument("--max-examples", type=int, default=None, metavar="N",
                    help="rows of the example grid (default: 8)")
     p.add_argument("--max-spectra", type=int, default=None, metavar="N",
@@ -53,9 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freqpure._fileio import check_writable_output
+    from freqpure._fileio import check_output_file
     from freqpure.errors import NotFoundError
-    from freqpure.report import write_report
+    from freqpure.report import is_report, write_report
 
     apply_runtime_args(args)
     settings = load_command_config(ReportSettings, args, {"max_examples": args.max_examples,
@@ -66,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.run_dirs) > 1 and args.out is None:
         raise UsageError("several runs make one comparison page: give -o/--out FILE")
     target = args.out if args.out is not None else args.run_dirs[0] / "report.html"
-    check_writable_output(target, "-o/--out" if args.out is not None else "report.html")  # before the work
+    check_output_file(target, "-o/--out" if args.out is not None else "report.html", force=args.force,
+                      inputs=args.run_dirs, replaceable=is_report)  # before the work
     dirs = args.run_dirs[0] if len(args.run_dirs) == 1 else args.run_dirs
     path = write_report(dirs, args.out, max_examples=settings.max_examples, max_spectra=settings.max_spectra)
     print(path)

@@ -62,28 +62,34 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _run_diffusion(args: argparse.Namespace) -> int:
+    from freqpure.evaluation.lock import locked_folder
     from freqpure.training import DiffusionTrainConfig, train_diffusion
 
     cfg = _config(DiffusionTrainConfig, args)
-    snap = train_diffusion(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
-                           progress=not args.no_progress)
+    with locked_folder(args.out):  # a second training into the same run folder is refused
+        snap = train_diffusion(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
+                               progress=not args.no_progress)
     print(f"diffusion: stopped at step {snap['step']}; checkpoint in {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
 
 def _run_classifier(args: argparse.Namespace) -> int:
+    from freqpure.evaluation.lock import locked_folder
     from freqpure.training import ClassifierTrainConfig, train_classifier
 
     cfg = _config(ClassifierTrainConfig, args)
-    snap = train_classifier(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
-                            progress=not args.no_progress)
+    with locked_folder(args.out):  # a second training into the same run folder is refused
+        snap = train_classifier(cfg, args.out, device=_device(args), resume=args.resume, export_to=args.export_to,
+                                progress=not args.no_progress)
     print(f"classifier: stopped at step {snap['step']}; checkpoint in {Path(args.out) / 'checkpoint.pt'}")
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from freqpure._fileio import check_output_file
     from freqpure.training import export_run
 
+    check_output_file(args.out, "OUT", force=args.force, inputs=[args.run_dir])  # before the work
     out = export_run(args.run_dir, args.out)
     print(f"exported {args.run_dir} -> {out}")
     return 0
@@ -96,7 +102,8 @@ def _run_purify_data(args: argparse.Namespace) -> int:
     apply_runtime_args(args)
     flags = {k: getattr(args, k) for k in ("split", "diffusion", "t_star", "steps", "sampler", "seed", "amp")}
     cfg = load_command_config(PurifySplitConfig, args, flags)
-    out = purify_split(cfg, args.out, data_dir=args.data_dir, limit=args.limit, progress=not args.no_progress)
+    out = purify_split(cfg, args.out, data_dir=args.data_dir, limit=args.limit, progress=not args.no_progress,
+                       force=args.force)
     print(f"purified {cfg.split} split -> {out}")
     return 0
 
@@ -153,6 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--sampler", choices=["ddpm", "ddim", "sde"], help="reverse sampler (default: ddpm)")
     q.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (default: bf16)")
     q.add_argument("--limit", type=int, metavar="N", help="only the first N images (tests)")
+    q.add_argument("--force", action="store_true", help="replace an existing OUT file")
     q.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="CIFAR-10 folder")
     add_runtime_args(q, device=False)
     q.set_defaults(func=_run_purify_data)
@@ -162,6 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "weights file with its construction recipe, step range and quality in the metadata.")
     e.add_argument("run_dir", help="run directory holding checkpoint.pt")
     e.add_argument("out", help="output .safetensors path, e.g. src/freqpure/weights/cifar10-ddpm-small.safetensors")
+    e.add_argument("--force", action="store_true", help="replace an existing OUT file")
     e.set_defaults(func=_run_export)
 
     s = sub.add_parser("summary", help="print a run's key numbers (and optionally plot its curves)",

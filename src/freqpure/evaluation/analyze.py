@@ -295,6 +295,16 @@ class AnalyzeSettings:
                 raise UsageError(f"analyze {key} must be >= 1, got {getattr(self, key)}")
         if self.ci not in ("bootstrap", "normal"):
             raise UsageError(f"analyze ci must be bootstrap or normal, got {self.ci!r}")
+        if not 0 < self.eps <= 0.5:  # evaluate's L-inf limit: beyond it the image is anything
+            raise UsageError(f"analyze eps must be in (0, 0.5] (pixel units of [0, 1] images, e.g. 8/255), "
+                             f"got {self.eps:g}")
+        if not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise UsageError(f"analyze step_size must be finite and > 0, got {self.step_size:g}")
+        if self.max_radius is not None and not (self.max_radius > 0 and math.isfinite(self.max_radius)):
+            raise UsageError(f"analyze max_radius must be finite and > 0 (or null: the whole spectrum), "
+                             f"got {self.max_radius:g}")
+        if not (self.amp_floor >= 0 and math.isfinite(self.amp_floor)):
+            raise UsageError(f"analyze amp_floor must be finite and >= 0, got {self.amp_floor:g}")
 
     def purifier_configs(self) -> dict[str, Any]:
         """DiffPure and FreqPure sharing the plan, the sampler and (at run time) the noise."""

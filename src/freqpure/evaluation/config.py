@@ -16,6 +16,7 @@ from freqpure.attacks.registry import get_attack, settings_key
 from freqpure.attacks.types import GradientMode, Loss, Norm, eps_text, parse_enum
 from freqpure.config import PurifierConfig, apply_overrides, load_yaml
 from freqpure.errors import UsageError
+from freqpure.evaluation.distributed import check_device_name
 
 __all__ = [
     "AttackConfig",
@@ -32,6 +33,7 @@ __all__ = [
 
 # Radii above these are not adversarial robustness any more (pixel units of [0, 1] images).
 EPS_LIMITS = {Norm.LINF: 0.5, Norm.L2: 50.0}
+SEED_MAX = 2**63 - 1  # = freqpure.purifiers.SEED_MAX: seeds purify accepts are the seeds evaluate accepts
 
 
 def parse_number(value: float | int | str, where: str) -> float:
@@ -68,6 +70,8 @@ class DataConfig:
             raise UsageError(f"data.split must be 'train' or 'test' for cifar10, got {self.split!r}")
         if self.n < 1:
             raise UsageError(f"data.n must be >= 1, got {self.n}")
+        if not 0 <= self.subset_seed <= SEED_MAX:
+            raise UsageError(f"data.subset_seed must be in 0..{SEED_MAX}, got {self.subset_seed}")
         if self.image_size < 1:
             raise UsageError(f"data.image_size must be >= 1, got {self.image_size}")
 
@@ -161,8 +165,8 @@ class AttackConfig:
                              "(pixel units of [0, 1] images; e.g. 8/255 for L-inf, 0.5 for L2)")
         if self.step_size is not None:
             self.step_size = parse_number(self.step_size, "attack step_size")
-            if not self.step_size > 0:
-                raise UsageError(f"attack step_size must be > 0, got {self.step_size}")
+            if not (self.step_size > 0 and math.isfinite(self.step_size)):
+                raise UsageError(f"attack step_size must be finite and > 0, got {self.step_size}")
         for key in ("steps", "eot", "restarts"):
             if getattr(self, key) < 1:
                 raise UsageError(f"attack {key} must be >= 1, got {getattr(self, key)}")
@@ -267,6 +271,9 @@ class EvalConfig:
             self.noise_scheme = check_noise_scheme(self.noise_scheme)
         if self.batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.seed <= SEED_MAX:  # the range purify and the purifiers accept
+            raise UsageError(f"seed must be in 0..{SEED_MAX}, got {self.seed}")
+        check_device_name(self.device, "device")
         if not self.attacks:
             raise UsageError("attacks is empty: give at least one attack")
         labels = [a.display() for a in self.attacks]

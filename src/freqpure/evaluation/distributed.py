@@ -8,6 +8,7 @@ the same per-sample results as one.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -15,11 +16,25 @@ import torch.distributed as dist
 
 from freqpure.errors import UsageError
 
-__all__ = ["DistContext", "init_distributed", "resolve_device"]
+__all__ = ["DistContext", "check_device_name", "init_distributed", "resolve_device"]
+
+_DEVICE = re.compile(r"(cpu|cuda)(:\d{1,4})?")
+
+
+def check_device_name(name: object, what: str = "device") -> str:
+    """``name`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else a :class:`UsageError` naming ``what``.
+
+    freqpure runs on CPUs and CUDA GPUs only: ``meta`` (no data), ``mps`` and other backends are refused,
+    and so is anything torch cannot parse.
+    """
+    if not isinstance(name, str) or not (name == "auto" or _DEVICE.fullmatch(name)):
+        raise UsageError(f"{what} {name!r} is not supported: give cpu, cuda, cuda:N or auto")
+    return name
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; otherwise ``torch.device(name)``."""
+    check_device_name(name)
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from freqpure.errors import RunFolderError
 
-__all__ = ["LOCK_NAME", "RunLock"]
+__all__ = ["LOCK_NAME", "RunLock", "locked_folder"]
 
 LOCK_NAME = ".freqpure.lock"
 
@@ -49,10 +51,22 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
+        if not self._still_named(fd):  # a finished run removed the file between our open and our lock
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise RunFolderError(f"run folder {self.folder} was in use by another freqpure run that has just "
+                                 "finished; choose another --out (or try again)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         return self
+
+    def _still_named(self, fd: int) -> bool:
+        """Whether the open lock file is still the one at :attr:`path` (not removed or replaced)."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         """Give the lock up (also done by the kernel when the process ends)."""
@@ -76,3 +90,28 @@ class RunLock:
             self.release()
         except OSError:
             pass
+
+
+@contextmanager
+def locked_folder(folder: str | Path) -> Iterator[RunLock]:
+    """Hold :class:`RunLock` on ``folder`` while a command writes into it (a second command is refused).
+
+    When the command fails and the folder did not exist before and holds nothing but the lock file, the
+    folder is removed again: a failed command leaves nothing behind.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    lock = RunLock(folder).acquire()
+    try:
+        yield lock
+    except BaseException:
+        if created and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            lock.path.unlink(missing_ok=True)  # while held: a run that opened it meanwhile is refused
+            lock.release()
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    finally:
+        lock.release()

@@ -20,19 +20,20 @@ import json
 import math
 import os
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from freqpure.errors import NotFoundError, UsageError
+from freqpure.errors import FreqpureError, NotFoundError, UsageError
 
 __all__ = ["wilson_interval", "accuracy", "package_versions", "write_json", "render_markdown", "assemble_examples",
            "EXAMPLES_MAX", "SCHEMA_VERSION", "LEGACY_NOISE_SCHEME", "Accuracy", "AttackOutcome", "SampleRecord",
            "Timings", "Results", "read_results", "read_samples", "write_results", "upgrade_results_v0",
-           "upgrade_sample_v0"]
+           "upgrade_sample_v0", "validate_sample", "read_sample_records", "check_results", "read_run"]
 
 EXAMPLES_MAX = 16  # examples.npz holds the first (by subset position) <= 16 samples
 SCHEMA_VERSION = 1
@@ -68,11 +69,17 @@ def _require_keys(data: Any, keys: tuple[str, ...], where: str) -> dict[str, Any
 def _current_schema(d: dict[str, Any], upgrade_v0: Any, where: str) -> dict[str, Any]:
     """``d`` in schema :data:`SCHEMA_VERSION`: a schema-0 dict goes through ``upgrade_v0``; a newer one is refused."""
     version = d.get("schema_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UsageError(f"{where}: schema_version must be a whole number such as {SCHEMA_VERSION}, got "
+                         f"{type(version).__name__} {version!r}: the file was edited or not written by freqpure")
     if version == 0:
         return upgrade_v0(d)
-    if version != SCHEMA_VERSION:
+    if version > SCHEMA_VERSION:
         raise UsageError(f"{where}: schema_version {version} is newer than this freqpure reads "
                          f"({SCHEMA_VERSION}); upgrade freqpure")
+    if version != SCHEMA_VERSION:
+        raise UsageError(f"{where}: schema_version {version} was never written by freqpure (it writes 0 to "
+                         f"{SCHEMA_VERSION}): the file was edited or not written by freqpure")
     return d
 
 
@@ -98,10 +105,24 @@ class Accuracy:
     @classmethod
     def from_dict(cls, data: Any, where: str = "accuracy") -> Accuracy:
         d = _require_keys(data, ("correct", "n"), where)
-        k, n = int(d["correct"]), int(d["n"])
+        k, n = d["correct"], d["n"]
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in (k, n)) or not 0 <= k <= n:
+            raise UsageError(f"{where}: correct = {k!r} of n = {n!r} is not a count (whole numbers, 0 <= correct "
+                             "<= n): the file was edited or damaged; re-run the evaluation")
+        exact = k / n if n else float("nan")
         acc = d.get("accuracy")
-        ci = d.get("ci95") or wilson_interval(k, n)
-        return cls(k, n, float("nan") if acc is None else float(acc), (float(ci[0]), float(ci[1])))
+        number = isinstance(acc, int | float) and not isinstance(acc, bool)
+        if n and "accuracy" in d and not (number and abs(acc - exact) <= 1e-9):
+            raise UsageError(f"{where}: accuracy {acc!r} is not correct / n = {k}/{n}: the file was edited or "
+                             "damaged; re-run the evaluation")
+        lo, hi = wilson_interval(k, n)
+        ci = d.get("ci95")
+        if ci is not None and not (isinstance(ci, list | tuple) and len(ci) == 2 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and abs(v - w) <= 1e-6
+                for v, w in zip(ci, (lo, hi)))):
+            raise UsageError(f"{where}: ci95 {ci!r} is not the 95% Wilson interval of {k}/{n} "
+                             f"([{lo:.4f}, {hi:.4f}]): the file was edited or damaged; re-run the evaluation")
+        return cls(k, n, exact, (lo, hi))
 
     def to_dict(self) -> dict[str, Any]:
         return {"correct": self.correct, "n": self.n, "accuracy": self.accuracy, "ci95": list(self.ci95)}
@@ -157,16 +178,21 @@ class SampleRecord:
     undefended: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    device: str | None = None  # the device type that computed this record's batch ("cpu", "cuda"); None: older
+    precision: str | None = None  # the purifier precision it ran at ("fp32", "bf16"); None: older record
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "sample") -> SampleRecord:
+        validate_sample(data, where)  # strict types and derived fields (see validate_sample)
         d = _require_keys(data, ("index", "label", "clean_pred", "clean_correct", "attacks", "robust"), where)
         d = _current_schema(d, upgrade_sample_v0, where)
         attacks = {str(k): AttackOutcome.from_dict(v, f"{where}.attacks.{k}") for k, v in d["attacks"].items()}
         return cls(int(d["index"]), int(d.get("position", -1)), int(d.get("batch", -1)), int(d["label"]),
                    int(d["clean_pred"]), bool(d["clean_correct"]), attacks, bool(d["robust"]),
                    {str(k): bool(v) for k, v in (d.get("undefended") or {}).items()},
-                   {str(k): float(v) for k, v in (d.get("seconds") or {}).items()})
+                   {str(k): float(v) for k, v in (d.get("seconds") or {}).items()},
+                   device=None if d.get("device") is None else str(d["device"]),
+                   precision=None if d.get("precision") is None else str(d["precision"]))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +210,191 @@ def upgrade_sample_v0(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": SCHEMA_VERSION}
 
 
+# ---------------------------------------------------------------------------------------------
+# Validating samples.jsonl records (one validator: evaluate's finalize, ``freqpure table``, ``freqpure report``)
+# ---------------------------------------------------------------------------------------------
+_SAMPLE_REQUIRED = ("index", "label", "clean_pred", "clean_correct", "attacks", "robust")
+# keys the writers have written, besides the required ones: position/batch/undefended/seconds (schema 0 on),
+# schema_version/noise_scheme/config_sha256 (schema 1), numbers_sha256/device/precision (runs that name
+# where and how precisely each batch was computed)
+_SAMPLE_OPTIONAL = ("schema_version", "position", "batch", "undefended", "seconds", "noise_scheme",
+                    "config_sha256", "numbers_sha256", "device", "precision")
+_SAMPLE_TEXT = ("noise_scheme", "config_sha256", "numbers_sha256", "device", "precision")
+_ATTACK_REQUIRED = ("pred", "correct", "linf", "l2")
+_ATTACK_OPTIONAL = ("loss", "grad_norm", "seconds")
+_SECONDS_KEYS = ("attack", "judge", "sanity", "total")
+
+
+class _Bad(Exception):
+    """One problem in one record (the caller adds the file and line)."""
+
+
+def _kind(value: Any) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+
+
+def _want_int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _Bad(f"{key} must be a whole number >= {minimum}, got {_kind(value)}")
+    return value
+
+
+def _want_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"{key} must be JSON true or false, got {_kind(value)}")
+    return value
+
+
+def _want_number(value: Any, key: str, *, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
+            optional is False and value < 0):
+        raise _Bad(f"{key} must be a finite {'' if optional else 'non-negative '}number, got {_kind(value)}")
+    return float(value)
+
+
+def _want_dict(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"{key} must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def _check_keys(d: dict[str, Any], required: tuple[str, ...], optional: tuple[str, ...], what: str) -> None:
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise _Bad(f"{what} lacks {', '.join(missing)}")
+    unknown = sorted(set(d) - set(required) - set(optional))
+    if unknown:
+        raise _Bad(f"{what} has unknown key(s) {', '.join(map(repr, unknown))}")
+
+
+def _check_attack(label: str, a: Any, truth: int) -> bool:
+    where = f"attacks[{label!r}]"
+    a = _want_dict(a, where)
+    _check_keys(a, _ATTACK_REQUIRED, _ATTACK_OPTIONAL, where)
+    pred = _want_int(a["pred"], f"{where}.pred")
+    correct = _want_bool(a["correct"], f"{where}.correct")
+    if correct != (pred == truth):
+        raise _Bad(f"{where}.correct is {str(correct).lower()} but its pred {pred} "
+                   f"{'equals' if pred == truth else 'differs from'} the label {truth}")
+    _want_number(a["linf"], f"{where}.linf")
+    _want_number(a["l2"], f"{where}.l2")
+    for key in ("loss", "grad_norm"):
+        _want_number(a.get(key), f"{where}.{key}", optional=True)
+    if a.get("seconds") is not None:
+        _want_number(a["seconds"], f"{where}.seconds")
+    return correct
+
+
+def _check_sample(d: Any, *, require_fingerprint: bool, attack_labels: tuple[str, ...] | None,
+                  undefended_keys: tuple[str, ...] | None) -> None:
+    d = _want_dict(d, "the record")
+    _check_keys(d, _SAMPLE_REQUIRED, _SAMPLE_OPTIONAL, "the record")
+    for key in ("index", "position", "batch"):
+        if key in d:
+            _want_int(d[key], key)
+    label = _want_int(d["label"], "label")
+    clean_pred = _want_int(d["clean_pred"], "clean_pred")
+    clean = _want_bool(d["clean_correct"], "clean_correct")
+    if clean != (clean_pred == label):
+        raise _Bad(f"clean_correct is {str(clean).lower()} but clean_pred {clean_pred} "
+                   f"{'equals' if clean_pred == label else 'differs from'} the label {label}")
+    attacks = _want_dict(d["attacks"], "attacks")
+    if not attacks:
+        raise _Bad("attacks is empty (every evaluation record holds at least one attack)")
+    if attack_labels is not None and set(attacks) != set(attack_labels):
+        raise _Bad(f"attacks are {sorted(attacks)} but the run's config has {sorted(attack_labels)}")
+    survived = [_check_attack(str(k), v, label) for k, v in attacks.items()]
+    robust = _want_bool(d["robust"], "robust")
+    if robust != (clean and all(survived)):
+        raise _Bad(f"robust is {str(robust).lower()} but the record is {'correct' if clean else 'wrong'} on the "
+                   f"clean image and survives {sum(survived)} of {len(survived)} attack(s)")
+    undefended = _want_dict(d.get("undefended", {}), "undefended")
+    for key, value in undefended.items():
+        _want_bool(value, f"undefended[{key!r}]")
+    missing = [k for k in undefended_keys or () if k not in undefended]
+    if missing:
+        raise _Bad(f"undefended lacks the sanity check(s) {', '.join(missing)}")
+    seconds = _want_dict(d.get("seconds", {}), "seconds")
+    for key, value in seconds.items():
+        _want_number(value, f"seconds[{key!r}]")
+    if "seconds" in d and set(seconds) != set(_SECONDS_KEYS):
+        raise _Bad(f"seconds must hold {', '.join(_SECONDS_KEYS)}, got {sorted(seconds)}")
+    for key in _SAMPLE_TEXT:
+        if key in ("device", "precision") and d.get(key, "") is None:
+            continue  # SampleRecord.to_dict of a record that did not name them
+        if key in d and not (isinstance(d[key], str) and d[key]):
+            raise _Bad(f"{key} must be a non-empty string, got {_kind(d[key])}")
+    if (require_fingerprint or "schema_version" in d) and "config_sha256" not in d:
+        raise _Bad("config_sha256 is missing (every record since schema 1 names the config it was made with)")
+
+
+def validate_sample(data: Any, where: str = "sample", *, require_fingerprint: bool = False,
+                    attack_labels: Iterable[str] | None = None,
+                    undefended_keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """Check one ``samples.jsonl`` record strictly; return it (a dict) or raise :class:`UsageError` naming ``where``.
+
+    Types are JSON's own (a bool must be ``true``/``false``, never ``"false"``; counts and predictions
+    whole numbers >= 0; sizes and times finite); unknown keys are refused; the derived fields must agree
+    with the predictions and the label (``clean_correct``, each attack's ``correct``, ``robust`` =
+    clean and every attack correct). ``config_sha256`` is required from schema 1 on (``require_fingerprint``:
+    always). ``attack_labels`` / ``undefended_keys``: the attacks and sanity checks the run's config makes.
+    """
+    labels = None if attack_labels is None else tuple(attack_labels)
+    keys = None if undefended_keys is None else tuple(undefended_keys)
+    if isinstance(data, dict):
+        _current_schema(data, upgrade_sample_v0, where)  # a non-integer or newer schema_version first
+    try:
+        _check_sample(data, require_fingerprint=require_fingerprint, attack_labels=labels, undefended_keys=keys)
+    except _Bad as err:
+        raise UsageError(f"{where}: {err}; this record was edited or damaged: restore the file or re-run the "
+                         "evaluation into a new --out") from None
+    return data
+
+
+def _same_outcome(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two records of one index agree on what was predicted (their timings may differ)."""
+    def preds(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["label"], r["clean_pred"], sorted((k, v["pred"]) for k, v in r["attacks"].items())
+    return preds(a) == preds(b)
+
+
+def read_sample_records(path: str | Path, *, require_fingerprint: bool = False,
+                        attack_labels: Iterable[str] | None = None,
+                        undefended_keys: Iterable[str] | None = None) -> dict[int, SampleRecord]:
+    """``{index: SampleRecord}`` of a ``samples.jsonl``, every line checked by :func:`validate_sample`.
+
+    As :class:`~freqpure.evaluation.store.SampleStore` reads it: a torn last line (no newline: a kill in
+    the middle of a write) is skipped and the first record of an index wins; but a complete line that is
+    not a valid record, or a second record of an index with other predictions, is refused naming the
+    file and line.
+    """
+    path = Path(path)
+    labels = None if attack_labels is None else tuple(attack_labels)
+    keys = None if undefended_keys is None else tuple(undefended_keys)
+    raw: dict[int, tuple[int, dict[str, Any]]] = {}
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break  # torn tail
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UsageError(f"{where}: not a JSON record; this line was edited or damaged: restore the file "
+                                 "or re-run the evaluation into a new --out") from None
+            rec = validate_sample(data, where, require_fingerprint=require_fingerprint, attack_labels=labels,
+                                  undefended_keys=keys)
+            first = raw.setdefault(rec["index"], (number, rec))
+            if first[1] is not rec and not _same_outcome(first[1], rec):
+                raise UsageError(f"{where}: index {rec['index']} was already recorded on line {first[0]} with other "
+                                 "predictions; the file was edited or mixes runs: restore it or re-run the evaluation")
+    return {i: SampleRecord.from_dict(rec, f"{path}:{number}") for i, (number, rec) in raw.items()}
+
+
 @dataclass(frozen=True)
 class Timings:
     """Batch work per sample (seconds) and the wall time of the invocation that finished the run."""
@@ -199,11 +410,22 @@ class Timings:
     @classmethod
     def from_dict(cls, data: Any, where: str = "timings") -> Timings:
         d = _require_keys(data, ("sample_seconds_total", "seconds_per_sample"), where)
-        nan = float("nan")
-        return cls(float(d["sample_seconds_total"]), float(d["seconds_per_sample"]),
-                   float(d.get("attack_seconds_per_sample", nan)), float(d.get("judge_seconds_per_sample", nan)),
-                   float(d.get("sanity_seconds_per_sample", nan)), dict(d.get("per_attack_seconds_per_sample") or {}),
-                   float(d.get("this_invocation_wall_seconds", nan)))
+
+        def seconds(key: str) -> float:  # null (a NaN written as JSON) or absent: NaN
+            value = d.get(key)
+            if value is None:
+                return float("nan")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{where}: {key} must be a number of seconds, got {value!r}")
+            return float(value)
+
+        per_attack = d.get("per_attack_seconds_per_sample") or {}
+        if not isinstance(per_attack, dict) or any(
+                v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in per_attack.values()):
+            raise UsageError(f"{where}: per_attack_seconds_per_sample must map attacks to seconds, got {per_attack!r}")
+        return cls(seconds("sample_seconds_total"), seconds("seconds_per_sample"), seconds("attack_seconds_per_sample"),
+                   seconds("judge_seconds_per_sample"), seconds("sanity_seconds_per_sample"), dict(per_attack),
+                   seconds("this_invocation_wall_seconds"))
 
 
 @dataclass(frozen=True)
@@ -236,6 +458,8 @@ class Results:
     resumed: bool = False
     examples: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # images per "device/precision" they were computed with ({} in results written before the field)
+    environments: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "results.json") -> Results:
@@ -256,6 +480,7 @@ class Results:
             protocol=dict(d.get("protocol") or {}), sanity=dict(d.get("sanity") or {}),
             warnings=[str(w) for w in d.get("warnings") or []], world_size=int(d.get("world_size", 1)),
             resumed=bool(d.get("resumed", False)), examples=dict(d.get("examples") or {}),
+            environments={str(k): int(v) for k, v in (d.get("environments") or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -313,21 +538,119 @@ def read_results(run_dir: str | Path) -> Results:
     if isinstance(data, dict) and not all(k in data for k in ("config", "clean", "robust", "per_attack", "n")):
         missing = [k for k in ("config", "clean", "robust", "per_attack", "n") if k not in data]
         raise UsageError(f"{path} lacks {missing}: not a freqpure evaluate results file")
-    return Results.from_dict(data, str(path))
+    try:
+        results = Results.from_dict(data, str(path))
+    except FreqpureError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+        raise UsageError(f"{path}: not a valid results file ({type(err).__name__}: {err}); the file was edited or "
+                         "damaged: re-run the evaluation") from None
+    return check_results(results, data, str(path))
+
+
+# config keys every results.json has held since schema 0 and that tables and reports show
+_SHOWN_CONFIG = {"purifier": ("method", "rounds", "sampler", "amp_radius", "phase_radius", "delta"),
+                 "defence": ("vote", "ensemble"), "classifier": ("name",), "data": ("n",)}
+_SHOWN_ATTACK = ("name", "norm", "eps", "steps", "eot", "gradient")
+
+
+def _normal_config(config: Any, where: str) -> dict[str, Any]:
+    """The run's config as a full dict (defaults fill keys an older run lacks); a clear error if it is not one."""
+    from freqpure.config import from_dict, to_dict
+    from freqpure.evaluation.config import EvalConfig
+
+    if not isinstance(config, dict):
+        raise UsageError(f"{where}: config must be a JSON object, got {type(config).__name__}")
+    attacks = config.get("attacks")
+    sections = {**{k: config.get(k) for k in _SHOWN_CONFIG},
+                **{f"attacks.{i}": a for i, a in enumerate(attacks if isinstance(attacks, list) else [None])}}
+    for name, section in sections.items():
+        keys = _SHOWN_CONFIG.get(name, _SHOWN_ATTACK)
+        lacking = [k for k in keys if not isinstance(section, dict) or k not in section]
+        if lacking:  # shown in tables and reports: a default would silently describe another run
+            raise UsageError(f"{where}: config lacks {', '.join(f'{name}.{k}' for k in lacking)}; the file was "
+                             "edited or damaged: re-run the evaluation")
+    purifier = config.get("purifier")
+    raw = {**config, "purifier": {"precision": "fp32", **purifier}} if isinstance(purifier, dict) else config
+    try:
+        return to_dict(from_dict(EvalConfig, raw))
+    except (ValueError, TypeError, KeyError) as err:  # UsageError is a ValueError
+        raise UsageError(f"{where}: its config is not a valid evaluation config ({err})") from None
+
+
+def check_results(results: Results, data: dict[str, Any], where: str) -> Results:
+    """Refuse a ``results.json`` whose numbers cannot all be true; return it with its config completed.
+
+    ``data``: the file's JSON (its types are checked: ``n`` and ``seed`` whole numbers, ``name`` text).
+    Every accuracy must count the same ``n`` images, the worst case cannot exceed the clean accuracy or
+    any attack's, there is one accuracy per attack of the config, and the config must be a valid one.
+    """
+    for key, kind in (("n", int), ("seed", int), ("name", str), ("defence", str), ("noise_scheme", str)):
+        value = data.get(key, getattr(results, key))
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise UsageError(f"{where}: {key} must be {'a whole number' if kind is int else 'text'}, got {value!r}")
+    if results.n < 1:
+        raise UsageError(f"{where}: n = {results.n}: a finished run has evaluated at least one image")
+    if not results.per_attack:
+        raise UsageError(f"{where}: per_attack is empty (every evaluation attacks); re-run the evaluation")
+    entries = {"clean": results.clean, "robust": results.robust,
+               **{f"per_attack.{k}": v for k, v in results.per_attack.items()},
+               **{f"undefended.{k}": v for k, v in results.undefended.items()}}
+    for name, acc in entries.items():
+        if acc.n != results.n:
+            raise UsageError(f"{where}: {name} counts {acc.n} images but n = {results.n}; the file was edited or "
+                             "damaged: re-run the evaluation")
+    caps = {"clean": results.clean.correct, **{k: v.correct for k, v in results.per_attack.items()}}
+    for name, cap in caps.items():
+        if results.robust.correct > cap:
+            raise UsageError(f"{where}: the worst case ({results.robust.correct} correct) exceeds {name} ({cap} "
+                             "correct), which cannot be: the file was edited or damaged; re-run the evaluation")
+    config = _normal_config(results.config, where)
+    if len(config["attacks"]) != len(results.per_attack):
+        raise UsageError(f"{where}: per_attack has {len(results.per_attack)} entries but the config "
+                         f"{len(config['attacks'])} attack(s); the file was edited or damaged")
+    return replace(results, config=config)
+
+
+def read_run(run_dir: str | Path) -> tuple[Results, dict[int, SampleRecord] | None]:
+    """A finished run's :class:`Results` and, when ``samples.jsonl`` is there, its validated records.
+
+    The records must add up to ``results.json``: as many images, and the same number correct on the clean
+    images, under each attack, in the worst case and in each undefended check — else the run is refused
+    (a hand-edited or mismatched ``results.json`` never reaches a table or report).
+    """
+    folder = Path(run_dir)
+    folder = folder.parent if folder.suffix == ".json" and not folder.is_dir() else folder
+    results = read_results(folder)
+    path = folder / "samples.jsonl"
+    if not path.is_file():
+        return results, None
+    records = read_sample_records(path, attack_labels=results.per_attack,
+                                  undefended_keys=results.undefended)
+    recs = list(records.values())
+    counts = {"n": (results.n, len(recs)), "clean": (results.clean.correct, sum(r.clean_correct for r in recs)),
+              "worst case": (results.robust.correct, sum(r.robust for r in recs))}
+    counts.update({k: (v.correct, sum(r.attacks[k].correct for r in recs)) for k, v in results.per_attack.items()})
+    counts.update({f"undefended {k}": (v.correct, sum(r.undefended[k] for r in recs))
+                   for k, v in results.undefended.items()})
+    for name, (claimed, recorded) in counts.items():
+        if claimed != recorded:
+            raise UsageError(f"{folder / 'results.json'} says {name} = {claimed} but its samples.jsonl records give "
+                             f"{recorded}: one of them was edited or they belong to different runs; re-run "
+                             "the evaluation")
+    return results, records
 
 
 def read_samples(run_dir: str | Path) -> dict[int, SampleRecord]:
     """``{test-image index: SampleRecord}`` of ``run_dir/samples.jsonl`` (finished or still running).
 
-    Uses :class:`~freqpure.evaluation.store.SampleStore` (first record of an index wins; a torn last
-    line is skipped); any schema version.
+    Read by :func:`read_sample_records` (first record of an index wins; a torn last line is skipped; every
+    other line must be a valid record); any schema version.
     """
-    from freqpure.evaluation.store import SampleStore
-
     path = Path(run_dir) / "samples.jsonl"
     if not path.is_file():
         raise NotFoundError(f"{path} does not exist: not an evaluation run directory")
-    return {i: SampleRecord.from_dict(rec, f"{path}: index {i}") for i, rec in SampleStore(path).load().items()}
+    return read_sample_records(path)
 
 
 def write_results(run_dir: str | Path, results: Results) -> Path:

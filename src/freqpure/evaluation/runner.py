@@ -46,6 +46,7 @@ from freqpure.evaluation.results import (
     Timings,
     assemble_examples,
     package_versions,
+    read_sample_records,
     render_markdown,
     write_results,
 )
@@ -357,6 +358,23 @@ def _mean_seconds(values: list[float | None]) -> float | None:
     return None if None in values else sum(values) / len(values)
 
 
+def checked_records(cfg: EvalConfig, out: Path, wanted: list[int],
+                    keys: list[tuple[str, str, float]]) -> list[SampleRecord]:
+    """The records of ``wanted`` (in order), every line of ``samples.jsonl`` checked by
+    :func:`~freqpure.evaluation.results.validate_sample` against ``cfg`` (its attacks and sanity checks,
+    ``config_sha256`` required); a record of an image outside the run's subset is refused."""
+    sanity = cfg.sanity.enabled and cfg.sanity.undefended
+    path = out / "samples.jsonl"
+    records = read_sample_records(path, require_fingerprint=True, attack_labels=[a.display() for a in cfg.attacks],
+                                  undefended_keys=[k for k, _, _ in keys] if sanity else None)
+    extra = sorted(set(records) - set(wanted))
+    if extra:
+        raise RunFolderError(f"{path} holds records of {len(extra)} image(s) outside this run's subset (index "
+                             f"{extra[0]}{', ...' if len(extra) > 1 else ''}): the file was edited or mixes runs; "
+                             "restore it or choose a new --out")
+    return [records[i] for i in wanted]
+
+
 def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, keys: list[tuple[str, str, float]],
              *, wall: float, world_size: int = 1, resumed: bool = False) -> Results:
     """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz.
@@ -369,7 +387,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, ke
     if missing:
         raise RunFolderError(f"{len(missing)} of {len(wanted)} samples have no record (a rank failed?); "
                            "run again with --resume to finish them")
-    recs = [SampleRecord.from_dict(raw[i], f"samples.jsonl: index {i}") for i in wanted]
+    recs = checked_records(cfg, out, wanted, keys)
     environments = record_environments(recs, saved_config(out) or to_dict(cfg))
     labels = [a.display() for a in cfg.attacks]
     warnings: list[str] = []

@@ -1,7 +1,8 @@
 """One markdown table from several evaluation runs: defences as rows, clean and per-attack accuracy as columns.
 
 Each run directory must hold a finished ``results.json`` (read through
-:func:`freqpure.evaluation.results.read_results`, any schema version).
+:func:`freqpure.evaluation.results.read_run`, any schema version): its numbers must be consistent, and
+when the run's ``samples.jsonl`` is there every record is validated and must add up to them.
 
 Columns are keyed by the attack's label *and* its full settings (:func:`attack_key`: norm, eps, steps,
 step size, EOT, gradient, surrogate plan, restarts, loss, iterate): two runs' attacks share a column
@@ -20,7 +21,7 @@ from typing import Any
 
 from freqpure.attacks import default_step_size
 from freqpure.errors import UsageError
-from freqpure.evaluation.results import Accuracy, Results, read_results
+from freqpure.evaluation.results import Accuracy, Results, read_run
 
 __all__ = ["load_results", "defence_settings", "attack_settings", "attack_key", "render_table", "Column",
            "table_columns"]
@@ -30,8 +31,10 @@ _MOOT_WITHOUT_PURIFIER = ("gradient", "surrogate_rounds", "eot", "name")
 
 
 def load_results(run_dir: str | Path) -> Results:
-    """The :class:`Results` of ``run_dir``; a clear error when the run is missing or unfinished."""
-    return read_results(run_dir)
+    """The :class:`Results` of ``run_dir``; a clear error when the run is missing or unfinished, or when
+    its ``results.json`` is inconsistent in itself or with its ``samples.jsonl`` records
+    (:func:`~freqpure.evaluation.results.read_run`)."""
+    return read_run(run_dir)[0]
 
 
 def defence_settings(results: Results) -> str:

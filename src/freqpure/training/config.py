@@ -6,6 +6,7 @@ The field names are part of the checkpoint format: ``<run_dir>/config.json`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +24,10 @@ def _check_common(cfg: Any) -> None:
     for key in ("batch_size", "log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise UsageError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if not cfg.lr > 0:
-        raise UsageError(f"lr must be > 0, got {cfg.lr}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise UsageError(f"lr must be a finite number > 0, got {cfg.lr}")
+    if not 0 <= cfg.seed <= 2**63 - 1:
+        raise UsageError(f"seed must be in 0..{2**63 - 1}, got {cfg.seed}")
 
 
 @dataclass
@@ -82,6 +85,11 @@ class DiffusionTrainConfig:
             raise UsageError(f"t_low_max must be in 1..1000, got {self.t_low_max}")
         if self.steps < 1 or self.export_every < 0:
             raise UsageError(f"steps must be >= 1 and export_every >= 0, got {self.steps}, {self.export_every}")
+        if not 0.0 <= self.ema_decay < 1.0:  # NaN fails too: an EMA decay outside [0, 1) never settles
+            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for key in ("grad_clip", "lr_min"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise UsageError(f"{key} must be a finite number >= 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -120,5 +128,10 @@ class ClassifierTrainConfig:
         _check_common(self)
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        for key, low, high in (("momentum", 0.0, 1.0), ("warmup_frac", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):
+            if not low <= getattr(self, key) < high:
+                raise UsageError(f"{key} must be in [{low:g}, {high:g}), got {getattr(self, key)}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UsageError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.purified_data and not 0.0 < self.purified_frac <= 1.0:
             raise UsageError(f"purified_frac must be in (0, 1], got {self.purified_frac}")
