@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from freqpure.analysis import BandDamage, RadialBands, band_damage, summarise_cases
 from freqpure.errors import UsageError
+from freqpure.presets import DEFAULTS
 from freqpure.samplers import StepNoise
 
 __all__ = [
@@ -270,11 +271,11 @@ class AnalyzeSettings:
     attack_steps: int = 20
     step_size: float | str = 2 / 255
     random_start: bool = True
-    rounds: str = "100:20"
-    sampler: str = "ddpm"
-    amp_radius: float = 10.0
-    phase_radius: float = 10.0
-    delta: float = 0.3
+    rounds: str = DEFAULTS["rounds"]  # the library defaults (freqpure.presets)
+    sampler: str = DEFAULTS["sampler"]
+    amp_radius: float = DEFAULTS["amp_radius"]
+    phase_radius: float = DEFAULTS["phase_radius"]
+    delta: float = DEFAULTS["delta"]
     mode: str = "paper"
     reference: str = "input"
     include_clean: bool = False
