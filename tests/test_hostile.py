@@ -727,3 +727,25 @@ def test_evaluate_finalize_validates_every_record(tmp_path, capsys) -> None:
     samples.write_text(good)
     assert main([*args, "--resume"]) == 0 and (run / "results.json").exists()
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------ tracebacks: data files
+@pytest.mark.parametrize("labels, words", [
+    ([99] + [0] * 9, "label 99 is not a CIFAR-10 class"),
+    ([-1] + [0] * 9, "label -1 is not a CIFAR-10 class"),
+    ([0] * 9, "10 images but 9 labels"),
+], ids=["label-99", "label-minus-1", "label-count"])
+def test_cifar_batch_with_bad_labels_is_refused(labels, words, tmp_path, capsys) -> None:
+    """Item 7: labels 99 or -1 raised an IndexError inside the attack; a label-count mismatch was called a
+    data-shape error."""
+    import pickle
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    data = np.zeros((10, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
+    assert main(["evaluate", *EVAL, "--set", "purifier.method=none", "--data-dir", str(tmp_path / "cifar"),
+                 "--out", str(tmp_path / "r")]) == 2
+    line = _one_line(capsys)
+    assert "test_batch" in line and words in line, line
+    assert not (tmp_path / "r").exists()
