@@ -71,26 +71,46 @@ nvidia-smi dmon -s um -d 5 > "$LOGS/dmon.txt" 2>&1 &
 DMON=$!
 END=$(( $(date +%s) + MINUTES * 60 ))
 
-running=0
+# The primary endpoint's two parts run as RANKS torchrun ranks each on the one GPU (their batches are shared
+# out by rank; the ranks meet over gloo), every other part as one process; at most PROCS processes at once.
+RANKS=$(( PROCS / 2 > 1 ? PROCS / 2 : 1 ))
+declare -A WIDTH=()
+used=0
 next=0
+port=29600
 start_part() {
-    local part=$1 left=$(( END - $(date +%s) ))
+    local part=$1 ranks=$2 left=$(( END - $(date +%s) ))
     [ "$left" -gt 30 ] || return 1
-    echo "$(date -u +%T) start $part (${left}s left)" | tee -a "$LOGS/jobs.txt"
-    ( timeout --signal=TERM --kill-after=20 "$left" "$PY" -m freqpure study --config configs/study-cifar10.yaml \
-          --out "$WORK" --part "$part" --set device=cuda --set "data_dir=$DATA" --no-progress \
-          > "$LOGS/$(echo "$part" | tr / _).log" 2>&1; \
+    local log="$LOGS/$(echo "$part" | tr / _).log" cmd=("$PY" -m freqpure)
+    if [ "$ranks" -gt 1 ]; then
+        port=$(( port + 1 ))
+        cmd=("$PY" -m torch.distributed.run --nnodes 1 --nproc-per-node "$ranks" --rdzv-backend c10d
+             --rdzv-endpoint "localhost:$port" -m freqpure)
+    fi
+    echo "$(date -u +%T) start $part on $ranks process(es) (${left}s left)" | tee -a "$LOGS/jobs.txt"
+    ( timeout --signal=TERM --kill-after=20 "$left" "${cmd[@]}" study --config configs/study-cifar10.yaml \
+          --out "$WORK" --part "$part" --set device=cuda --set "data_dir=$DATA" --no-progress > "$log" 2>&1; \
       echo "$(date -u +%T) $part exit $?" >> "$LOGS/jobs.txt" ) &
+    WIDTH[$!]=$ranks
+    used=$(( used + ranks ))
     return 0
 }
-while [ "$next" -lt "${#PARTS[@]}" ] || [ "$running" -gt 0 ]; do
-    while [ "$running" -lt "$PROCS" ] && [ "$next" -lt "${#PARTS[@]}" ]; do
-        start_part "${PARTS[$next]}" || { next=${#PARTS[@]}; break; }
-        next=$(( next + 1 )); running=$(( running + 1 ))
+while :; do
+    while [ "$next" -lt "${#PARTS[@]}" ]; do
+        ranks=1
+        [ "$next" -lt 2 ] && ranks=$RANKS
+        [ $(( used + ranks )) -le "$PROCS" ] || break
+        start_part "${PARTS[$next]}" "$ranks" || { next=${#PARTS[@]}; break; }
+        next=$(( next + 1 ))
     done
-    [ "$running" -gt 0 ] || break
+    [ "${#WIDTH[@]}" -gt 0 ] || break
     wait -n || true
-    running=$(( running - 1 ))
+    for pid in "${!WIDTH[@]}"; do  # free the slots of every job that has ended
+        if ! kill -0 "$pid" 2>/dev/null; then
+            used=$(( used - WIDTH[$pid] ))
+            unset "WIDTH[$pid]"
+        fi
+    done
 done
 kill "$DMON" 2>/dev/null || true
 

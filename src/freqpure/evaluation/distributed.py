@@ -63,7 +63,7 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
-            if self.device.type == "cuda":
+            if dist.get_backend() == "nccl":
                 dist.barrier(device_ids=[self.device.index or 0])
             else:
                 dist.barrier()
@@ -72,7 +72,7 @@ class DistContext:
         """True iff ``ok`` on every rank (a collective: every rank must call it)."""
         if self.world_size == 1 or not dist.is_initialized():
             return ok
-        flag = torch.tensor([1 if ok else 0], device=self.device if self.device.type == "cuda" else "cpu")
+        flag = torch.tensor([1 if ok else 0], device=self.device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 
@@ -89,9 +89,18 @@ def init_distributed(device_name: str = "auto") -> DistContext:
     device = resolve_device(device_name, local_rank)
     ctx = DistContext(rank, world, local_rank, device)
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        backend = collective_backend(device, world)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
         ctx.initialized_here = True
     return ctx
+
+
+def collective_backend(device: torch.device, world_size: int) -> str:
+    """``nccl`` when every rank has a GPU of its own; ``gloo`` on CPUs and when ranks share GPUs (several
+    processes on one GPU keep it busier than one; NCCL refuses two ranks on one device). The ranks exchange
+    only a barrier and one flag, so the backend does not matter for speed."""
+    if device.type == "cuda" and world_size <= torch.cuda.device_count():
+        return "nccl"
+    return "gloo"
