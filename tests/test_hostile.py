@@ -749,3 +749,100 @@ def test_cifar_batch_with_bad_labels_is_refused(labels, words, tmp_path, capsys)
     line = _one_line(capsys)
     assert "test_batch" in line and words in line, line
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ silently wrong / tracebacks: weight files
+def _weights_with(tmp_path: Path, bundled: str, *, config: dict | None = None, int8: bool = False) -> Path:
+    sd, meta = read_safetensors(WEIGHTS / f"{bundled}.safetensors")
+    if int8:
+        sd = {k: (v.to(torch.int8) if v.is_floating_point() else v) for k, v in sd.items()}
+    if config is not None:
+        meta = meta | {"freqpure_config": json.dumps(json.loads(meta["freqpure_config"]) | config)}
+    return write_safetensors(tmp_path / "hostile.safetensors", sd, meta)
+
+
+@pytest.mark.parametrize("bundled, change, words", [
+    ("cifar10-ddpm-small", {"config": {"base": -1}}, "cannot build architecture 'small-unet'"),
+    ("cifar10-ddpm-small", {"int8": True}, "stored as integers where the model holds floats"),
+    ("cifar10-resnet-small", {"config": {"std": [0, 0, 0]}}, "std must be finite numbers > 0"),
+    ("cifar10-resnet-small", {"config": {"mean": "abc"}}, "mean must be finite numbers"),
+    ("cifar10-resnet-small", {"config": {"widths": [-1, 256, 256]}}, "cannot build architecture 'fast-resnet'"),
+], ids=["negative-base", "int8-weights", "zero-std", "string-mean", "negative-width"])
+def test_hostile_weight_metadata_is_refused(bundled, change, words, tmp_path) -> None:
+    """Items 6 and 7: `base: -1` raised a RuntimeError, `std: [0, 0, 0]` and int8 weights loaded silently."""
+    path = _weights_with(tmp_path, bundled, **change)
+    load = freqpure.load_diffusion if "ddpm" in bundled else freqpure.load_classifier
+    with pytest.raises(CheckpointError) as info:
+        load(str(path))
+    assert words in str(info.value) and "hostile.safetensors" in str(info.value)
+
+
+# ------------------------------------------------------------------ tracebacks: train export / summary
+FIXTURE_RUN = REPO / "tests" / "fixtures" / "train_resume_dc7605b" / "run"
+
+
+class _RunsCode:
+    """Unpickling this would run a command (it never may)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _damaged_run(tmp_path: Path, kind: str) -> Path:
+    import pickle
+    import shutil
+
+    run = tmp_path / "trainrun"
+    shutil.copytree(FIXTURE_RUN, run)
+    ckpt = run / "checkpoint.pt"
+    if kind == "malicious":
+        ckpt.write_bytes(pickle.dumps({"step": 1, "config": {}, "model": _RunsCode(tmp_path / "PWNED")}))
+    elif kind == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    elif kind == "empty":
+        ckpt.write_bytes(b"")
+    elif kind == "config-less":
+        snap = torch.load(ckpt, weights_only=True)
+        snap.pop("config")
+        torch.save(snap, ckpt)
+    return run
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("malicious", "nothing in it was run"),
+    ("truncated", "not a readable training checkpoint"),
+    ("empty", "not a readable training checkpoint"),
+    ("config-less", "not a freqpure training checkpoint (needs step, config, model"),
+])
+def test_train_export_of_a_damaged_checkpoint_is_one_line(kind, words, tmp_path, capsys) -> None:
+    """Item 7: `train export` on a malicious, truncated or config-less checkpoint.pt raised a traceback."""
+    run = _damaged_run(tmp_path, kind)
+    assert main(["train", "export", str(run), str(tmp_path / "w.safetensors")]) == 2
+    line = _one_line(capsys)
+    assert "checkpoint.pt" in line and words in line, line
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "w.safetensors").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ('{"step": 1, "loss": 0.5, "images_per_s": 3.0}\n{not json\n', "metrics.jsonl:2: not a JSON row"),
+    ('{"step": "x"}\n', "metrics.jsonl:1: a row needs a whole-number step"),
+    ('["a list"]\n', "metrics.jsonl:1: a row needs a whole-number step"),
+    ('{"step": 1, "loss": "low", "images_per_s": 3.0}\n', "loss must be a number"),
+], ids=["garbled", "string-step", "list", "string-loss"])
+def test_train_summary_of_a_garbled_log_is_one_line(text, words, tmp_path, capsys) -> None:
+    """Item 7: a garbled metrics.jsonl raised a traceback in `train summary`."""
+    run = _damaged_run(tmp_path, "none")
+    (run / "metrics.jsonl").write_text(text)
+    assert main(["train", "summary", str(run)]) == 2
+    assert words in _one_line(capsys)
+
+
+def test_train_summary_skips_a_torn_last_row(tmp_path, capsys) -> None:
+    run = _damaged_run(tmp_path, "none")
+    good = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(good + '{"step": 4, "lo')  # a kill in the middle of a write
+    assert main(["train", "summary", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 3

@@ -304,6 +304,12 @@ def normalize_state_dict(
             "Check that the file is the one this model expects (see docs/checkpoints.md), or pass the "
             "right --arch/--config when converting."
         )
+    ints = [k for k, ref in reference.items() if k in sd and ref.is_floating_point() and not sd[k].is_floating_point()]
+    if ints:  # a cast would silently turn quantised or damaged weights into nonsense floats
+        k = ints[0]
+        raise CorruptCheckpointError(f"{what}: {len(ints)} weight tensor(s) are stored as integers where the model "
+                                     f"holds floats ({k}: {sd[k].dtype}, expected {reference[k].dtype}); a quantised "
+                                     "or damaged checkpoint is not loaded: give the float weights")
     out = {}
     for k, ref in reference.items():
         v = sd[k] if k in sd else torch.zeros((), dtype=torch.long)

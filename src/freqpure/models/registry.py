@@ -17,6 +17,7 @@ import contextlib
 import difflib
 import importlib
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -157,6 +158,21 @@ def _spec_for_file(path: Path) -> ModelSpec | None:
 # ------------------------------------------------------------------------------------------ building
 
 
+def _check_normalisation(config: Mapping[str, Any], what: str) -> None:
+    """Refuse input normalisation that cannot be right: a non-finite ``mean``, a ``std`` that is not > 0
+    (``std: [0, 0, 0]`` divides every image by zero and the classifier answers one class, silently)."""
+    for key, positive in (("mean", False), ("std", True)):
+        if key not in config:
+            continue
+        value = config[key]
+        items = value if isinstance(value, list | tuple) else [value]
+        ok = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                 and (v > 0 or not positive) for v in items)
+        if not ok or not items:
+            need = "finite numbers > 0" if positive else "finite numbers"
+            raise CheckpointError(f"{what}: {key} must be {need} (one per channel), got {value!r}")
+
+
 def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool,
            what: str | None = None) -> nn.Module:
     """Randomly initialised network (or shapes only on ``meta``)."""
@@ -175,10 +191,12 @@ def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, met
     target = "meta" if meta else device
     if not isinstance(config, Mapping):
         raise CheckpointError(f"the config of architecture {arch_name!r} must be a mapping, got {config!r}")
+    _check_normalisation(config, f"{what + ': ' if what else ''}architecture {arch_name!r}")
     try:
         with torch.device(target) if target is not None else contextlib.nullcontext():
             return builder(dict(config))
-    except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError) as err:
+    except (TypeError, ValueError, KeyError, AssertionError, ZeroDivisionError, RuntimeError) as err:
+        # RuntimeError: torch refusing a size from the config (``base: -1`` asks for a negative dimension)
         raise CheckpointError(f"{what + ': ' if what else ''}cannot build architecture {arch_name!r} from config "
                               f"{dict(config)}: "
                               f"{type(err).__name__}: {err}") from None

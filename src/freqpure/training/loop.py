@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from freqpure._fileio import atomic_path
-from freqpure.errors import NotFoundError, UsageError
+from freqpure.errors import CheckpointError, NotFoundError, UsageError
 
 __all__ = [
     "CHECKPOINT",
@@ -40,6 +42,7 @@ __all__ = [
     "TrainTask",
     "epoch_batches",
     "load_checkpoint",
+    "read_metrics",
     "run_training",
     "save_checkpoint",
 ]
@@ -50,9 +53,59 @@ CHECKPOINT = "checkpoint.pt"
 RESUME_MAY_CHANGE = frozenset({"log_every", "ckpt_every", "export_every", "steps", "data_dir", "eval_images"})
 
 
+CHECKPOINT_KEYS = ("step", "config", "model")  # what every training checkpoint holds (export and resume read them)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training checkpoint (``weights_only=True``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a training checkpoint (``weights_only=True``); a file that is not one is a :class:`CheckpointError`.
+
+    Refused: a pickle that asks for code (never run), a truncated or empty file, and a dict without
+    :data:`CHECKPOINT_KEYS`.
+    """
+    try:
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: the error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused to load: it holds more than tensors and plain containers (a "
+                              "pickle that would run code, or not a training checkpoint); nothing in it was "
+                              "run") from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError, KeyError) as err:
+        text = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(f"{path}: not a readable training checkpoint (truncated or damaged: {text})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a freqpure training checkpoint (needs {', '.join(CHECKPOINT_KEYS)}; "
+                              f"has {have})")
+    return ckpt
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl``, each checked: a JSON object with a whole-number ``step`` >= 0
+    and numbers for ``loss``, ``lr`` and ``images_per_s`` where present. A torn last line (a kill
+    mid-write) is skipped; any other bad line is a :class:`UsageError` naming the file and line."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if not data.endswith(b"\n"):
+        lines = lines[:-1]  # torn tail
+    rows = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UsageError(f"{path}:{number}: not a JSON row; the log was edited or damaged") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UsageError(f"{path}:{number}: a row needs a whole-number step >= 0, got "
+                             f"{raw[:80].decode(errors='replace')}")
+        for key in ("loss", "lr", "images_per_s"):
+            value = row.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"{path}:{number}: {key} must be a number, got {value!r}")
+        rows.append(row)
+    return rows
 
 
 def save_checkpoint(snap: dict[str, Any], path: str | os.PathLike) -> None:
@@ -72,9 +125,8 @@ class Metrics:
     def __init__(self, path: Path, resume_step: int) -> None:
         self.path = path
         if path.exists():
-            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= resume_step]
-            _write_text("".join(ln + "\n" for ln in kept), path)
+            kept = [row for row in read_metrics(path) if row["step"] <= resume_step]
+            _write_text("".join(json.dumps(row) + "\n" for row in kept), path)
 
     def write(self, **row: Any) -> None:
         with open(self.path, "a") as f:

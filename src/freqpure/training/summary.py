@@ -16,7 +16,9 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise NotFoundError(f"no metrics.jsonl in {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from freqpure.training.loop import read_metrics
+
+    return read_metrics(path)
 
 
 def summarize_run(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -28,7 +30,7 @@ def summarize_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    loss_rows = [r for r in rows if "loss" in r]
+    loss_rows = [r for r in rows if "loss" in r and "images_per_s" in r]
     step = max((r["step"] for r in rows), default=0)
     seconds, prev = 0.0, 0
     for r in loss_rows:
