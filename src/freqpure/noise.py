@@ -57,22 +57,23 @@ def check_noise_scheme(scheme: object) -> str:
 # ---------------------------------------------------------------------------------------------
 # Philox-4x32-10 and Box–Muller in torch integer ops (int64 tensors holding uint32 words)
 # ---------------------------------------------------------------------------------------------
-def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
-    """High and low 32-bit words of ``a * b`` (``b`` uint32 words in int64; the product wraps mod 2**64)."""
-    prod = b * a
-    return (prod >> 32) & _MASK, prod & _MASK
-
-
 def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor,
                rounds: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Philox-4x32 with ``rounds`` rounds on broadcastable int64 tensors of uint32 words → four word tensors."""
+    """Philox-4x32 with ``rounds`` rounds on broadcastable int64 tensors of uint32 words → four word tensors.
+
+    Round: ``(hi0, lo0) = M0·c0``, ``(hi1, lo1) = M1·c2``, ``c ← (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)``, then
+    the key is bumped by the Weyl constants. In-place where it can (half the time of fresh temporaries on a CPU).
+    """
+    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape, k0.shape, k1.shape)
+    c0, c1, c2, c3 = (c.expand(shape) for c in (c0, c1, c2, c3))  # views: only new tensors are written
     for r in range(rounds):
         if r:
             k0 = (k0 + _W0) & _MASK
             k1 = (k1 + _W1) & _MASK
-        hi0, lo0 = _mulhilo(_M0, c0)
-        hi1, lo1 = _mulhilo(_M1, c2)
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        p0, p1 = c0 * _M0, c2 * _M1  # < 2**64: wraps in int64; hi/lo are recovered by shift and mask
+        n0 = (p1 >> 32).bitwise_and_(_MASK).bitwise_xor_(c1).bitwise_xor_(k0)
+        n2 = (p0 >> 32).bitwise_and_(_MASK).bitwise_xor_(c3).bitwise_xor_(k1)
+        c0, c1, c2, c3 = n0, p1.bitwise_and_(_MASK), n2, p0.bitwise_and_(_MASK)
     return c0, c1, c2, c3
 
 
