@@ -186,6 +186,11 @@ class StudyConfig:
     stages: list[StageConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from freqpure.evaluation.distributed import check_device_name
+
+        if not self.stages:
+            raise UsageError("the study lists no stages: give --config with a study (e.g. configs/study-cifar10.yaml)")
+        check_device_name(self.device, "study device")
         names = [s.name for s in self.stages]
         dupes = sorted({x for x in names if names.count(x) > 1})
         if dupes:
@@ -313,11 +318,62 @@ def _upgrade_saved_state(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file the study wrote (summary.json, timing.json); a damaged one is a clear error."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} cannot be read ({err}): it was damaged or edited; restore it from a copy or "
+                         "move it aside (the study rewrites it from the records)") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} holds {type(data).__name__}, not the JSON object the study writes; restore it "
+                         "or move it aside")
+    return data
+
+
+def _clean_records(folder: Path, file: str, limit: int) -> dict[int, dict[str, Any]]:
+    """The records of a clean-stage file, each checked: types, ``correct == (pred == label)``, at most ``limit``
+    images (the stage's n or vote_n). A record that fails is refused with the file and its index."""
+    records = SampleStore(folder / file).load()
+    path = folder / file
+    if len(records) > limit:
+        raise UsageError(f"{path} holds {len(records)} images but its setting measures {limit}: records were "
+                         "added by hand or by another study; refusing to count them")
+    for i, r in records.items():
+        keys = ("label", "pred") if "label" in r or file == "samples.jsonl" else ("pred",)  # old votes: no label
+        for key in keys:
+            if isinstance(r.get(key), bool) or not isinstance(r.get(key), int):
+                raise UsageError(f"{path}: index {i}: {key!r} must be a whole number, got {r.get(key)!r}")
+        if not isinstance(r.get("correct"), bool):
+            raise UsageError(f"{path}: index {i}: 'correct' must be true or false, got {r.get('correct')!r}")
+        if "label" in keys and r["correct"] != (r["pred"] == r["label"]):
+            raise UsageError(f"{path}: index {i}: 'correct' is {r.get('correct')!r} but pred {r['pred']} and label "
+                             f"{r['label']} say {r['pred'] == r['label']}: the record was edited; refusing it")
+        passthrough = r.get("passthrough", {})
+        if not isinstance(passthrough, dict) or not all(
+                v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
+                for v in passthrough.values()):
+            raise UsageError(f"{path}: index {i}: 'passthrough' must map bands to finite numbers or null")
+    return records
+
+
 def _check_part_dir(folder: Path, state: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     saved_path = folder / "config.yaml"
+    if not saved_path.exists():
+        found = [name for name in ("samples.jsonl", "vote.jsonl", "summary.json") if (folder / name).exists()]
+        if found:
+            raise UsageError(f"{folder} holds {', '.join(found)} but no config.yaml: the records' setting is unknown, "
+                             "so they cannot be counted for this one; restore config.yaml or choose another --out")
     if saved_path.exists():
-        saved = _upgrade_saved_state(yaml.safe_load(saved_path.read_text()) or {})
+        try:
+            loaded = yaml.safe_load(saved_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise UsageError(f"{saved_path} cannot be read ({str(err).splitlines()[0]}): restore it or choose "
+                             "another --out") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"{saved_path} is not the mapping the study writes; restore it or choose another --out")
+        saved = _upgrade_saved_state(loaded)
         diff = config_diff(saved, json.loads(json.dumps(state)))
         if diff:
             raise UsageError(f"{folder} holds records of a different setting; refusing to mix them. Differences "
@@ -414,12 +470,13 @@ def run_clean_setting(stage: StageConfig, setting: SettingConfig, study: StudyCo
             x, y = vdata.images(pos).to(device), vdata.labels[pos].to(device)
             with torch.no_grad():
                 vpred = voter(x, StepNoise(study.seed).child(10_000 + b)).argmax(1)
-            vote_store.append([{"index": int(vdata.indices[p]), "batch": b, "pred": int(vpred[i]),
+            vote_store.append([{"index": int(vdata.indices[p]), "batch": b, "label": int(y[i]), "pred": int(vpred[i]),
                                 "correct": bool(vpred[i] == y[i])} for i, p in enumerate(pos)
                                if int(vdata.indices[p]) not in vote_done])
-        vote_records = vote_store.load()
+        wanted = {int(i) for i in vdata.indices}
+        vote_records = {i: r for i, r in _clean_records(folder, "vote.jsonl", stage.vote_n).items() if i in wanted}
 
-    records = store.load()
+    records = _clean_records(folder, "samples.jsonl", stage.n)
     recs = [records[int(i)] for i in data.indices]
     summary = {
         "name": setting.name,
@@ -428,7 +485,7 @@ def run_clean_setting(stage: StageConfig, setting: SettingConfig, study: StudyCo
         "classifier": study.classifier,
         "n": len(recs),
         "clean": accuracy([r["correct"] for r in recs]),
-        "passthrough": {k: _mean_ci([r["passthrough"][k] for r in recs if r["passthrough"][k] is not None])
+        "passthrough": {k: _mean_ci([v for r in recs if (v := (r.get("passthrough") or {}).get(k)) is not None])
                         for k in labels},
         "passthrough_eps": stage.passthrough_eps,
         "vote": accuracy([r["correct"] for r in vote_records.values()]) if vote_records else None,
@@ -441,8 +498,8 @@ def run_clean_setting(stage: StageConfig, setting: SettingConfig, study: StudyCo
 # ---------------------------------------------------------------------------------------------
 # Runner
 # ---------------------------------------------------------------------------------------------
-def _outcomes_clean(folder: Path, file: str = "samples.jsonl") -> dict[int, bool]:
-    return {i: bool(r["correct"]) for i, r in SampleStore(folder / file).load().items()}
+def _outcomes_clean(folder: Path, file: str, limit: int) -> dict[int, bool]:
+    return {i: r["correct"] for i, r in _clean_records(folder, file, limit).items()}
 
 
 def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
@@ -493,7 +550,10 @@ def _record_time(folder: Path, wall: float, cpu: float, *, finished: bool = True
 
 
 def _update_timing(path: Path, wall: float, cpu: float, finished: bool, entry: int | None) -> int:
-    timing = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
+    timing = _read_json(path) if path.is_file() else {"invocations": []}
+    if not isinstance(timing.get("invocations"), list):
+        raise UsageError(f"{path} has no list of invocations: it was edited; move it aside (the study starts a "
+                         "new one)")
     item = {"finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_seconds": wall, "cpu_seconds": cpu,
             "threads": torch.get_num_threads(), "completed": finished}
     if entry is None:
@@ -519,17 +579,18 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
         if not summary_path.is_file():
             lines.append("| " + " | ".join([s.name, "not yet run"] + [""] * (len(head) - 2)) + " |")
             continue
-        summ = json.loads(summary_path.read_text())
+        summ = _read_json(summary_path)
         pur = summ["purifier"]
         desc = pur["method"] if pur["method"] != "freqpure" else \
             f"freqpure r={pur['amp_radius']:g} δ={pur['delta']:g} {pur['variant']}"
         desc += f" {pur['rounds']}"
         pair = vote_pair = None
         if s.compare_to and s.compare_to != s.name and (folder / s.compare_to / "summary.json").is_file():
-            pair = _paired(_outcomes_clean(part), _outcomes_clean(folder / s.compare_to))
+            pair = _paired(_outcomes_clean(part, "samples.jsonl", stage.n),
+                           _outcomes_clean(folder / s.compare_to, "samples.jsonl", stage.n))
             if summ.get("vote") and (folder / s.compare_to / "vote.jsonl").is_file():
-                vote_pair = _paired(_outcomes_clean(part, "vote.jsonl"), _outcomes_clean(folder / s.compare_to,
-                                                                                         "vote.jsonl"))
+                vote_pair = _paired(_outcomes_clean(part, "vote.jsonl", stage.vote_n),
+                                    _outcomes_clean(folder / s.compare_to, "vote.jsonl", stage.vote_n))
         cells = [s.name, desc, str(summ["n"]), _pct(summ["clean"]), _ptext(pair), _pct(summ.get("vote")),
                  _ptext(vote_pair)]
         for k in labels:
@@ -625,7 +686,7 @@ def _pvalue(p: float) -> str:
 def stage_markdown(stage: StageConfig, folder: Path) -> str:
     """The stage's table (rows not yet run are marked), with planned and spent CPU hours."""
     timing_path = folder / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    timing = _read_json(timing_path) if timing_path.is_file() else None
     planned = "not stated" if stage.planned_cpu_hours is None else f"{stage.planned_cpu_hours:g} CPU hours"
     spent = "nothing run yet" if timing is None else \
         f"{timing['cpu_hours_total']:.2f} CPU hours, {timing['wall_hours_total']:.2f} h wall " \
