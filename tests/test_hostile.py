@@ -846,3 +846,35 @@ def test_train_summary_skips_a_torn_last_row(tmp_path, capsys) -> None:
     (run / "metrics.jsonl").write_text(good + '{"step": 4, "lo')  # a kill in the middle of a write
     assert main(["train", "summary", str(run)]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 3
+
+
+# ------------------------------------------------------------------ silently wrong: purify
+def _rgb16_png(path: Path) -> np.ndarray:
+    """Write a 16-bit RGB PNG (PIL cannot); return its values."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    values = (np.arange(32 * 32 * 3).reshape(32, 32, 3) * 37 % 65536).astype(">u2")
+    raw = b"".join(b"\x00" + values[y].tobytes() for y in range(32))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return values
+
+
+def test_sixteen_bit_colour_png_needs_convert_and_is_recorded(tmp_path, capsys) -> None:
+    """Item 6: a 16-bit RGB PNG was read as plain 8-bit RGB (values truncated) and recorded as RGB."""
+    image = tmp_path / "in" / "deep.png"
+    image.parent.mkdir()
+    _rgb16_png(image)
+    assert main(["purify", str(image), "--out", str(tmp_path / "o"), *FAST]) == 2
+    line = _one_line(capsys)
+    assert "deep.png" in line and "16-bit colour" in line and "--convert" in line
+    assert not (tmp_path / "o").exists()
+    assert main(["purify", str(image), "--out", str(tmp_path / "o"), *FAST, "--convert"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["files"][0]["conversions"] == ["16-bit colour (RGB) -> 8 bits per channel (the high byte of "
+                                                   "each value is kept)"]
+    capsys.readouterr()

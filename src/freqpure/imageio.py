@@ -62,10 +62,13 @@ class ImageInfo:
     width: int
     height: int
     frames: int
+    bits: int = 8  # bits per channel as stored (a 16-bit colour PNG is read as 8-bit by PIL)
 
     def conversions(self) -> list[str]:
         """The conversions reading this file as 8-bit RGB needs (empty: none)."""
         mode, out = self.mode, []
+        if self.bits == 16 and mode in ("RGB", "RGBA"):
+            out.append(f"16-bit colour ({mode}) -> 8 bits per channel (the high byte of each value is kept)")
         if mode in _SIXTEEN_BIT:
             out.append(f"16-bit greyscale ({mode}) -> RGB, values / 65535")
         elif mode in _GREY:
@@ -115,12 +118,20 @@ def _open(path: Path) -> Image.Image:
             raise UsageError(f"cannot read image {path}: {err}") from None
 
 
+def _png_bit_depth(path: Path) -> int:
+    """Bits per channel from a PNG's IHDR chunk (byte 24 of the file); 8 when the header is not there."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24] if len(head) == 26 and head[12:16] == b"IHDR" else 8
+
+
 def inspect_image(path: str | Path) -> ImageInfo:
     """Read the header only; refuse non-files, unknown formats, animations and oversized images."""
     path = Path(path)
     _regular_file(path)
     with _open(path) as img:
-        info = ImageInfo(path, img.format or "?", img.mode, img.width, img.height, int(getattr(img, "n_frames", 1)))
+        info = ImageInfo(path, img.format or "?", img.mode, img.width, img.height, int(getattr(img, "n_frames", 1)),
+                         _png_bit_depth(path) if img.format == "PNG" else 8)
     if info.format not in _FORMATS:
         raise UsageError(f"{path} holds a {info.format} image, not PNG or JPEG (whatever its name says)")
     if info.frames > 1:
