@@ -72,6 +72,13 @@ def test_the_cache_lives_in_the_user_cache_folder_not_the_repository(monkeypatch
     assert REPO not in prec.cache_dir().parents
 
 
+def test_a_clearly_slower_bf16_is_recorded_as_decided_on_the_warm_up(monkeypatch) -> None:
+    model = nn.Linear(3, 3)
+    d = prec.measured_precision(model, (torch.rand(2, 3),), "cpu",
+                                timer=lambda fn, args: {"fp32": 0.8, "bf16": 40.0, "timed_calls": 0.0})
+    assert d.choice == "fp32" and "one warm-up call each" in d.reason and "0.02x" in d.reason
+
+
 def test_auto_in_a_model_call_measures_once_and_records_why(monkeypatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(prec, "time_precisions", _timer(0.03, 0.01, calls))
@@ -100,7 +107,7 @@ def test_a_config_resolves_auto_by_timing_its_diffusion_model(monkeypatch) -> No
     cfg = with_resolved_precision(PurifierConfig(diffusion=model_name("cifar10-ddpm-small"), precision="auto"))
     assert cfg.precision == "fp32" and calls == [1]
     (record,) = prec.decisions()
-    assert "16x3x32x32" in record["model"] and record["source"] == "measured"
+    assert "4x3x32x32" in record["model"] and record["source"] == "measured"
     assert with_resolved_precision(PurifierConfig(method="none", precision="auto")).precision in ("fp32", "bf16")
 
 
@@ -108,6 +115,10 @@ def test_real_timings_are_positive_and_interleaved() -> None:
     model = nn.Conv2d(3, 8, 3)
     ticks = iter(range(100))
     times = prec.time_precisions(model, (torch.rand(1, 3, 8, 8),), repeats=2, clock=lambda: float(next(ticks)))
-    assert times == {"fp32": 1.0, "bf16": 1.0}  # every call takes one tick of the injected clock
+    assert times == {"fp32": 1.0, "bf16": 1.0, "timed_calls": 2.0}  # every call takes one tick of the clock
+    # a bf16 warm-up call more than 3x slower than fp32's decides at once: no timed calls follow
+    clock = iter([0.0, 1.0, 1.0, 5.0])  # fp32 warm-up 1 s, bf16 warm-up 4 s
+    slow = prec.time_precisions(model, (torch.rand(1, 3, 8, 8),), repeats=2, clock=lambda: next(clock))
+    assert slow == {"fp32": 1.0, "bf16": 4.0, "timed_calls": 0.0}
     real = prec.time_precisions(model, (torch.rand(1, 3, 8, 8),), repeats=1)
     assert real["fp32"] > 0 and real["bf16"] > 0

@@ -33,6 +33,7 @@ __all__ = ["MARGIN", "REPEATS", "Decision", "cache_dir", "decide_precision", "de
 
 MARGIN = 0.05  # bf16 must be at least this much faster than fp32 to be chosen
 REPEATS = 3  # timed calls per precision (after one warm-up call each)
+CLEARLY_SLOWER = 3.0  # a bf16 warm-up call this many times slower than fp32's decides without more calls
 _CACHE_FILE = "precision.json"
 
 
@@ -104,7 +105,13 @@ def decide_precision(fp32_seconds: float, bf16_seconds: float, margin: float = M
 
 def time_precisions(fn: Callable[..., Any], args: Sequence[Any], repeats: int = REPEATS,
                     clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of ``fn(*args)`` in fp32 and under bf16 autocast, interleaved, no gradients."""
+    """Best-of-``repeats`` seconds of ``fn(*args)`` in fp32 and under bf16 autocast, interleaved, no gradients.
+
+    After one warm-up call each: when bf16's took more than :data:`CLEARLY_SLOWER` times fp32's, the warm-up
+    times are returned (``timed_calls`` 0) and nothing more is run: on a CPU without fast bf16 one bf16 call
+    of the bundled UNet takes ~50x an fp32 one (40 s at batch 16 on this project's AMD EPYC), and the answer
+    is already clear.
+    """
     device = next((a.device for a in args if isinstance(a, Tensor)), torch.device("cpu"))
 
     def call(precision: str) -> float:
@@ -117,9 +124,11 @@ def time_precisions(fn: Callable[..., Any], args: Sequence[Any], repeats: int = 
             torch.cuda.synchronize(device)
         return clock() - start
 
-    best = {"fp32": float("inf"), "bf16": float("inf")}
+    best = {"fp32": float("inf"), "bf16": float("inf"), "timed_calls": float(repeats)}
     with torch.no_grad():
-        call("fp32"), call("bf16")  # warm-up: allocations, kernels, autocast's weight casts
+        warm = {"fp32": call("fp32"), "bf16": call("bf16")}  # warm-up: allocations, kernels, weight casts
+        if warm["bf16"] > CLEARLY_SLOWER * warm["fp32"]:
+            return {**warm, "timed_calls": 0.0}
         for r in range(repeats):
             for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
                 best[precision] = min(best[precision], call(precision))
@@ -175,6 +184,8 @@ def measured_precision(model: Any, args: Sequence[Any], device: torch.device | s
     else:
         times = (timer or time_precisions)(fn or model, args)
         choice, reason = decide_precision(times["fp32"], times["bf16"])
+        if times.get("timed_calls", 1) == 0:
+            reason += f"; decided on one warm-up call each (bf16 more than {CLEARLY_SLOWER:g}x slower)"
         decision = Decision(choice, reason, times["fp32"], times["bf16"], "measured", machine, mkey)
         _write_cache(path, key, decision)
     memo[where] = decision
@@ -184,7 +195,7 @@ def measured_precision(model: Any, args: Sequence[Any], device: torch.device | s
 
 def probe_precision(name: str, device: torch.device | str, batch: int | None = None) -> Decision | None:
     """``auto``'s choice for the registry diffusion model ``name`` before a run loads it: the model is loaded
-    and timed on a random batch (``batch`` images; 16 on a CPU, 256 on a GPU). ``None`` if it cannot be loaded."""
+    and timed on a random batch (``batch`` images; 4 on a CPU, 256 on a GPU). ``None`` if it cannot be loaded."""
     import freqpure
 
     device = torch.device(device)
@@ -193,7 +204,7 @@ def probe_precision(name: str, device: torch.device | str, batch: int | None = N
     except Exception:  # noqa: BLE001 - any failure to load means: no measurement, use the guess
         return None
     size, channels = getattr(model, "image_size", 32), getattr(model, "channels", 3)
-    n = batch or (256 if device.type == "cuda" else 16)
+    n = batch or (256 if device.type == "cuda" else 4)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, channels, size, size, generator=gen).to(device)
     t = torch.full((n,), 500.0, device=device)
