@@ -199,6 +199,8 @@ CLI_ROWS += [
      ["step_size must be finite and > 0"]),
     ("analyze-max-radius-zero", lambda h, t: ["analyze", "--out", str(t / "o"), "--max-radius", "0"],
      ["max_radius must be finite and > 0"]),
+    ("analyze-seed-negative", lambda h, t: ["analyze", "--out", str(t / "o"), "--seed", "-1"],
+     ["seed must be in 0.."]),
     ("train-diffusion-lr-inf", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--lr", "inf"],
      ["lr must be a finite number > 0"]),
     ("train-classifier-lr-nan", lambda h, t: ["train", "classifier", "--out", str(t / "o"), "--lr", "nan"],
@@ -557,6 +559,16 @@ def test_every_folder_writing_command_locks_its_folder(argv, tmp_path, capsys) -
     assert [p.name for p in out.iterdir()] == [".freqpure.lock"]  # nothing written beside the holder's lock
 
 
+def test_demo_overwrite_deletes_only_its_own_run_folders(tmp_path, capsys) -> None:
+    """`demo --overwrite` deleted any folder named none/diffpure/freqpure in --out."""
+    mine = tmp_path / "out" / "diffpure"
+    mine.mkdir(parents=True)
+    (mine / "holiday.png").write_text("keep me\n")
+    assert main(["demo", "--out", str(tmp_path / "out"), "--overwrite", "--n", "2", "--no-estimate"]) == 2
+    assert "not a demo's run folder" in _one_line(capsys)
+    assert (mine / "holiday.png").read_text() == "keep me\n"
+
+
 @pytest.mark.parametrize("command, words", [("demo", "not a demo's"), ("analyze", "no analysis.json")])
 def test_demo_and_analyze_refuse_another_runs_folder(command, words, tmp_path, capsys) -> None:
     other = tmp_path / "someone-else"
@@ -586,6 +598,17 @@ def test_every_committed_evaluate_record_validates() -> None:
         records = read_sample_records(run / "samples.jsonl")
         assert records and all(r.robust == (r.clean_correct and all(a.correct for a in r.attacks.values()))
                                for r in records.values()), run
+
+
+def test_every_committed_results_json_is_consistent_with_its_records() -> None:
+    """Every committed evaluation results.json passes table/report's checks (and adds up to its records)."""
+    from freqpure.evaluation.results import read_run
+
+    runs = sorted(p.parent for p in RESULTS_DIR.rglob("results.json") if (p.parent / "config.yaml").exists()
+                  or (p.parent / "samples.jsonl").exists() or p.parent.name.endswith("-table-bundled"))
+    assert len(runs) >= 7, runs
+    with_records = [run for run in runs if read_run(run)[1] is not None]
+    assert len(with_records) >= 6, with_records
 
 
 RECORD_ROWS = [

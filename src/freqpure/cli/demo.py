@@ -74,19 +74,26 @@ def run(args: argparse.Namespace) -> int:
                                            "gradient", "surrogate_rounds", "batch_size", "sweep", "seed",
                                            "classifier", "diffusion", "data_dir")}
     settings = load_command_config(DemoSettings, args, flags)
-    _check_out(args.out)
+    _check_out(args.out, overwrite=args.overwrite)
     with locked_folder(args.out):  # a second demo into the same folder is refused
         run_demo(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                  estimate=not args.no_estimate, device=resolve_device(args.device))
     return 0
 
 
-def _check_out(out: Path) -> None:
-    """``--out`` must be a folder, and its ``results.json`` (if any) an earlier demo's: never another run's."""
+def _check_out(out: Path, *, overwrite: bool = False) -> None:
+    """``--out`` must be a folder, and its ``results.json`` (if any) an earlier demo's: never another run's.
+    ``overwrite`` deletes the demo's run folders: each must be an evaluation run (it has a ``config.yaml``)."""
     import json
 
     from freqpure.errors import OutputExistsError
-    from freqpure.evaluation.demo import DemoSummary
+    from freqpure.evaluation.demo import DEFENCES, DemoSummary
+
+    for method in DEFENCES if overwrite else ():
+        folder = out / method
+        if folder.exists() and not (folder / "config.yaml").is_file():
+            raise OutputExistsError(f"--overwrite would delete {folder}, which is not a demo's run folder (no "
+                                    "config.yaml); move it away or give another --out")
 
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out {out} is a file, not a folder; give a new folder")

@@ -296,6 +296,8 @@ class AnalyzeSettings:
                 raise UsageError(f"analyze {key} must be >= 1, got {getattr(self, key)}")
         if self.ci not in ("bootstrap", "normal"):
             raise UsageError(f"analyze ci must be bootstrap or normal, got {self.ci!r}")
+        if not 0 <= self.seed <= 2**63 - 1:  # the seeds purify and evaluate accept
+            raise UsageError(f"analyze seed must be in 0..{2**63 - 1}, got {self.seed}")
         if not 0 < self.eps <= 0.5:  # evaluate's L-inf limit: beyond it the image is anything
             raise UsageError(f"analyze eps must be in (0, 0.5] (pixel units of [0, 1] images, e.g. 8/255), "
                              f"got {self.eps:g}")
