@@ -15,16 +15,9 @@ from freqpure.cli.main import main
 from freqpure.config import from_dict
 from freqpure.errors import RunFolderError, UsageError
 from freqpure.evaluation.lock import RunLock
-from freqpure.study import (
-    StudyConfig,
-    _check_part_dir,
-    _clean_records,
-    _clean_state,
-    _Clock,
-    load_study_config,
-    run_study,
-    stage_markdown,
-)
+from freqpure.study import StudyConfig, load_study_config, run_study, stage_markdown
+from freqpure.study.clean import _clean_records, check_part_dir, clean_state
+from freqpure.study.run import _Clock
 
 REPO = Path(__file__).resolve().parents[1]
 PILOT = REPO / "benchmarks" / "results" / "study-pilot-n64"
@@ -62,7 +55,7 @@ def test_records_without_their_config_are_not_counted_for_another(pilot):
     (part / "summary.json").unlink()
     setting = next(s for s in stage.settings if s.name == "diffpure-100-5")
     with pytest.raises(UsageError, match="no config.yaml"):
-        _check_part_dir(part, _clean_state(stage, setting, cfg))
+        check_part_dir(part, clean_state(stage, setting, cfg))
     assert (part / "samples.jsonl").stat().st_size > 0  # nothing removed
 
 
@@ -97,7 +90,7 @@ def test_damaged_study_files_give_one_clear_error(pilot, file, content):
     with pytest.raises(UsageError, match="restore|move it aside|choose another"):
         if file == "config.yaml":
             setting = next(s for s in stage.settings if s.name == "diffpure-v2")
-            _check_part_dir(path.parent, _clean_state(stage, setting, cfg))
+            check_part_dir(path.parent, clean_state(stage, setting, cfg))
         else:
             stage_markdown(stage, folder)
 

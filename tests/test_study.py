@@ -19,7 +19,7 @@ from freqpure.study import (
     load_study_config,
     run_study,
 )
-from freqpure.study import _band_masks as band_masks
+from freqpure.study.clean import _band_masks as band_masks
 from helpers import model_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_study_uses_the_one_mcnemar_test():
     from freqpure.evaluation.paired import mcnemar_p
-    from freqpure.study import _paired
+    from freqpure.study.tables import _paired
 
     assert mcnemar_p(0, 6) == pytest.approx(2 / 64)  # 2 * 0.5**6
     assert mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
@@ -197,7 +197,7 @@ def test_the_pilot_resumes_with_its_own_passthrough_draw(tmp_path):
     pilot = REPO / "benchmarks" / "results" / "study-pilot-n64"
     cfg = load_study_config(pilot / "pilot-study-cifar10.yaml")
     assert cfg.stages[0].passthrough_noise == "batch-shared-v1"
-    from freqpure.study import _check_part_dir, _clean_state
+    from freqpure.study.clean import check_part_dir, clean_state
 
     stage = cfg.stages[0]
     for setting in stage.settings:  # every recorded part's saved state matches the pilot config as it is
@@ -206,9 +206,9 @@ def test_the_pilot_resumes_with_its_own_passthrough_draw(tmp_path):
             copy = tmp_path / setting.name
             copy.mkdir()
             (copy / "config.yaml").write_text((part / "config.yaml").read_text())
-            _check_part_dir(copy, _clean_state(stage, setting, cfg))
+            check_part_dir(copy, clean_state(stage, setting, cfg))
     import dataclasses
 
     fresh = dataclasses.replace(stage, passthrough_noise="per-image-v2")
     with pytest.raises(UsageError, match="different setting"):
-        _check_part_dir(copy, _clean_state(fresh, setting, cfg))
+        check_part_dir(copy, clean_state(fresh, setting, cfg))

@@ -17,7 +17,7 @@ from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.results import read_results
 from freqpure.evaluation.store import FINGERPRINT_KEY, NUMBERS_KEY, config_fingerprint
 from freqpure.study import load_study_config, run_study
-from freqpure.study_parts import class_span, import_records, part_summary
+from freqpure.study.parts import class_span, import_records, part_summary
 from helpers import model_name, one_thread
 
 pytestmark = pytest.mark.data

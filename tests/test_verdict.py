@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from freqpure.evaluation.paired import PairedRow, mcnemar_p
-from freqpure.verdict import decide, read_verdict, verdict_markdown
+from freqpure.study.verdict import decide, read_verdict, verdict_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 S4 = REPO / "benchmarks" / "results" / "study-cifar10" / "stage4-honest-protocol"

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_command_config(StudyConfig, args, flags)
     base_dir = args.config.parent if args.config else Path(".")
     if args.import_from is not None:
-        from freqpure.study_parts import import_records
+        from freqpure.study.parts import import_records
 
         for entry in import_records(args.import_from, args.out):
             print(f"{entry['part']}: {entry['added']} record(s) added to {entry['had']}")

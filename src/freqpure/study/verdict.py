@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from freqpure.evaluation.paired import PairedRow, compare_samples
-from freqpure.study_parts import PartSummary, class_span, part_summary
+from freqpure.study.parts import PartSummary, class_span, part_summary
 
 __all__ = ["PRIMARY", "STAGE3", "SECONDARY", "Pairing", "Verdict", "decide", "pair_parts", "read_verdict",
            "verdict_markdown", "ALPHA"]
