@@ -430,6 +430,21 @@ def test_purify_data_never_replaces_a_file_it_did_not_create(hostile, tmp_path, 
     assert load_purified(notes)[0].shape == (2, 32, 32, 3)  # replaced, as asked
 
 
+@pytest.mark.parametrize("command", ["diffusion", "classifier"])
+def test_train_export_to_never_replaces_other_files(command, tmp_path, capsys) -> None:
+    """`train ... --export-to FILE` replaced whatever FILE was at the first export."""
+    from freqpure.cli.train import _is_weights_file
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine\n")
+    run = tmp_path / "run"
+    assert main(["train", command, "--out", str(run), "--export-to", str(notes)]) == 2
+    assert "--force" in _one_line(capsys) and notes.read_text() == "mine\n" and not run.exists()
+    assert main(["train", command, "--out", str(run), "--export-to", str(run / "checkpoint.pt"), "--force"]) == 2
+    assert "one of the files of run" in _one_line(capsys)
+    assert _is_weights_file(WEIGHTS / "cifar10-ddpm-small.safetensors") and not _is_weights_file(notes)
+
+
 @pytest.mark.parametrize("limit", ["0", "-1"])
 def test_purify_data_limit_must_be_positive(limit, tmp_path, capsys) -> None:
     """Item 6: --limit 0 wrote an empty data set (rc 0), --limit -1 49,999 images."""

@@ -92,7 +92,7 @@ def check_output_file(path: str | Path, what: str, *, force: bool = False,
     target = path.resolve()
     for item in inputs:
         item = Path(item)
-        folder = item if item.is_dir() else item.parent
+        folder = item if item.is_dir() or not item.exists() else item.parent  # a run folder yet to be made too
         if target == item.resolve() or _own_file_of(target, folder):
             raise OutputExistsError(f"{what} {path} is one of the files of run {folder}; writing it would destroy "
                                     "the run: give a path outside the run's files")

@@ -39,7 +39,9 @@ def _training_args(p: argparse.ArgumentParser, default_out: str, what: str) -> N
     p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="images per optimiser step")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (fp32)")
-    p.add_argument("--export-to", dest="export_to", metavar="FILE", help="also write the exported weights here")
+    p.add_argument("--export-to", dest="export_to", metavar="FILE",
+                   help="also write the exported weights here (an existing file only if it is freqpure weights)")
+    p.add_argument("--force", action="store_true", help="let --export-to replace a file that is not freqpure weights")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", default=None, help="require a checkpoint in --out to resume")
     g.add_argument("--no-resume", dest="resume", action="store_false", help="refuse to resume (a fresh run only)")
@@ -49,10 +51,26 @@ _FLAGS = ("data_dir", "batch_size", "lr", "amp", "seed", "steps", "export_every"
 
 
 def _config(cls: type, args: argparse.Namespace) -> Any:
+    from freqpure._fileio import check_output_file
     from freqpure.cli.common import apply_runtime_args, load_command_config
 
     apply_runtime_args(args)
-    return load_command_config(cls, args, {k: getattr(args, k, None) for k in _FLAGS})
+    cfg = load_command_config(cls, args, {k: getattr(args, k, None) for k in _FLAGS})
+    if args.export_to:  # before the work: never a run's file, another file only with --force
+        check_output_file(args.export_to, "--export-to", force=args.force, inputs=[args.out],
+                          replaceable=_is_weights_file)
+    return cfg
+
+
+def _is_weights_file(path: Path) -> bool:
+    """Whether ``path`` is a freqpure weights file (an earlier export, which a new export may replace)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return "freqpure_kind" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - any file safetensors cannot open is not one
+        return False
 
 
 def _device(args: argparse.Namespace) -> str:
