@@ -117,15 +117,17 @@ def _upgrade_saved_state(saved: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
-def read_study_json(path: Path) -> dict[str, Any]:
-    """A JSON object file the study wrote (summary.json, timing.json); a damaged one is a clear error."""
+def read_study_file(path: Path) -> dict[str, Any]:
+    """A mapping file the study wrote (summary.json, timing.json as JSON; a part's config.yaml as YAML);
+    a damaged one is one clear error naming it."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path} cannot be read ({err}): it was damaged or edited; restore it from a copy or "
-                         "move it aside (the study rewrites it from the records)") from None
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        raise UsageError(f"{path} cannot be read ({str(err).splitlines()[0]}): it was damaged or edited; restore it "
+                         "from a copy or move it aside (the study rewrites it from the records)") from None
     if not isinstance(data, dict):
-        raise UsageError(f"{path} holds {type(data).__name__}, not the JSON object the study writes; restore it "
+        raise UsageError(f"{path} holds {type(data).__name__}, not the mapping the study writes; restore it "
                          "or move it aside")
     return data
 
@@ -165,14 +167,7 @@ def check_part_dir(folder: Path, state: dict[str, Any]) -> None:
             raise UsageError(f"{folder} holds {', '.join(found)} but no config.yaml: the records' setting is unknown, "
                              "so they cannot be counted for this one; restore config.yaml or choose another --out")
     if saved_path.exists():
-        try:
-            loaded = yaml.safe_load(saved_path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise UsageError(f"{saved_path} cannot be read ({str(err).splitlines()[0]}): restore it or choose "
-                             "another --out") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{saved_path} is not the mapping the study writes; restore it or choose another --out")
-        saved = _upgrade_saved_state(loaded)
+        saved = _upgrade_saved_state(read_study_file(saved_path))
         diff = config_diff(saved, json.loads(json.dumps(state)))
         if diff:
             raise UsageError(f"{folder} holds records of a different setting; refusing to mix them. Differences "

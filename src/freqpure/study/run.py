@@ -18,7 +18,7 @@ from freqpure.config import (
 from freqpure.errors import UsageError
 from freqpure.evaluation.results import write_json
 from freqpure.evaluation.rundir import saved_config
-from freqpure.study.clean import check_part_dir, clean_state, read_study_json, run_clean_setting
+from freqpure.study.clean import check_part_dir, clean_state, read_study_file, run_clean_setting
 from freqpure.study.config import RunConfig, StudyConfig
 from freqpure.study.tables import clean_vs_robust_plot, clean_vs_robust_points, stage_markdown
 
@@ -53,7 +53,7 @@ def _record_time(folder: Path, wall: float, cpu: float, *, finished: bool = True
 
 
 def _update_timing(path: Path, wall: float, cpu: float, finished: bool, entry: int | None) -> int:
-    timing = read_study_json(path) if path.is_file() else {"invocations": []}
+    timing = read_study_file(path) if path.is_file() else {"invocations": []}
     if not isinstance(timing.get("invocations"), list):
         raise UsageError(f"{path} has no list of invocations: it was edited; move it aside (the study starts a "
                          "new one)")

@@ -12,7 +12,7 @@ from freqpure.config import (
 from freqpure.evaluation.paired import PairedRow, compare_samples, mcnemar_p
 from freqpure.evaluation.results import Accuracy
 from freqpure.evaluation.rundir import saved_config
-from freqpure.study.clean import band_labels, clean_outcomes, read_study_json
+from freqpure.study.clean import band_labels, clean_outcomes, read_study_file
 from freqpure.study.config import StageConfig, StudyConfig
 
 
@@ -60,7 +60,7 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
         if not summary_path.is_file():
             lines.append("| " + " | ".join([s.name, "not yet run"] + [""] * (len(head) - 2)) + " |")
             continue
-        summ = read_study_json(summary_path)
+        summ = read_study_file(summary_path)
         pur = summ["purifier"]
         desc = pur["method"] if pur["method"] != "freqpure" else \
             f"freqpure r={pur['amp_radius']:g} δ={pur['delta']:g} {pur['variant']}"
@@ -167,7 +167,7 @@ def _pvalue(p: float) -> str:
 def stage_markdown(stage: StageConfig, folder: Path) -> str:
     """The stage's table (rows not yet run are marked), with planned and spent CPU hours."""
     timing_path = folder / "timing.json"
-    timing = read_study_json(timing_path) if timing_path.is_file() else None
+    timing = read_study_file(timing_path) if timing_path.is_file() else None
     planned = "not stated" if stage.planned_cpu_hours is None else f"{stage.planned_cpu_hours:g} CPU hours"
     spent = "nothing run yet" if timing is None else \
         f"{timing['cpu_hours_total']:.2f} CPU hours, {timing['wall_hours_total']:.2f} h wall " \
