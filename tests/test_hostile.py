@@ -428,6 +428,18 @@ def test_purify_data_never_replaces_a_file_it_did_not_create(hostile, tmp_path, 
     from freqpure.purified_data import load_purified
 
     assert load_purified(notes)[0].shape == (2, 32, 32, 3)  # replaced, as asked
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no lock or partial file left
+
+
+def test_purify_data_into_an_output_in_use_is_refused(tmp_path, capsys) -> None:
+    """Item 3: two purify-data runs into one file; the second is refused at once."""
+    from freqpure.evaluation.lock import RunLock
+
+    out = tmp_path / "p.safetensors"
+    with RunLock(tmp_path, name=".p.safetensors.lock"):
+        assert main(["train", "purify-data", str(out), "--limit", "2", "--split", "test", "--no-progress"]) == 2
+        assert f"output {out} is in use by another freqpure run" in _one_line(capsys)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["diffusion", "classifier"])

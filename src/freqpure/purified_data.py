@@ -95,12 +95,26 @@ def purify_split(
     resumes there. An existing ``out`` is replaced only with ``force`` (checked before any work).
     """
     from freqpure._fileio import check_output_file
-    from freqpure.purifiers import DiffPure
-    from freqpure.samplers import StepNoise
+    from freqpure.evaluation.lock import RunLock
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise UsageError(f"--limit must be a whole number >= 1 (the first N images), got {limit!r}")
     out = check_output_file(out, "output", force=force)
+    lock = RunLock(out.parent, name=f".{out.name}.lock", subject=f"output {out}").acquire()
+    try:  # one writer per output: a second purify-data into the same file is refused
+        check_output_file(out, "output", force=force)  # again, under the lock: another run may have finished it
+        return _purify_split(config, out, data_dir=data_dir, limit=limit, progress=progress, save_every=save_every)
+    finally:
+        lock.path.unlink(missing_ok=True)  # while held: a run that opened it meanwhile is refused
+        lock.release()
+
+
+def _purify_split(config: PurifySplitConfig, out: Path, *, data_dir: str | None, limit: int | None, progress: bool,
+                  save_every: int) -> Path:
+    """:func:`purify_split` once the output is checked and locked."""
+    from freqpure.purifiers import DiffPure
+    from freqpure.samplers import StepNoise
+
     partial = out.with_name(out.name + ".partial")
     x_u8, y = load_cifar10(config.split, data_dir)
     if limit is not None:

@@ -25,9 +25,11 @@ LOCK_NAME = ".freqpure.lock"
 class RunLock:
     """``RunLock(folder).acquire()`` … ``release()`` (or ``with RunLock(folder):``)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, name: str = LOCK_NAME, subject: str | None = None) -> None:
+        """``name``: the lock file in ``folder``; ``subject``: what is locked, for the messages (the folder)."""
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_NAME
+        self.path = self.folder / name
+        self.subject = subject or f"run folder {self.folder}"
         self._fd: int | None = None
         self.created_folder = False  # set by the caller when this run made the folder
 
@@ -46,7 +48,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "an unknown process"
             os.close(fd)
-            raise RunFolderError(f"run folder {self.folder} is in use by another freqpure run ({holder}); wait for "
+            raise RunFolderError(f"{self.subject} is in use by another freqpure run ({holder}); wait for "
                                  "it to finish or choose another --out") from None
         except BaseException:
             os.close(fd)
@@ -54,7 +56,7 @@ class RunLock:
         if not self._still_named(fd):  # a finished run removed the file between our open and our lock
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            raise RunFolderError(f"run folder {self.folder} was in use by another freqpure run that has just "
+            raise RunFolderError(f"{self.subject} was in use by another freqpure run that has just "
                                  "finished; choose another --out (or try again)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
