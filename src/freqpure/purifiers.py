@@ -247,7 +247,7 @@ class Purifier(nn.Module):
 
         Not clamped to [0, 1] on purpose: a clamp has zero gradient wherever it is active, which would hide part
         of the defence from gradient attacks, and every recorded evaluation gave the classifier these exact
-        values. A few pixels may land slightly outside [0, 1] (about -0.01 … 1.06 on CIFAR-10); use
+        values. A few pixels may land outside [0, 1] (by up to about 0.1 on CIFAR-10); use
         ``purifier(x).clamp(0, 1)`` to view or save images (``freqpure purify`` does). Each call draws fresh
         noise from the generator seeded with ``seed`` (the k-th call of two purifiers built alike is the same);
         pass ``noise=StepNoise(s)`` for the same output on every call.

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{_TABLE['amp_radius']:g}, preset bundled-table: the paper's CIFAR-10 radius, 2.8%% of a "
                         "32x32 spectrum)")
     p.add_argument("--gradient", choices=("full", "surrogate", "bpda"),
-                   help="gradient through the purifier: full, surrogate or bpda (default: full, exact, checkpointed)")
+                   help="gradient through the purifier: full (exact, through every step), surrogate or bpda "
+                        "(default: full)")
     p.add_argument("--surrogate-rounds", help="surrogate plan for --gradient surrogate (default: t*:1)")
     p.add_argument("--batch-size", type=int, help="images per batch (default: 8)")
     p.add_argument("--sweep", action="store_true", default=None, help="also run the eps-sweep sanity check (slower)")
