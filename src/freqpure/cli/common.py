@@ -72,17 +72,11 @@ def dataclass_overrides(args: argparse.Namespace, cls: type, *, prefix: str = ""
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; a CUDA request without a GPU is an error."""
-    from freqpure.evaluation.distributed import check_device_name
+    """``--device``: ``auto`` → CUDA when available, else CPU; a device this machine lacks is an error
+    (:func:`freqpure.evaluation.distributed.resolve_device`, the one resolver, with the flag's name)."""
+    from freqpure.evaluation.distributed import resolve_device as resolve
 
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(check_device_name(name, "--device"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} requested but no CUDA device is available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    return resolve(name, what="--device")
 
 
 # ------------------------------------------------------------------------------ one CLI vocabulary

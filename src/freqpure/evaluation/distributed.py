@@ -32,16 +32,19 @@ def check_device_name(name: object, what: str = "device") -> str:
     return name
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; otherwise ``torch.device(name)``."""
-    check_device_name(name)
+def resolve_device(name: str | None, local_rank: int = 0, what: str = "device") -> torch.device:
+    """``auto`` (or ``None``) → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; otherwise
+    ``torch.device(name)``, refused (naming ``what``, e.g. ``--device``) when that device is not here.
+    The one device resolver of the library and the CLI."""
+    name = "auto" if name is None else name
+    check_device_name(name, what)
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} requested but CUDA is not available")
+        raise UsageError(f"{what} {name} requested but no CUDA device is available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise UsageError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -96,7 +96,7 @@ def clean_state(stage: StageConfig, setting: SettingConfig, study: StudyConfig) 
     """What a clean-stage setting's records depend on (saved as config.yaml; a change is refused).
 
     The purifier's ``precision`` is saved resolved (``auto`` -> what it means on the study's device)."""
-    from freqpure.cli.common import resolve_device
+    from freqpure.evaluation.distributed import resolve_device
 
     purifier = with_resolved_precision(setting.purifier, resolve_device(study.device))
     return {"setting": to_dict(replace(setting, purifier=purifier)), "classifier": study.classifier,

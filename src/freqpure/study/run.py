@@ -162,7 +162,7 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
     ``runs`` are relative to (the study config's).
     """
     import freqpure
-    from freqpure.cli.common import resolve_device
+    from freqpure.evaluation.distributed import resolve_device
     from freqpure.evaluation.lock import RunLock
     from freqpure.evaluation.runner import evaluate
 
