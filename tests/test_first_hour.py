@@ -56,8 +56,8 @@ def test_every_set_example_in_the_help_is_accepted_by_its_command() -> None:
         overrides = re.findall(r"--set (\S+)", example)
         assert overrides, (name, action.help)
         cls = _settings_class(name)
-        if cls is PurifierConfig or cls.__name__ == "EvalConfig":
-            base = cls()
+        if name == "study":  # a study needs its stages: the shipped one
+            base = load_yaml(cls, ROOT / "configs" / "study-cifar10.yaml")
         else:
             base = from_dict(cls, {})
         apply_overrides(base, overrides)  # raises on an unknown key
