@@ -214,7 +214,7 @@ def test_purified_output_is_not_clamped_and_says_why() -> None:
 def test_demo_estimate_calibration_is_per_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from freqpure.evaluation import demo
 
-    monkeypatch.setenv("FREQPURE_CACHE", str(tmp_path))
+    monkeypatch.setenv("FREQPURE_CACHE_DIR", str(tmp_path))
     assert demo.calibration_file() == tmp_path / "demo-timing.json"
     key = demo.machine_key(torch.device("cpu"), 2)
     assert key.endswith("| 2 thread(s) | cpu") and demo.cpu_model() in key

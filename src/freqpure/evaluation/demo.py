@@ -228,12 +228,12 @@ _CALIBRATION_KEEP = 5  # the last few ratios of a machine: its load changes, its
 
 
 def calibration_file() -> Path:
-    """Where the demo keeps its measured ``wall / estimate`` ratios: ``$FREQPURE_CACHE/demo-timing.json``, else
-    ``$XDG_CACHE_HOME/freqpure/…``, else ``~/.cache/freqpure/…``."""
-    root = os.environ.get("FREQPURE_CACHE")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "freqpure")
-    return Path(root) / "demo-timing.json"
+    """Where the demo keeps its measured ``wall / estimate`` ratios: ``demo-timing.json`` in the user cache folder
+    (:func:`freqpure.precision.cache_dir`: ``$FREQPURE_CACHE_DIR``, ``$XDG_CACHE_HOME/freqpure`` or
+    ``~/.cache/freqpure``), next to the precision decisions."""
+    from freqpure.precision import cache_dir
+
+    return cache_dir() / "demo-timing.json"
 
 
 def cpu_model() -> str:
