@@ -236,7 +236,7 @@ def test_purify_manifest_records_the_resolved_precision(tmp_path, real_images) -
         main(["purify", str(tmp_path / "in"), "--out", str(tmp_path / "x"), "--precision", "fp16"])
 
 
-def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> None:
+def test_a_run_dir_from_before_the_precision_key_resumes_at_any_precision(tmp_path) -> None:
     import yaml
 
     from freqpure.config import dump_yaml, to_dict
@@ -249,8 +249,12 @@ def test_a_run_dir_from_before_the_precision_key_resumes_as_fp32(tmp_path) -> No
     del old["purifier"]["precision"]  # a config.yaml written before precision existed
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     prepare_run_dir(tmp_path, cfg, resume=True, write=False)  # same run: accepted
-    with pytest.raises(FreqpureError, match="precision"):
-        prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=bf16"])),
+    # another precision continues the run (each record names its own, issue #21); a changed attack does not
+    prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=bf16"])),
+                    resume=True, write=False)
+    with pytest.raises(FreqpureError, match="attacks"):
+        prepare_run_dir(tmp_path, with_resolved_precision(load_eval_config(None, ["purifier.precision=fp32",
+                                                                                  "attacks.0.steps=3"])),
                         resume=True, write=False)
     assert "precision: fp32" in dump_yaml(cfg)
 
