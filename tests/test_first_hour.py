@@ -308,3 +308,24 @@ def test_readme_evaluate_your_own_classifier(tmp_path: Path) -> None:
     assert results.config["classifier"]["name"] == "my-net"
     readme = (ROOT / "README.md").read_text()
     assert "evaluate(cfg, \"runs/my-net\", models=(clf, eps))" in readme
+
+
+def test_purify_two_folders_with_equal_names_end_to_end(tmp_path: Path) -> None:
+    import json
+
+    from PIL import Image
+
+    from freqpure.cli.main import main
+    from helpers import model_name, one_thread
+
+    for folder, shade in (("a", 60), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (32, 32), (shade, shade, shade)).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    with one_thread():
+        assert main(["purify", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--rounds", "20:1",
+                     "--diffusion", model_name("cifar10-ddpm-small"), "--device", "cpu", "--threads", "1",
+                     "--no-progress"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a/x.png", "b/x.png"]
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert {f["output"]: Path(f["input"]).parent.name for f in files} == {"a/x.png": "a", "b/x.png": "b"}
