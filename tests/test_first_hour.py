@@ -329,3 +329,11 @@ def test_purify_two_folders_with_equal_names_end_to_end(tmp_path: Path) -> None:
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a/x.png", "b/x.png"]
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert {f["output"]: Path(f["input"]).parent.name for f in files} == {"a/x.png": "a", "b/x.png": "b"}
+
+
+def test_freqpure_takes_t_star_like_diffpure() -> None:
+    plan = FreqPure(_toy_eps, 2, 2, t_star=20, steps=2).rounds
+    assert [(r.t_star, r.steps) for r in plan] == [(20, 2)]
+    assert [(r.t_star, r.steps) for r in DiffPure(_toy_eps, t_star=20, steps=2).rounds] == [(20, 2)]
+    with pytest.raises(UsageError, match="name the same setting"):
+        FreqPure(_toy_eps, 2, 2, 0.3, 30, t_star=20)

@@ -348,7 +348,8 @@ class FreqPure(Purifier):
         amp_radius: ASE radius (frequency-index units of the centred spectrum; ``None`` disables).
         phase_radius: PSP radius (``None`` disables).
         delta: PSP half-width in radians.
-        t_start: noise level t* in diffusion steps (1..1000) of a single-round plan.
+        t_start: noise level t* in diffusion steps (1..1000) of a single-round plan (positional; the keyword
+            ``t_star`` says the same, as in :class:`DiffPure`).
         steps: denoising steps of a single-round plan.
         reference: ``"input"`` — the image being purified (the paper); ``"denoised"`` — the round's
             input (the previous round's output in multi-round plans) noised to ``reference_t`` and
@@ -373,6 +374,7 @@ class FreqPure(Purifier):
         t_start: int = DEFAULTS["t_star"],
         steps: int = DEFAULTS["steps"],
         *,
+        t_star: int | None = None,
         reference: Reference | None = None,
         reference_t: int = DEFAULTS["reference_t"],
         recompute_reference: bool = False,
@@ -380,6 +382,10 @@ class FreqPure(Purifier):
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
+        if t_star is not None:  # DiffPure's name for the same setting
+            if t_start not in (t_star, DEFAULTS["t_star"]):
+                raise UsageError(f"t_star={t_star} and t_start={t_start} name the same setting; give one of them")
+            t_start = t_star
         if rounds is None:
             t_start, steps = _check_int(t_start, "t_start", 1), _check_int(steps, "steps", 1)
         super().__init__(eps_model, rounds or [PurificationRound(t_start, steps)], **kwargs)
