@@ -136,3 +136,15 @@ def test_parts_are_chosen_by_stage_and_name(tmp_path):
     study = load_study_config(REPO / "configs" / "study-cifar10.yaml")
     with pytest.raises(UsageError, match="unknown part"):
         run_study(study, tmp_path / "o", parts=["stage4-honest-protocol/nope"], progress=False)
+
+
+def test_a_refused_run_folder_keeps_no_lock_file(tmp_path):
+    from freqpure.evaluation.lock import LOCK_NAME
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.json").write_text("{}")  # another run's results, without its config.yaml
+    with pytest.raises(RunFolderError, match="no config.yaml"):
+        evaluate(load_eval_config(None, TINY), foreign, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["results.json"]  # no lock file, no parts/
+    assert LOCK_NAME not in {p.name for p in foreign.iterdir()}

@@ -40,6 +40,7 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
     """
     _check_data(cfg)  # a missing data set is reported before a run folder is made
     created = not out.exists()
+    lock_file_existed, parts_existed = (out / LOCK_NAME).exists(), (out / "parts").exists()
     _check_writable(out)
     lock = None
     try:
@@ -53,7 +54,14 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
             tmp.replace(out / "config.yaml")
     except BaseException:
         if lock is not None:
+            if not lock_file_existed:  # a refused folder keeps nothing of this run (removed while held)
+                lock.path.unlink(missing_ok=True)
             lock.release()
+        if not parts_existed and not created:
+            try:
+                (out / "parts").rmdir()  # made by the writability check; only when still empty
+            except OSError:
+                pass
         raise
     return lock
 
