@@ -13,8 +13,18 @@ from freqpure.evaluation.runner import Purpose, Scope, batch_stream
 from freqpure.samplers import NOISE_SCHEME, DrawNoise, StepNoise, _encode, derive_key
 
 
-def test_scheme_is_named() -> None:
-    assert NOISE_SCHEME == "blake2b-philox-v2"
+def test_the_default_scheme_is_the_one_the_committed_records_were_drawn_with() -> None:
+    """Changing the default scheme would leave every committed run (and the study) on another scheme than new
+    runs: they must keep naming theirs, and the default must stay the one they name."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    schemes = {json.loads(line).get("noise_scheme") for f in root.rglob("samples.jsonl")
+               for line in f.read_text().splitlines()[:1] if '"clean_correct"' in line}
+    from freqpure.noise import NOISE_SCHEMES
+
+    assert NOISE_SCHEME in schemes and schemes - {None} <= set(NOISE_SCHEMES)  # every recorded one still draws
 
 
 def test_draws_replay_and_do_not_depend_on_order_device_or_dtype() -> None:

@@ -22,6 +22,8 @@ from freqpure.study import (
 from freqpure.study.clean import _band_masks as band_masks
 from helpers import model_name
 
+pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library (FREQPURE_DATA or ../shared)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -54,7 +56,7 @@ def test_band_noise_lies_in_its_band_and_passthrough_reads_it():
 def _study(tmp_path: Path, stages: list[dict]) -> StudyConfig:
     return from_dict(StudyConfig, {"name": "tiny", "classifier": model_name("cifar10-resnet-small"),
                                    "diffusion": model_name("cifar10-ddpm-small"), "device": "cpu",
-                                   "data_dir": str(REPO.parent / "shared" / "data" / "cifar10"), "stages": stages})
+                                   "data_dir": None, "stages": stages})  # the library finds the data itself
 
 
 CLEAN_STAGE = {
