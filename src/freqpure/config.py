@@ -259,7 +259,6 @@ def _drop_unset(cfg: Any, out: dict[str, Any]) -> None:
             _drop_unset(value, out[f.name])
 
 
-
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-validate; returns a new config.
 

@@ -422,6 +422,7 @@ def _sanity_rows(results: Results) -> list[dict[str, Any]]:
     sweep = s.get("eps_sweep")
     if sweep:
         points = ", ".join(f"ε = {e * 255:.3g}/255: {_pct(a)}" for e, a in zip(sweep["eps"], sweep["accuracy"]))
+        points = points or str(sweep.get("verdict", ""))  # a sweep not run says why
         rows.append({"check": f"accuracy falls as ε grows ({sweep['attack']}, {sweep['samples']} images)",
                      "result": points, "ok": sweep["falls"]})
     return rows

@@ -375,7 +375,7 @@ def checked_records(cfg: EvalConfig, out: Path, wanted: list[int],
     return [records[i] for i in wanted]
 
 
-def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner, keys: list[tuple[str, str, float]],
+def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner | None, keys: list[tuple[str, str, float]],
              *, wall: float, world_size: int = 1, resumed: bool = False) -> Results:
     """Summarise ``samples.jsonl`` (+ sanity sweep) into results.json / results.md / examples.npz.
 
@@ -481,8 +481,9 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[str, Accuracy],
-                  runner: BatchRunner, data: EvalData, warnings: list[str]) -> dict[str, Any]:
-    """Undefended accuracy, gradient checks and the eps sweep; appends to ``warnings``."""
+                  runner: BatchRunner | None, data: EvalData, warnings: list[str]) -> dict[str, Any]:
+    """Undefended accuracy, gradient checks and the eps sweep (not run without a ``runner``); appends to
+    ``warnings``."""
     s = cfg.sanity
     report: dict[str, Any] = {"enabled": s.enabled}
     if not s.enabled:
@@ -505,7 +506,10 @@ def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[st
                 warnings.append(f"{a.display()}: {bad} sample(s) got a zero or non-finite first gradient through "
                                 "the purifier (gradient masking or a broken gradient path)")
         report["gradients_finite_nonzero"] = grads
-    if s.eps_sweep:
+    if s.eps_sweep and runner is None:  # results written from the records alone: nothing is attacked anew
+        report["eps_sweep"] = {"attack": cfg.attacks[0].display(), "samples": 0, "eps": [], "accuracy": [],
+                               "falls": None, "verdict": "not run (results.json written from the records alone)"}
+    elif s.eps_sweep:
         report["eps_sweep"] = eps_sweep(cfg, recs, runner, data, warnings)
     return report
 
