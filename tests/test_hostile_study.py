@@ -124,3 +124,15 @@ def test_a_killed_invocation_keeps_its_time_in_timing_json(tmp_path):
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert [i["completed"] for i in timing["invocations"]] == [False, True]
     assert yaml.safe_load((tmp_path / "timing.json").read_text())  # still one valid document
+
+
+def test_an_absurd_thread_count_from_the_environment_is_one_clear_error(monkeypatch):
+    import torch
+
+    from freqpure.runtime import configure_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("FREQPURE_THREADS", "100000")
+    with pytest.raises(UsageError, match="threads must be at most"):
+        configure_threads()
+    assert torch.get_num_threads() == before  # nothing was set

@@ -67,6 +67,9 @@ def configure_threads(threads: int | None = None) -> int:
         threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    if threads > limit:  # torch crashes (a segfault) on absurd counts, from --threads or $FREQPURE_THREADS alike
+        raise UsageError(f"threads must be at most {limit} (this machine has {os.cpu_count()} cores), got {threads}")
     torch.set_num_threads(threads)
     return torch.get_num_threads()
 

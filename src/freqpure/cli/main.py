@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from freqpure.runtime import configure_threads
 
-        # one thread policy for every command (README "Speed")
+        # one thread policy for every command (docs/usage.md, "Threads and precision")
         configure_threads(_check_threads(getattr(args, "threads", None)))
         return int(args.func(args) or 0)
     except BrokenPipeError:  # the reader went away (`freqpure models | head`): not an error
