@@ -19,7 +19,6 @@ KNOWN_CIRCLES = {
     frozenset({"freqpure.attacks.band", "freqpure.attacks.pgd"}),
     frozenset({"freqpure.evaluation.demo", "freqpure.report"}),
     frozenset({"freqpure.config", "freqpure.presets", "freqpure.purifiers"}),
-    frozenset({"freqpure.noise", "freqpure.samplers"}),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 
 from freqpure.attacks.eot import EOTGradient
 from freqpure.evaluation.runner import Purpose, Scope, batch_stream
-from freqpure.samplers import NOISE_SCHEME, DrawNoise, StepNoise, _encode, derive_key
+from freqpure.noise import NOISE_SCHEME, DrawNoise, StepNoise, _encode, derive_key
 
 
 def test_the_default_scheme_is_the_one_the_committed_records_were_drawn_with() -> None:

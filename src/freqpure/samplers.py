@@ -21,18 +21,17 @@ No sampler disables gradients: wrap calls in ``torch.no_grad()`` when you do not
 
 from __future__ import annotations
 
-import hashlib
 import math
-import threading
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, checkpoint_policy, run_step
 from freqpure.errors import UsageError
-from freqpure.noise import CounterNoise, counter_normals, identity_words, make_noise
+
+# the noise streams live in freqpure.noise; re-exported here for existing imports
+from freqpure.noise import NOISE_SCHEME, DrawNoise, StepNoise, derive_key, path_rng
 from freqpure.schedules import VPSDE, LinearBetaSchedule, validate_timesteps
 
 __all__ = [
@@ -59,241 +58,9 @@ __all__ = [
     "vpsde_reverse_drift",
 ]
 
-# Name of the scheme that derives noise streams from seeds (StepNoise paths and draws, the evaluation's
-# per-batch streams). Written into every results file; change it whenever the derivation changes, so
-# old results say which scheme made them ("linear-v1": the earlier linear seed mixing, whose streams
-# collided, e.g. StepNoise(0).child(31) == StepNoise(17).child(0)).
-NOISE_SCHEME = "blake2b-philox-v2"
-
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 X0Hook = Callable[[Tensor, int], Tensor]
 NoiseFn = Callable[[int, Tensor], Tensor]
-
-_DOMAIN = b"freqpure/noise/v2\x00"
-_SALT_LIMIT = 2**63
-_DRAW = _DOMAIN + b"draw\x00"
-
-
-def _encode(values: Sequence[int]) -> bytes:
-    """Prefix-free byte encoding of a sequence of ints: per value, a length byte then its signed bytes.
-
-    Injective: two different sequences (any lengths, any signs) never give the same bytes.
-    """
-    return b"".join(_encode_int(int(v)) for v in values)
-
-
-def _encode_int(v: int) -> bytes:
-    if 0 <= v < _SMALL_N:
-        return _SMALL[v]
-    raw = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
-    return bytes((len(raw),)) + raw
-
-
-_SMALL_N = 1 << 17  # step keys, rounds, draws, images, batches: encoded once (same bytes as below)
-_SMALL = [bytes((len(r),)) + r for r in (v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
-                                         for v in range(_SMALL_N))]
-
-
-def derive_key(tag: bytes, path: Sequence[int]) -> int:
-    """The 128-bit key of ``path`` (a sequence of ints) for purpose ``tag``: BLAKE2b-128 of its encoding."""
-    digest = hashlib.blake2b(_DOMAIN + tag + b"\x00" + _encode(path), digest_size=16).digest()
-    return int.from_bytes(digest, "little")
-
-
-def path_rng(tag: bytes, path: Sequence[int]) -> np.random.Generator:
-    """A numpy generator (Philox-4x64, 128-bit key :func:`derive_key`) for ``path``: independent per path."""
-    return np.random.Generator(np.random.Philox(key=derive_key(tag, path)))
-
-
-_LOCAL = threading.local()  # one reusable numpy Philox generator per thread
-_M64 = 2**64 - 1
-
-
-def _philox_normals(key: int, out: np.ndarray) -> None:
-    """Fill float32 ``out`` with ``Generator(Philox(key=key)).standard_normal(out.shape, dtype=float32)``.
-
-    Bit-identical to building that generator, without its cost: a fresh ``Philox(key=...)`` first seeds
-    itself from OS entropy before the key replaces it, so one generator per thread is re-keyed instead.
-    """
-    gen = getattr(_LOCAL, "gen", None)
-    if gen is None:
-        gen = _LOCAL.gen = np.random.Generator(np.random.Philox(key=0))
-    gen.bit_generator.state = {
-        "bit_generator": "Philox",
-        "state": {"counter": np.zeros(4, dtype=np.uint64),
-                  "key": np.array([key & _M64, (key >> 64) & _M64], dtype=np.uint64)},
-        "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0,
-    }
-    gen.standard_normal(out=out, dtype=np.float32)
-
-
-def _host_buffer(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """An uninitialised float32 host tensor for draws bound for ``device`` (pinned when that is a GPU)."""
-    return torch.empty(shape, dtype=torch.float32, pin_memory=device.type == "cuda")
-
-
-def _to_like(z: Tensor, like: Tensor) -> Tensor:
-    """Host draws ``z`` → ``like``'s device and dtype (a non-blocking copy from pinned memory on a GPU)."""
-    if like.device.type == "cpu":
-        return z.to(dtype=like.dtype)
-    return z.to(device=like.device, non_blocking=True).to(like.dtype)
-
-
-class StepNoise:
-    """Deterministic Gaussian noise addressed by an integer key: ``noise(key, like)``.
-
-    ``StepNoise(seed)(k, x)`` returns the same standard-normal tensor shaped like ``x`` every time it
-    is called with the same ``seed`` and ``k``, independent of call order, device and dtype (draws are
-    made in float32 on the CPU and then moved). ``child(salt)`` is an independent stream; a stream is
-    its *path* ``(seed, salt1, salt2, ...)``.
-
-    Derivation (scheme :data:`NOISE_SCHEME` = ``"blake2b-philox-v2"``): the draw ``k`` of the stream
-    with path ``p`` comes from a Philox-4x64 generator keyed by the 128-bit BLAKE2b hash of the
-    prefix-free encoding of ``p + (k,)``. Why a hash and not ``numpy.random.SeedSequence``: the
-    encoding is injective, so different (path, key) pairs are different hash inputs by construction
-    (SeedSequence packs spawn keys into 32-bit words, so ``(5, 2**32 + 3)`` and ``(5, 3, 1)`` are the
-    same input), streams are addressable without state or enumeration, and a collision needs a
-    128-bit hash collision (about 2**-128 per pair; a run draws fewer than 2**40 times). It also
-    replaces ``torch.Generator`` seeding, which on the CPU keeps only the low 32 bits of a seed, so
-    that two of a run's millions of streams would share a seed by the birthday bound.
-
-    The rows of ``x`` are drawn together from one stream: row ``i`` of a batch depends on the batch
-    size. Where batches are chunked, address rows separately (see
-    :class:`DrawNoise` and :meth:`rows`).
-    """
-
-    __slots__ = ("seed", "path", "_prefix")
-
-    def __init__(self, seed: int, path: Sequence[int] = ()) -> None:
-        self.seed = int(seed)
-        self.path = tuple(int(p) for p in path)
-        self._prefix = _encode(self.full_path)
-
-    @property
-    def full_path(self) -> tuple[int, ...]:
-        """``(seed, *path)``: the stream's identity."""
-        return (self.seed, *self.path)
-
-    def key(self, key: int) -> int:
-        """The 128-bit Philox key of draw ``key`` of this stream (:func:`derive_key` of ``(*full_path, key)``)."""
-        message = _DRAW + self._prefix + _encode_int(int(key))
-        return int.from_bytes(hashlib.blake2b(message, digest_size=16).digest(), "little")
-
-    scheme = NOISE_SCHEME
-
-    def __call__(self, key: int, like: Tensor) -> Tensor:
-        buf = _host_buffer(tuple(like.shape), like.device)
-        _philox_normals(self.key(key), buf.numpy())
-        return _to_like(buf, like)
-
-    def child(self, salt: int) -> StepNoise:
-        """An independent stream (e.g. per round, per EOT draw or per image): path ``path + (salt,)``."""
-        salt = int(salt)
-        if not -_SALT_LIMIT <= salt < _SALT_LIMIT:
-            raise UsageError(f"noise salt must fit in 64 bits, got {salt}")
-        child = object.__new__(StepNoise)  # the path's encoding extends the parent's (no re-encoding)
-        child.seed, child.path, child._prefix = self.seed, (*self.path, salt), self._prefix + _encode_int(salt)
-        return child
-
-    def rows(self, n: int) -> list[StepNoise]:
-        """One stream per row of an ``n``-row batch (``child(i)`` for row ``i``)."""
-        return [self.child(i) for i in range(n)]
-
-    def rng(self) -> np.random.Generator:
-        """A numpy generator for this stream's non-Gaussian draws (e.g. random starts)."""
-        return path_rng(b"rng", self.full_path)
-
-    def int_seed(self, bits: int = 63) -> int:
-        """A ``bits``-bit integer seed for libraries that take one (e.g. AutoAttack)."""
-        return derive_key(b"int", self.full_path) % (2**bits)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, StepNoise) and other.full_path == self.full_path
-
-    def __hash__(self) -> int:
-        return hash(self.full_path)
-
-    def __repr__(self) -> str:
-        return f"StepNoise(seed={self.seed}" + (f", path={self.path})" if self.path else ")")
-
-
-class DrawNoise:
-    """Noise for a draw-major batch ``[K·B, ...]``: draw ``k`` takes its slice from its own stream.
-
-    A :class:`~freqpure.attacks.eot.NoiseSource` (``noise(key, like)``, ``child(salt)``, ``rows(n)``), so any purifier
-    accepts it. With one stream per row (``DrawNoise(noise.rows(n))``) every row has its own draws,
-    so splitting the batch into chunks of any size never changes them.
-    """
-
-    def __init__(self, streams: Sequence[StepNoise]) -> None:
-        if not streams:
-            raise UsageError("DrawNoise needs at least one stream")
-        self.streams = list(streams)
-
-    @classmethod
-    def from_seed(cls, seed: int, draws: int, scheme: str | None = None) -> DrawNoise:
-        """``draws`` independent streams derived from ``seed`` (noise scheme ``scheme``; default
-        :data:`NOISE_SCHEME`)."""
-        base = make_noise(seed, (), scheme)
-        return cls([base.child(k) for k in range(draws)])
-
-    def __len__(self) -> int:
-        return len(self.streams)
-
-    def __call__(self, key: int, like: Tensor) -> Tensor:
-        """All streams' draws ``key`` in one call: ``[K·m, ...]`` shaped like ``like`` (stream ``k`` fills rows
-        ``k·m .. (k+1)·m − 1``). Counter streams draw on ``like``'s device in one batched call; Philox streams
-        fill one host buffer (pinned for a GPU) moved in one copy; the numbers are each stream's own."""
-        k = len(self.streams)
-        if like.shape[0] % k:
-            raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
-        part_shape = (like.shape[0] // k, *like.shape[1:])
-        if self._kind == "counter":
-            words = self._identity_words(like.device)
-            return counter_normals(words, key, math.prod(part_shape)).reshape(like.shape).to(like.dtype)
-        if self._kind == "philox":
-            buf = _host_buffer((k, *part_shape), like.device)
-            arr = buf.numpy()
-            for i, s in enumerate(self.streams):
-                _philox_normals(s.key(key), arr[i])
-            return _to_like(buf.view(like.shape), like)
-        part = like[: like.shape[0] // k]
-        return torch.cat([s(key, part) for s in self.streams]) if k > 1 else self.streams[0](key, part)
-
-    @property
-    def _kind(self) -> str:
-        kinds = {type(s) for s in self.streams}
-        if kinds == {StepNoise}:
-            return "philox"
-        if kinds == {CounterNoise}:
-            return "counter"
-        return "mixed"  # subclasses with draws of their own: each stream is asked
-
-    def _identity_words(self, device: torch.device) -> Tensor:
-        """The streams' identity words ``[K, 4]`` on ``device``, made once per device."""
-        cache = self.__dict__.setdefault("_words", {})
-        words = cache.get(device)
-        if words is None:
-            words = cache[device] = identity_words([s.identity for s in self.streams], device)
-        return words
-
-    def child(self, salt: int) -> DrawNoise:
-        return DrawNoise([s.child(salt) for s in self.streams])
-
-    def rows(self, n: int) -> list[StepNoise]:
-        """One stream per row of an ``n``-row batch: stream ``k``'s rows for the ``k``-th share."""
-        k = len(self.streams)
-        if n % k:
-            raise UsageError(f"batch of {n} is not a multiple of the {k} draws")
-        return [row for s in self.streams for row in s.rows(n // k)]
-
-    def select(self, start: int, stop: int) -> DrawNoise:
-        """The streams of draws ``start..stop-1``."""
-        return DrawNoise(self.streams[start:stop])
-
-    def __repr__(self) -> str:
-        return f"DrawNoise({len(self.streams)} draws, first={self.streams[0]!r})"
-
 
 def _broadcast(values: Tensor, x: Tensor) -> Tensor:
     """float64 scalar(s) → x's dtype/device, shaped to broadcast over ``[B, C, H, W]``."""
