@@ -13,7 +13,7 @@ from torch import nn
 
 import freqpure
 import freqpure._checks as checks
-import freqpure.attacks.band as band
+import freqpure.attacks.band_projection as band
 import freqpure.checkpointing as ckpt
 import freqpure.spectral as spectral
 from freqpure.attacks.eot import EOTGradient

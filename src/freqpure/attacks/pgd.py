@@ -125,7 +125,7 @@ def pgd(
         band_max_radius: restrict the perturbation to the centred-spectrum disc of this radius
             (frequency-index units): after every step (and after the random start) the perturbation is
             projected onto the band, then onto the eps ball, then into [0, 1] (see
-            :func:`freqpure.attacks.band.band_constrain`); ``None``: unrestricted.
+            :func:`freqpure.attacks.band_projection.band_constrain`); ``None``: unrestricted.
     """
     norm = parse_enum(Norm, norm, "norm")
     if not (eps > 0 and math.isfinite(eps)):
@@ -155,7 +155,7 @@ def _pgd_loop(loss_and_grad: LossAndGrad, x: Tensor, y: Tensor, norm: Norm, eps:
         def constrain(delta: Tensor) -> Tensor:
             return (x + project(delta, norm, eps)).clamp(0, 1)
     else:
-        from freqpure.attacks.band import band_constrain, check_band_radius
+        from freqpure.attacks.band_projection import band_constrain, check_band_radius
 
         radius = check_band_radius(band_max_radius)
 
