@@ -16,7 +16,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "src" / "freqpure"
 
 KNOWN_CIRCLES = {
-    frozenset({"freqpure.evaluation.demo", "freqpure.report"}),
     frozenset({"freqpure.config", "freqpure.presets", "freqpure.purifiers"}),
 }
 

@@ -12,7 +12,7 @@ configuration folded away at the end.
 
 Accepted directories (detected in this order):
 
-* **demo dir** — ``results.json`` written by ``freqpure demo`` (:class:`~freqpure.evaluation.demo.DemoSummary`)
+* **demo dir** — ``results.json`` written by ``freqpure demo`` (:class:`~freqpure.evaluation.demo_summary.DemoSummary`)
   and one run dir per defence (``none/``, ``diffpure/``, ``freqpure/``), optionally ``grid.png``;
 * **run dir** — ``config.yaml``, ``results.json`` (any schema version, read with
   :func:`freqpure.evaluation.results.read_results`) and ``examples.npz``; ``samples.jsonl`` when present
@@ -258,7 +258,7 @@ class ReportInputs:
         subs = _sub_runs(directory)
         analysis = _load_analysis(directory)
         if subs:
-            from freqpure.evaluation.demo import DemoSummary
+            from freqpure.evaluation.demo_summary import DemoSummary
 
             summary_path = _require(directory / "results.json", "a demo dir holds a top-level results.json")
             demo = DemoSummary.from_dict(_read_json(summary_path), str(summary_path))

@@ -21,18 +21,17 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
-from freqpure.evaluation.results import SCHEMA_VERSION, Results, package_versions, read_results, write_json
+from freqpure.evaluation.demo_summary import DemoSummary
+from freqpure.evaluation.results import Results, read_results, write_json
 from freqpure.presets import PRESETS
-from freqpure.samplers import NOISE_SCHEME
 
 __all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
            "format_table", "read_demo", "settings_line", "reading_line"]
@@ -109,38 +108,6 @@ def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]
             sanity=SanityConfig(eps_sweep=[2.0] if s.sweep else [], sweep_samples=min(8, s.n)),
         )
     return cfgs
-
-
-@dataclass
-class DemoSummary:
-    """``OUT/results.json`` of a demo: the settings, where each defence's run is, time estimate and wall time."""
-
-    settings: dict[str, Any]
-    runs: dict[str, str]  # defence -> run directory relative to OUT
-    estimate_seconds: float | None
-    wall_seconds: float
-    threads: int
-    machine: str = ""  # processor | threads | device, as the estimate's calibration keys it
-    load_average: str = ""  # at the end of the run
-    grid: str = "grid.png"
-    noise_scheme: str = NOISE_SCHEME
-    versions: dict[str, str] = field(default_factory=package_versions)
-    schema_version: int = SCHEMA_VERSION
-    kind: str = "freqpure-demo"
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "demo results.json") -> DemoSummary:
-        if not isinstance(data, dict) or data.get("kind") != "freqpure-demo" or "runs" not in data:
-            raise UsageError(f"{where}: not a demo summary (written by freqpure demo)")
-        return cls(settings=dict(data["settings"]), runs={str(k): str(v) for k, v in data["runs"].items()},
-                   estimate_seconds=data.get("estimate_seconds"), wall_seconds=float(data.get("wall_seconds", 0.0)),
-                   threads=int(data.get("threads", 1)), machine=str(data.get("machine", "")),
-                   load_average=str(data.get("load_average", "")), grid=str(data.get("grid", "grid.png")),
-                   noise_scheme=str(data.get("noise_scheme", "")), versions=dict(data.get("versions") or {}),
-                   schema_version=int(data.get("schema_version", SCHEMA_VERSION)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def read_demo(out: str | Path) -> tuple[DemoSummary, dict[str, Results]]:
