@@ -13,9 +13,9 @@ import torch
 
 from freqpure import DiffPure, FreqPure, StepNoise
 from freqpure.cli.main import build_parser
-from freqpure.config import PurifierConfig, apply_overrides, from_dict, load_yaml, to_dict
+from freqpure.config import PurifierConfig, apply_overrides, from_dict, load_yaml, preset, to_dict
 from freqpure.errors import UsageError
-from freqpure.presets import DEFAULTS, PRESETS, preset
+from freqpure.presets import DEFAULTS, PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 

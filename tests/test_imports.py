@@ -4,8 +4,8 @@ Read from the code (every ``import``/``from … import`` of ``freqpure``, functi
 import of a package's ``__init__`` facade is not an edge). The rules:
 
 * the command line is the top floor: no library module imports ``freqpure.cli``;
-* no circles, except the ones listed in :data:`KNOWN_CIRCLES` — debt the redesign of issue #22 removes.
-  The list is a ratchet: a new circle fails, and so does a listed one that is gone (delete it here).
+* no circles. :data:`KNOWN_CIRCLES` would list tolerated ones (it is a ratchet: a new circle fails, and so
+  does a listed one that is gone); it is empty.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src" / "freqpure"
 
-KNOWN_CIRCLES = {
-    frozenset({"freqpure.config", "freqpure.presets", "freqpure.purifiers"}),
-}
+KNOWN_CIRCLES: set[frozenset[str]] = set()  # none left (session 20 removed the last four)
 
 
 def _module(path: Path) -> str:

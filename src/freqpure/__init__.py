@@ -45,7 +45,7 @@ def __getattr__(name: str):  # lazy: the registry imports the model zoo only whe
 
         return getattr(registry, name)
     if name == "preset":
-        from freqpure.presets import preset
+        from freqpure.config import preset
 
         return preset
     if name == "build_purifier":

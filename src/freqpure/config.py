@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from freqpure.errors import NotFoundError, UsageError
-from freqpure.presets import DEFAULTS
+from freqpure.presets import DEFAULTS, PRESETS
 
 __all__ = [
     "PurifierConfig",
@@ -383,4 +383,11 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return lines
 
 
+def preset(name: str, **overrides: Any) -> PurifierConfig:
+    """A :class:`PurifierConfig` of preset ``name`` (:data:`freqpure.presets.PRESETS`) with ``overrides`` on top.
 
+    ``freqpure.build_purifier(freqpure.preset("paper"), eps_model)`` is the paper's FreqPure.
+    """
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return from_dict(PurifierConfig, {**PRESETS[name].settings, **overrides}, f"preset {name}")

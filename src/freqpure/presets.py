@@ -27,9 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from freqpure.errors import UsageError
-
-__all__ = ["DEFAULTS", "PRESETS", "Preset", "preset", "preset_names"]
+__all__ = ["DEFAULTS", "PRESETS", "Preset", "preset_names"]  # preset(): freqpure.config.preset
 
 # The library defaults. PurifierConfig's fields, FreqPure's and DiffPure's signatures read these.
 DEFAULTS: dict[str, Any] = {
@@ -84,15 +82,3 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def preset_names() -> list[str]:
     """The preset names, in table order."""
     return list(PRESETS)
-
-
-def preset(name: str, **overrides: Any) -> Any:
-    """A :class:`freqpure.config.PurifierConfig` of preset ``name`` with ``overrides`` on top.
-
-    ``freqpure.build_purifier(freqpure.preset("paper"), eps_model)`` is the paper's FreqPure.
-    """
-    from freqpure.config import PurifierConfig, from_dict
-
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return from_dict(PurifierConfig, {**PRESETS[name].settings, **overrides}, f"preset {name}")

@@ -31,6 +31,7 @@ from freqpure.config import (
     apply_overrides,
     from_dict,
     parse_yaml,
+    preset,
     read_config_text,
     to_dict,
     with_resolved_precision,
@@ -38,7 +39,7 @@ from freqpure.config import (
 from freqpure.errors import OutputExistsError, UsageError
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
-from freqpure.presets import DEFAULTS, PRESETS, preset
+from freqpure.presets import DEFAULTS, PRESETS
 from freqpure.provenance import environment, write_json_atomic
 
 __all__ = ["register", "run", "load_purifier_settings", "check_output_folder"]
