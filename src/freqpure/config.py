@@ -54,7 +54,7 @@ class PurifierConfig:
     ``step_rule: posterior``). A key equal to its variant's value is stored as ``null`` (one canonical
     form, so a saved config compares equal however it was written); :meth:`effective` gives the values.
 
-    The defaults are the library's (:data:`freqpure.presets.DEFAULTS`); :func:`freqpure.presets.preset` gives
+    The defaults are the library's (:data:`freqpure.presets.DEFAULTS`); :func:`preset` gives
     the named settings (``paper``, ``official-v2``, ``bundled-table``, ...).
     """
 
