@@ -132,7 +132,61 @@ def identity_words(identities: Sequence[int], device: torch.device | str = "cpu"
 # ---------------------------------------------------------------------------------------------
 # The stream
 # ---------------------------------------------------------------------------------------------
-class CounterNoise:
+class _PathStream:
+    """What the streams of both schemes share: a stream is its path ``(seed, salt1, salt2, ...)``
+    (prefix-free encoded once, :func:`_encode`); ``child(salt)`` extends it, ``rows(n)`` gives one child per
+    row; ``rng()`` and ``int_seed()`` derive non-Gaussian draws from it under the scheme's tag."""
+
+    __slots__ = ("seed", "path", "_prefix")
+    scheme = ""
+    _TAG = b""  # domain of rng() / int_seed(): b"" for blake2b-philox-v2, b"counter-v1/" for counter-v1
+
+    def __init__(self, seed: int, path: Sequence[int] = ()) -> None:
+        self.seed = int(seed)
+        self.path = tuple(int(p) for p in path)
+        self._prefix = _encode(self.full_path)
+
+    @property
+    def full_path(self) -> tuple[int, ...]:
+        """``(seed, *path)``: the stream's identity."""
+        return (self.seed, *self.path)
+
+    def child(self, salt: int):
+        """An independent stream (e.g. per round, per EOT draw or per image): path ``path + (salt,)``."""
+        salt = int(salt)
+        if not -_SALT_LIMIT <= salt < _SALT_LIMIT:
+            raise UsageError(f"noise salt must fit in 64 bits, got {salt}")
+        child = object.__new__(type(self))  # the path's encoding extends the parent's (no re-encoding)
+        child.seed, child.path, child._prefix = self.seed, (*self.path, salt), self._prefix + _encode_int(salt)
+        child._fresh()
+        return child
+
+    def _fresh(self) -> None:
+        """Reset a new child's per-stream caches (none here)."""
+
+    def rows(self, n: int) -> list:
+        """One stream per row of an ``n``-row batch (``child(i)`` for row ``i``)."""
+        return [self.child(i) for i in range(n)]
+
+    def rng(self) -> np.random.Generator:
+        """A numpy generator for this stream's non-Gaussian draws (e.g. random starts)."""
+        return path_rng(self._TAG + b"rng", self.full_path)
+
+    def int_seed(self, bits: int = 63) -> int:
+        """A ``bits``-bit integer seed for libraries that take one (e.g. AutoAttack)."""
+        return derive_key(self._TAG + b"int", self.full_path) % (2**bits)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _PathStream) and other.scheme == self.scheme and other.full_path == self.full_path
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.full_path))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed}" + (f", path={self.path})" if self.path else ")")
+
+
+class CounterNoise(_PathStream):
     """Deterministic Gaussian noise (scheme ``counter-v1``) addressed like :class:`StepNoise`.
 
     ``CounterNoise(seed)(k, x)`` is a standard-normal tensor shaped like ``x``, made on ``x``'s device
@@ -141,20 +195,16 @@ class CounterNoise:
     stream; ``rows(n)`` one stream per row. Draw keys are integers in ``0..2**32-1``.
     """
 
-    __slots__ = ("seed", "path", "_prefix", "_identity")
+    __slots__ = ("_identity",)
     scheme = COUNTER_SCHEME
+    _TAG = b"counter-v1/"
 
     def __init__(self, seed: int, path: Sequence[int] = ()) -> None:
-
-        self.seed = int(seed)
-        self.path = tuple(int(p) for p in path)
-        self._prefix = _encode(self.full_path)
+        super().__init__(seed, path)
         self._identity: int | None = None
 
-    @property
-    def full_path(self) -> tuple[int, ...]:
-        """``(seed, *path)``: the stream's identity."""
-        return (self.seed, *self.path)
+    def _fresh(self) -> None:
+        self._identity = None
 
     @property
     def identity(self) -> int:
@@ -168,40 +218,6 @@ class CounterNoise:
         words = identity_words([self.identity], like.device)
         z = counter_normals(words, key, like.numel())
         return z.reshape(like.shape).to(like.dtype)
-
-    def child(self, salt: int) -> CounterNoise:
-        """An independent stream: path ``path + (salt,)``."""
-
-        salt = int(salt)
-        if not -_SALT_LIMIT <= salt < _SALT_LIMIT:
-            raise UsageError(f"noise salt must fit in 64 bits, got {salt}")
-        child = object.__new__(CounterNoise)
-        child.seed, child.path = self.seed, (*self.path, salt)
-        child._prefix, child._identity = self._prefix + _encode_int(salt), None
-        return child
-
-    def rows(self, n: int) -> list[CounterNoise]:
-        """One stream per row of an ``n``-row batch (``child(i)`` for row ``i``)."""
-        return [self.child(i) for i in range(n)]
-
-    def rng(self) -> np.random.Generator:
-        """A numpy generator for this stream's non-Gaussian draws (e.g. random starts)."""
-
-        return path_rng(b"counter-v1/rng", self.full_path)
-
-    def int_seed(self, bits: int = 63) -> int:
-        """A ``bits``-bit integer seed for libraries that take one (e.g. AutoAttack)."""
-
-        return derive_key(b"counter-v1/int", self.full_path) % (2**bits)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CounterNoise) and other.full_path == self.full_path
-
-    def __hash__(self) -> int:
-        return hash((COUNTER_SCHEME, self.full_path))
-
-    def __repr__(self) -> str:
-        return f"CounterNoise(seed={self.seed}" + (f", path={self.path})" if self.path else ")")
 
 
 def make_noise(seed: int, path: Sequence[int] = (), scheme: str | None = None):
@@ -294,7 +310,7 @@ def _to_like(z: Tensor, like: Tensor) -> Tensor:
     return z.to(device=like.device, non_blocking=True).to(like.dtype)
 
 
-class StepNoise:
+class StepNoise(_PathStream):
     """Deterministic Gaussian noise addressed by an integer key: ``noise(key, like)``.
 
     ``StepNoise(seed)(k, x)`` returns the same standard-normal tensor shaped like ``x`` every time it
@@ -317,17 +333,7 @@ class StepNoise:
     :class:`DrawNoise` and :meth:`rows`).
     """
 
-    __slots__ = ("seed", "path", "_prefix")
-
-    def __init__(self, seed: int, path: Sequence[int] = ()) -> None:
-        self.seed = int(seed)
-        self.path = tuple(int(p) for p in path)
-        self._prefix = _encode(self.full_path)
-
-    @property
-    def full_path(self) -> tuple[int, ...]:
-        """``(seed, *path)``: the stream's identity."""
-        return (self.seed, *self.path)
+    __slots__ = ()
 
     def key(self, key: int) -> int:
         """The 128-bit Philox key of draw ``key`` of this stream (:func:`derive_key` of ``(*full_path, key)``)."""
@@ -340,36 +346,6 @@ class StepNoise:
         buf = _host_buffer(tuple(like.shape), like.device)
         _philox_normals(self.key(key), buf.numpy())
         return _to_like(buf, like)
-
-    def child(self, salt: int) -> StepNoise:
-        """An independent stream (e.g. per round, per EOT draw or per image): path ``path + (salt,)``."""
-        salt = int(salt)
-        if not -_SALT_LIMIT <= salt < _SALT_LIMIT:
-            raise UsageError(f"noise salt must fit in 64 bits, got {salt}")
-        child = object.__new__(StepNoise)  # the path's encoding extends the parent's (no re-encoding)
-        child.seed, child.path, child._prefix = self.seed, (*self.path, salt), self._prefix + _encode_int(salt)
-        return child
-
-    def rows(self, n: int) -> list[StepNoise]:
-        """One stream per row of an ``n``-row batch (``child(i)`` for row ``i``)."""
-        return [self.child(i) for i in range(n)]
-
-    def rng(self) -> np.random.Generator:
-        """A numpy generator for this stream's non-Gaussian draws (e.g. random starts)."""
-        return path_rng(b"rng", self.full_path)
-
-    def int_seed(self, bits: int = 63) -> int:
-        """A ``bits``-bit integer seed for libraries that take one (e.g. AutoAttack)."""
-        return derive_key(b"int", self.full_path) % (2**bits)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, StepNoise) and other.full_path == self.full_path
-
-    def __hash__(self) -> int:
-        return hash(self.full_path)
-
-    def __repr__(self) -> str:
-        return f"StepNoise(seed={self.seed}" + (f", path={self.path})" if self.path else ")")
 
 
 class DrawNoise:
