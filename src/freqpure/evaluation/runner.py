@@ -428,8 +428,9 @@ def record_environments(recs: list[SampleRecord], saved: dict[str, Any]) -> dict
 
     A record from before records named their environment ran under the run folder's saved config
     (``saved``: its config.yaml as a dict)."""
-    default_device = str(saved.get("device") or "cpu").split(":")[0]
-    default_precision = str((saved.get("purifier") or {}).get("precision") or "fp32")
+    from freqpure.evaluation.store import saved_environment
+
+    default_device, default_precision = saved_environment(saved)
     counts: dict[str, int] = {}
     for r in recs:
         key = f"{r.device or default_device}/{r.precision or default_precision}"

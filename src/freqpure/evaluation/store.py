@@ -33,7 +33,7 @@ from typing import Any
 from freqpure.errors import RunFolderError
 
 __all__ = ["FINGERPRINT_KEY", "NUMBERS_KEY", "ENVIRONMENT_KEYS", "SampleStore", "config_fingerprint",
-           "numbers_fingerprint", "without_environment"]
+           "numbers_fingerprint", "saved_environment", "without_environment"]
 
 FINGERPRINT_KEY = "config_sha256"
 NUMBERS_KEY = "numbers_sha256"
@@ -59,6 +59,12 @@ def without_environment(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict):
             node.pop(leaf, None)
     return out
+
+
+def saved_environment(config: dict[str, Any]) -> tuple[str, str]:
+    """``(device type, precision)`` a config dict names: what a record without its own ran under."""
+    device = str(config.get("device") or "cpu").split(":")[0]
+    return device, str((config.get("purifier") or {}).get("precision") or "fp32")
 
 
 def numbers_fingerprint(config: dict[str, Any]) -> str:

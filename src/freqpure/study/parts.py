@@ -222,10 +222,10 @@ def _merge_part(src: Path, dst: Path) -> dict[str, int]:
 def _with_own_marks(record: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
     """A record that names its numbers fingerprint, device and precision: a record written before records
     named them gets those of the config.yaml of the folder it comes from (the config it ran under)."""
-    from freqpure.evaluation.store import NUMBERS_KEY, numbers_fingerprint
+    from freqpure.evaluation.store import NUMBERS_KEY, numbers_fingerprint, saved_environment
 
     if NUMBERS_KEY in record:
         return record
-    return {**record, NUMBERS_KEY: numbers_fingerprint(saved),
-            "device": record.get("device") or str(saved.get("device") or "cpu").split(":")[0],
-            "precision": record.get("precision") or str((saved.get("purifier") or {}).get("precision") or "fp32")}
+    device, precision = saved_environment(saved)
+    return {**record, NUMBERS_KEY: numbers_fingerprint(saved), "device": record.get("device") or device,
+            "precision": record.get("precision") or precision}
