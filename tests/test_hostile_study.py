@@ -136,3 +136,25 @@ def test_an_absurd_thread_count_from_the_environment_is_one_clear_error(monkeypa
     with pytest.raises(UsageError, match="threads must be at most"):
         configure_threads()
     assert torch.get_num_threads() == before  # nothing was set
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--import", "/nonexistent/records.tar.gz"], "does not exist"),
+    (["--part", "stage4-honest-protocol/nope"], "unknown part"),
+    (["--part", "nostage"], "unknown part"),
+])
+def test_study_options_with_bad_values_give_one_line(tmp_path, capsys, args, message):
+    code = main(["study", "--config", str(REPO / "configs" / "study-cifar10.yaml"), "--out", str(tmp_path / "o"),
+                 "--no-progress", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_import_of_a_file_that_is_not_an_archive_is_refused_and_changes_nothing(tmp_path, capsys):
+    bogus = tmp_path / "records.tar.gz"
+    bogus.write_bytes(b"not a tar")
+    out = tmp_path / "o"
+    code = main(["study", "--config", str(REPO / "configs" / "study-cifar10.yaml"), "--out", str(out),
+                 "--import", str(bogus), "--no-progress"])
+    assert code == 2 and "not a readable tar archive" in capsys.readouterr().err
+    assert bogus.read_bytes() == b"not a tar" and not (out / "imports.jsonl").exists()
