@@ -24,3 +24,22 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or '' where it cannot be read."""
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def same_machine(recorded: dict[str, str]) -> bool:
+    """Whether this is the kind of machine ``recorded`` ({"cpu_model", "cpu_capability", "torch"}) names: the
+    only place where bit-for-bit equality of float results is a fair claim."""
+    return (recorded.get("cpu_model") == cpu_model() != ""
+            and recorded.get("cpu_capability") == torch.backends.cpu.get_cpu_capability()
+            and recorded.get("torch") == torch.__version__)

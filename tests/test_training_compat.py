@@ -18,21 +18,13 @@ import torch
 
 from freqpure.config import from_dict
 from freqpure.training import CHECKPOINT, DiffusionTrainConfig, load_checkpoint, train_diffusion
+from helpers import same_machine
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "train_resume_dc7605b"
 
 
 def _sha(t: torch.Tensor) -> str:
     return hashlib.sha256(t.numpy().tobytes()).hexdigest()
-
-
-def _cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or '' where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
 
 
 # A loss here is a mean of about 10^5 squared errors accumulated from bf16 matmuls. Another CPU's kernels
@@ -62,10 +54,7 @@ def test_old_checkpoint_resumes_with_identical_losses(cifar_test_tar: Path, tmp_
     assert _sha(snap["rng"]["torch"]) == expected["final_torch_state_sha256"]
     # Bitwise equality is claimed only where it holds: the same CPU model and the same torch build. The
     # capability string alone ("AVX512") is shared by CPUs whose kernels round differently.
-    same_machine = (expected.get("cpu_model") == _cpu_model() != ""
-                    and expected["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-                    and expected["torch"] == torch.__version__)
-    if same_machine:
+    if same_machine(expected):
         assert losses == expected["losses"]  # bitwise, on the machine kind the fixture was made on
         ema = b"".join(v.float().numpy().tobytes() for v in snap["ema"].values())
         assert hashlib.sha256(ema).hexdigest() == expected["ema_sha256"]
