@@ -1,16 +1,26 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename over the target."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename over the target.
+
+The one writer of the package: :func:`atomic_path` for writers that need a path (torch, numpy, safetensors),
+:func:`write_text_atomic` and :func:`write_json_atomic` for text and JSON. Every file a run, a report, a cache
+or an export writes goes through :func:`atomic_path`. (The CIFAR-10 download renames a whole unpacked folder
+into place, which a file writer cannot do; see :func:`freqpure.data.download_cifar10`.)
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from freqpure.errors import OutputExistsError
 
-__all__ = ["RUN_FILE_NAMES", "atomic_path", "check_output_file", "check_writable_output"]
+__all__ = ["RUN_FILE_NAMES", "atomic_path", "check_output_file", "check_writable_output", "nonfinite_to_null",
+           "write_json_atomic", "write_text_atomic"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -35,6 +45,40 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str, *, encoding: str = "utf-8", fsync: bool = False) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`); ``fsync``: flush to disk before the rename."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding=encoding) as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    return path
+
+
+def nonfinite_to_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±Inf) in its dicts, lists and tuples replaced by ``None``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [nonfinite_to_null(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 2, sort_keys: bool = False,
+                      finite: bool = True, default: Callable[[Any], Any] | None = None, newline: bool = True,
+                      fsync: bool = False) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically; returns ``path``.
+
+    ``finite``: NaN/Inf become ``null`` (strict JSON); ``default``: as in :func:`json.dumps` (e.g. ``str``);
+    ``newline``: end the file with one newline.
+    """
+    text = json.dumps(nonfinite_to_null(data) if finite else data, indent=indent, sort_keys=sort_keys, default=default)
+    return write_text_atomic(path, text + ("\n" if newline else ""), fsync=fsync)
 
 
 def check_writable_output(path: str | Path, what: str = "output") -> Path:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from freqpure._fileio import atomic_path
-
-__all__ = ["environment", "write_json_atomic"]
+__all__ = ["environment"]
 
 
 def _version(package: str) -> str | None:
@@ -44,9 +40,3 @@ def environment(device: str | torch.device | None = None) -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(dev)
             info["cuda"] = torch.version.cuda
     return info
-
-
-def write_json_atomic(data: Any, path: str | Path) -> None:
-    """Write JSON to ``path`` via a temporary file and rename, so a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from freqpure._fileio import write_json_atomic
 from freqpure.cli.common import (
     add_config_args,
     add_dataclass_flags,
@@ -40,7 +41,7 @@ from freqpure.errors import OutputExistsError, UsageError
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
 from freqpure.presets import DEFAULTS, PRESETS
-from freqpure.provenance import environment, write_json_atomic
+from freqpure.provenance import environment
 
 __all__ = ["register", "run", "load_purifier_settings", "check_output_folder"]
 
@@ -379,7 +380,7 @@ def _purify(args: argparse.Namespace, cfg: PurifierConfig, config_kind: str | No
         "environment": environment(device),
         "files": records,
     }
-    write_json_atomic(manifest, args.out / "manifest.json")
+    write_json_atomic(args.out / "manifest.json", manifest, finite=False, default=str)
     written.files.append(args.out / "manifest.json")
     print(f"purified {len(files)} image(s) with {cfg.method} into {args.out} ({total:.1f} s)"
           + (f"; {manifest['n_converted']} converted (see manifest.json)" if manifest["n_converted"] else ""))

@@ -219,7 +219,7 @@ def write_analysis(
     ``ci``: keyword arguments of :func:`freqpure.analysis.summarise` (method, level, n_boot, seed).
     Returns the dict written to ``analysis.json``.
     """
-    from freqpure.provenance import write_json_atomic
+    from freqpure._fileio import write_json_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,7 +251,7 @@ def write_analysis(
         if ratios and summary["ratios"]["freqpure/diffpure"]["bands"]:
             ratio_plot(summary, "freqpure/diffpure", out_dir / "analysis_ratio.png")
             result["plots"][f"FreqPure / DiffPure low-frequency damage ratio (r <= {radius})"] = "analysis_ratio.png"
-    write_json_atomic(result, out_dir / "analysis.json")
+    write_json_atomic(out_dir / "analysis.json", result, finite=False, default=str)
     return result
 
 
