@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from freqpure._fileio import atomic_path
 from freqpure.errors import NotFoundError, UsageError
 
 __all__ = [
@@ -368,17 +369,13 @@ def download_cifar10(dest: str | os.PathLike, url: str = CIFAR10_URL, md5: str =
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "cifar-10-python.tar.gz"
     if not archive.is_file() or _md5(archive) != md5:
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=".cifar10-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310
+        with atomic_path(archive) as tmp:  # removed again on a failed download or a checksum mismatch
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310
                 shutil.copyfileobj(resp, out)
-            got = _md5(Path(tmp))
+            got = _md5(tmp)
             if got != md5:
                 raise UsageError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")
-            os.replace(tmp, archive)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    # a folder cannot go through atomic_path (a file writer): unpack beside the target, then rename it into place
     tmp_dir = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
     try:
         with tarfile.open(archive, "r:gz") as tar:

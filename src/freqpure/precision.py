@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from freqpure._fileio import write_json_atomic
 
 __all__ = ["MARGIN", "REPEATS", "Decision", "cache_dir", "decide_precision", "decisions", "machine_key",
            "measured_precision", "model_key", "probe_precision", "time_precisions"]
@@ -146,13 +147,9 @@ def _read_cache(path: Path) -> dict[str, Any]:
 def _write_cache(path: Path, key: str, decision: Decision) -> None:
     """Add ``decision`` to the cache file (atomic replace; a cache that cannot be written is skipped)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
         data[key] = asdict(decision)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".precision-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_json_atomic(path, data, indent=1, sort_keys=True, finite=False, newline=False)
     except OSError:
         pass
 

@@ -42,7 +42,7 @@ import torch
 import yaml
 from PIL import Image
 
-from freqpure._fileio import atomic_path
+from freqpure._fileio import write_text_atomic
 from freqpure.errors import NotFoundError, UsageError
 from freqpure.evaluation.results import Results, SampleRecord, read_run
 from freqpure.spectral import centred_spectrum, wrap_phase
@@ -855,9 +855,7 @@ def write_report(
         max_spectra, max_examples = (max_spectra - 1, max_examples) if max_spectra > 0 else (0, max_examples // 2)
         page = render_html(inputs, max_examples=max_examples, max_spectra=max_spectra)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
-    with atomic_path(path) as tmp:  # a unique temporary name: never another file, never half a page
-        tmp.write_text(page, encoding="utf-8")
-    return path
+    return write_text_atomic(path, page)  # a unique temporary name: never another file, never half a page
 
 
 def is_report(path: str | Path) -> bool:

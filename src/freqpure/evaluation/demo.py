@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from freqpure._fileio import write_json_atomic
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.demo_summary import DemoSummary
-from freqpure.evaluation.results import Results, read_results, write_json
+from freqpure.evaluation.results import Results, read_results
 from freqpure.presets import PRESETS
 
 __all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
@@ -246,17 +247,11 @@ def calibration(key: str, path: Path | None = None) -> tuple[float, int]:
 
 def record_calibration(key: str, ratio: float, path: Path | None = None) -> bool:
     """Add one ``wall / uncalibrated estimate`` ratio for ``key`` (best effort: False when it cannot be written)."""
-    import json
-
-    from freqpure._fileio import atomic_path
-
     path = path or calibration_file()
     data = _read_calibrations(path)
     data[key] = (data.get(key, []) + [round(float(ratio), 4)])[-_CALIBRATION_KEEP:]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(data, indent=1), encoding="utf-8")
+        write_json_atomic(path, data, indent=1, finite=False, newline=False)
     except OSError:
         return False
     return True
@@ -320,7 +315,7 @@ def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False
     wall = time.perf_counter() - t0
     summary = DemoSummary(settings=asdict(settings), runs={m: m for m in DEFENCES}, estimate_seconds=eta,
                           wall_seconds=wall, threads=threads, machine=key, load_average=_load_average())
-    write_json(out / "results.json", summary.to_dict())
+    write_json_atomic(out / "results.json", summary.to_dict(), fsync=True)
     make_grid({TITLES[m]: out / m / "examples.npz" for m in DEFENCES}, out / "grid.png")
     echo(format_table(settings, results))
     echo(f"wall time {_minutes(wall)} on {threads} thread(s)"

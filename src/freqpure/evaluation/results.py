@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -28,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from freqpure._fileio import atomic_path, nonfinite_to_null, write_json_atomic
 from freqpure.errors import FreqpureError, NotFoundError, UsageError
 
-__all__ = ["wilson_interval", "accuracy", "package_versions", "write_json", "render_markdown", "assemble_examples",
+__all__ = ["wilson_interval", "accuracy", "package_versions", "render_markdown", "assemble_examples",
            "EXAMPLES_MAX", "SCHEMA_VERSION", "LEGACY_NOISE_SCHEME", "Accuracy", "AttackOutcome", "SampleRecord",
            "Timings", "Results", "read_results", "read_samples", "write_results", "upgrade_results_v0",
            "upgrade_sample_v0", "validate_sample", "read_sample_records", "check_results", "read_run"]
@@ -656,7 +656,7 @@ def read_samples(run_dir: str | Path) -> dict[int, SampleRecord]:
 def write_results(run_dir: str | Path, results: Results) -> Path:
     """Write ``results.json`` atomically; returns its path."""
     path = Path(run_dir) / "results.json"
-    write_json(path, results.to_dict())
+    write_json_atomic(path, results.to_dict(), fsync=True)
     return path
 
 
@@ -669,27 +669,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def _clean_json(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean_json(v) for v in obj]
-    return obj
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file, fsync, rename); NaN/Inf become null."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(_clean_json(data), f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _pct(entry: Accuracy) -> str:
@@ -725,7 +704,7 @@ def render_markdown(results: Results) -> str:
     if results.sanity:
         lines += ["", "## Sanity checks", ""]
         for key, value in results.sanity.items():
-            lines.append(f"- **{key}**: {json.dumps(_clean_json(value))}")
+            lines.append(f"- **{key}**: {json.dumps(nonfinite_to_null(value))}")
     if results.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in results.warnings]
     t = results.timings
@@ -757,7 +736,6 @@ def assemble_examples(parts_dir: Path, out_path: Path, class_names: list[str], l
         if key in out:  # pred_purified: absent in parts written before it existed
             out[key] = out[key].astype(np.int64)
     out["class_names"] = np.array(class_names, dtype=str)
-    tmp = out_path.with_name(out_path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, out_path)
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **out)
     return len(order)

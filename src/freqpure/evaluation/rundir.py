@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from freqpure._fileio import write_text_atomic
 from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, to_dict
 from freqpure.errors import NotFoundError, RunFolderError, UsageError
 from freqpure.evaluation.config import EvalConfig
@@ -49,9 +50,7 @@ def prepare_run_dir(out: Path, cfg: EvalConfig, *, resume: bool, write: bool) ->
             lock.created_folder = created
         _check_run_dir(out, cfg, resume=resume)
         if write and not (out / "config.yaml").exists():
-            tmp = out / "config.yaml.tmp"
-            tmp.write_text(dump_yaml(cfg))
-            tmp.replace(out / "config.yaml")
+            write_text_atomic(out / "config.yaml", dump_yaml(cfg))
     except BaseException:
         if lock is not None:
             if not lock_file_existed:  # a refused folder keeps nothing of this run (removed while held)

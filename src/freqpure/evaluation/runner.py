@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from freqpure._fileio import atomic_path, write_text_atomic
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
@@ -338,9 +339,8 @@ def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], 
             environment = {"device": device.type, "precision": runner.cfg.purifier.precision}
             records = [{**r, **environment} for r in records]
             if examples is not None:  # images first: a batch with records always has its images
-                tmp = out / "parts" / f"examples-b{b:06d}.tmp.npz"
-                np.savez_compressed(tmp, **examples)
-                tmp.replace(out / "parts" / f"examples-b{b:06d}.npz")
+                with atomic_path(out / "parts" / f"examples-b{b:06d}.npz") as tmp, open(tmp, "wb") as f:
+                    np.savez_compressed(f, **examples)
             # A batch cut short by a torn write is re-run whole (its noise depends on the whole batch); the
             # records that did reach the file are not written twice (the re-run reproduces them exactly).
             store.append([r for r in records if r["index"] not in done])
@@ -417,7 +417,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner | N
         environments=environments,
     )
     write_results(out, results)
-    (out / "results.md").write_text(render_markdown(results))
+    write_text_atomic(out / "results.md", render_markdown(results))
     for w in warnings:
         print(f"freqpure evaluate: warning: {w}", flush=True)
     return results
