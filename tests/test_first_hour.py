@@ -269,13 +269,14 @@ def test_report_speaks_words_and_says_what_the_models_are(tiny_demo) -> None:
 def test_multi_run_page_lists_every_runs_attacks(tiny_demo) -> None:
     import copy
 
-    from freqpure.report import _what_was_run, load_run
+    from freqpure.report import load_run
+    from freqpure.report.page import what_was_run
 
     out, _, _ = tiny_demo
     runs = [load_run(out / "none"), load_run(out / "diffpure")]
     runs[1] = copy.deepcopy(runs[1])
     runs[1].results.config["attacks"][0]["steps"] = 7
-    attacks = _what_was_run(runs)["attacks"]
+    attacks = what_was_run(runs)["attacks"]
     assert len(attacks) == 2
     assert "2 steps" in attacks[0] and "(against no defence)" in attacks[0]
     assert "7 steps" in attacks[1] and "(against DiffPure)" in attacks[1]

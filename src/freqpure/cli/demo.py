@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from freqpure.cli.common import resolve_device
     from freqpure.evaluation.demo import DemoSettings, run_demo
     from freqpure.evaluation.lock import locked_folder
+    from freqpure.report import write_report
 
     apply_runtime_args(args)
     if args.old_steps is not None:
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     with locked_folder(args.out):  # a second demo into the same folder is refused
         run_demo(settings, args.out, overwrite=args.overwrite, progress=not args.no_progress,
                  estimate=not args.no_estimate, device=resolve_device(args.device))
+        print(f"report: {write_report(args.out)}")
     return 0
 
 

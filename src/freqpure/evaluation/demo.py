@@ -6,7 +6,7 @@ Run directory::
     OUT/none/  OUT/diffpure/  OUT/freqpure/   one evaluation run each (see freqpure.evaluation.runner)
     OUT/results.json                          DemoSummary: settings, the run dirs, the time estimate and wall time
     OUT/grid.png                              clean / adversarial / purified images with predictions and a legend
-    OUT/report.html                           the report (freqpure.report)
+    OUT/report.html                           the report, written by ``freqpure demo`` (freqpure.report)
 
 Time: :func:`estimate_seconds` times one attack gradient and one defended prediction on one batch and
 scales them by the number of gradients and predictions the demo makes (see its docstring).
@@ -32,13 +32,12 @@ from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.demo_summary import DemoSummary
 from freqpure.evaluation.results import Results, read_results
+from freqpure.formatting import DEFENCES, TITLES
 from freqpure.presets import PRESETS
 
 __all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
            "format_table", "read_demo", "settings_line", "reading_line"]
 
-DEFENCES = ("none", "diffpure", "freqpure")
-TITLES = {"none": "no defence", "diffpure": "DiffPure", "freqpure": "FreqPure"}
 
 
 _TABLE = PRESETS["bundled-table"].settings
@@ -271,10 +270,12 @@ def _load_models(s: DemoSettings, device: torch.device) -> tuple[nn.Module, nn.M
 
 
 def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-             estimate: bool = True, report: bool = True, echo: Callable[[str], None] = print,
+             estimate: bool = True, echo: Callable[[str], None] = print,
              device: str | torch.device = "cpu") -> tuple[DemoSummary, dict[str, Results]]:
     """Run the demo into ``out`` (a re-run with the same settings reuses finished work; ``overwrite`` starts
-    afresh), write the summary, the grid and the report; ``echo`` gets the estimate and the table."""
+    afresh), write the summary and the grid; ``echo`` gets the estimate and the table. The report is the
+    caller's to write (``freqpure demo`` does, with :func:`freqpure.report.write_report`): the report reads
+    what the demo wrote and stands a floor above it."""
     from freqpure.evaluation.runner import evaluate
     from freqpure.plots import make_grid
 
@@ -320,10 +321,6 @@ def run_demo(settings: DemoSettings, out: str | Path, *, overwrite: bool = False
     echo(format_table(settings, results))
     echo(f"wall time {_minutes(wall)} on {threads} thread(s)"
          + (f" (estimated {_minutes(eta)})" if eta is not None else "") + f"; grid: {out / 'grid.png'}")
-    if report:
-        from freqpure.report import write_report
-
-        echo(f"report: {write_report(out)}")
     return summary, results
 
 
@@ -344,7 +341,8 @@ def settings_line(results: Results) -> str:
             f"n = {results.n} CIFAR-10 test images, seed {results.seed}")
 
 
-def _pct(k: int, n: int, ci: tuple[float, float]) -> str:
+def _column(k: int, n: int, ci: tuple[float, float]) -> str:
+    """One fixed-width cell of the terminal table: ``" 84.6% [81.2,  87.4]"``."""
     return f"{100 * k / n:5.1f}% [{100 * ci[0]:4.1f}, {100 * ci[1]:5.1f}]"
 
 
@@ -376,8 +374,8 @@ def format_table(settings: DemoSettings | None, results: dict[str, Results]) -> 
     ref = results.get("diffpure") or next(iter(results.values()))
     rows = [settings_line(ref), "", f"{'defence':<12} {'clean':>22} {'robust':>22}"]
     for method, res in results.items():
-        rows.append(f"{TITLES.get(method, method):<12} {_pct(res.clean.correct, res.n, res.clean.ci95):>22} "
-                    f"{_pct(res.robust.correct, res.n, res.robust.ci95):>22}")
+        rows.append(f"{TITLES.get(method, method):<12} {_column(res.clean.correct, res.n, res.clean.ci95):>22} "
+                    f"{_column(res.robust.correct, res.n, res.robust.ci95):>22}")
     rows.append("accuracy in % of the images, [95% Wilson interval]; robust = correct on the clean image and on "
                 "the attacked one")
     none = results.get("none")
