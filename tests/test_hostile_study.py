@@ -14,9 +14,10 @@ import yaml
 from freqpure.cli.main import main
 from freqpure.config import from_dict
 from freqpure.errors import RunFolderError, UsageError
+from freqpure.evaluation.clean import check_clean_dir, read_clean_records
 from freqpure.evaluation.lock import RunLock
 from freqpure.study import StudyConfig, load_study_config, run_study, stage_markdown
-from freqpure.study.clean import _clean_records, check_part_dir, clean_state
+from freqpure.study.clean import clean_run_config
 from freqpure.study.run import _Clock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def test_records_without_their_config_are_not_counted_for_another(pilot):
     (part / "summary.json").unlink()
     setting = next(s for s in stage.settings if s.name == "diffpure-100-5")
     with pytest.raises(UsageError, match="no config.yaml"):
-        check_part_dir(part, clean_state(stage, setting, cfg))
+        check_clean_dir(part, clean_run_config(stage, setting, cfg))
     assert (part / "samples.jsonl").stat().st_size > 0  # nothing removed
 
 
@@ -76,7 +77,7 @@ def test_edited_clean_records_are_refused_with_file_and_index(pilot, damage):
     (part / name).write_text("".join(json.dumps(r) + "\n" for r in lines))
     limit = cfg.stages[0].vote_n if name == "vote.jsonl" else cfg.stages[0].n
     with pytest.raises(UsageError, match=str(part / name).replace("\\", "\\\\")):
-        _clean_records(part, name, limit)
+        read_clean_records(part, name, limit)
 
 
 @pytest.mark.parametrize("file", ["summary.json", "timing.json", "config.yaml"])
@@ -90,7 +91,7 @@ def test_damaged_study_files_give_one_clear_error(pilot, file, content):
     with pytest.raises(UsageError, match="restore|move it aside|choose another"):
         if file == "config.yaml":
             setting = next(s for s in stage.settings if s.name == "diffpure-v2")
-            check_part_dir(path.parent, clean_state(stage, setting, cfg))
+            check_clean_dir(path.parent, clean_run_config(stage, setting, cfg))
         else:
             stage_markdown(stage, folder)
 

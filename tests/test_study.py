@@ -12,6 +12,7 @@ import yaml
 from freqpure.cli.main import main
 from freqpure.config import from_dict
 from freqpure.errors import UsageError
+from freqpure.passthrough import band_masks
 from freqpure.study import (
     StudyConfig,
     band_limited_noise,
@@ -19,7 +20,6 @@ from freqpure.study import (
     load_study_config,
     run_study,
 )
-from freqpure.study.clean import _band_masks as band_masks
 from helpers import model_name
 
 pytestmark = pytest.mark.data  # the CIFAR-10 test data, found by the library (FREQPURE_DATA or ../shared)
@@ -28,15 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_study_uses_the_one_mcnemar_test():
-    from freqpure.evaluation.paired import mcnemar_p
-    from freqpure.study.tables import _paired
+    from freqpure.evaluation.paired import mcnemar_p, pair_outcomes
+    from freqpure.study import tables
 
     assert mcnemar_p(0, 6) == pytest.approx(2 / 64)  # 2 * 0.5**6
     assert mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
-    pair = _paired({1: True, 2: True, 3: False}, {1: False, 2: True, 3: True, 4: True})
-    assert (pair["n"], pair["a_only"], pair["b_only"], pair["p"]) == (3, 1, 1, 1.0)
-    lo, hi = pair["ci"]
-    assert lo < 0 < hi and pair["diff"] == 0
+    pair = pair_outcomes("clean", {1: True, 2: True, 3: False}, {1: False, 2: True, 3: True, 4: True})
+    assert (pair.n, pair.only_a, pair.only_b, pair.p) == (3, 1, 1, 1.0)
+    lo, hi = pair.diff_ci95
+    assert lo < 0 < hi and pair.difference == 0
+    assert pair_outcomes("clean", {1: True}, {2: True}) is None  # nothing in common: no row
+    assert tables.pair_outcomes is pair_outcomes  # the study's tables pair through the one function
 
 
 def test_band_noise_lies_in_its_band_and_passthrough_reads_it():
@@ -199,7 +201,8 @@ def test_the_pilot_resumes_with_its_own_passthrough_draw(tmp_path):
     pilot = REPO / "benchmarks" / "results" / "study-pilot-n64"
     cfg = load_study_config(pilot / "pilot-study-cifar10.yaml")
     assert cfg.stages[0].passthrough_noise == "batch-shared-v1"
-    from freqpure.study.clean import check_part_dir, clean_state
+    from freqpure.evaluation.clean import check_clean_dir
+    from freqpure.study.clean import clean_run_config
 
     stage = cfg.stages[0]
     for setting in stage.settings:  # every recorded part's saved state matches the pilot config as it is
@@ -208,9 +211,9 @@ def test_the_pilot_resumes_with_its_own_passthrough_draw(tmp_path):
             copy = tmp_path / setting.name
             copy.mkdir()
             (copy / "config.yaml").write_text((part / "config.yaml").read_text())
-            check_part_dir(copy, clean_state(stage, setting, cfg))
+            check_clean_dir(copy, clean_run_config(stage, setting, cfg))
     import dataclasses
 
     fresh = dataclasses.replace(stage, passthrough_noise="per-image-v2")
     with pytest.raises(UsageError, match="different setting"):
-        check_part_dir(copy, clean_state(fresh, setting, cfg))
+        check_clean_dir(copy, clean_run_config(fresh, setting, cfg))

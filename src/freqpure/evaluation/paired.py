@@ -10,6 +10,7 @@ given number of images could have detected.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,7 +20,7 @@ from freqpure.errors import UsageError
 from freqpure.evaluation.results import SampleRecord, wilson_interval
 
 __all__ = ["mcnemar_p", "newcombe_paired_ci", "mcnemar_power", "min_detectable_difference", "PairedRow",
-           "PairedComparison", "compare_samples"]
+           "pair_outcomes", "PairedComparison", "compare_samples"]
 
 Z95 = 1.959963984540054  # standard normal 0.975 quantile
 
@@ -242,11 +243,19 @@ def compare_samples(a: dict[int, SampleRecord], b: dict[int, SampleRecord],
     if order:
         rank = {m: i for i, m in enumerate(order)}
         metrics.sort(key=lambda m: rank.get(m, len(rank)))
-    rows = []
-    for metric in metrics:
-        pa = [a[i].outcomes()[metric] for i in common]
-        pb = [b[i].outcomes()[metric] for i in common]
-        only_a = sum(x and not y for x, y in zip(pa, pb))
-        only_b = sum(y and not x for x, y in zip(pa, pb))
-        rows.append(PairedRow(metric, len(common), sum(pa), sum(pb), only_a, only_b, mcnemar_p(only_a, only_b)))
-    return PairedComparison(common, len(a), len(b), rows)
+    rows = [pair_outcomes(metric, {i: a[i].outcomes()[metric] for i in common},
+                          {i: b[i].outcomes()[metric] for i in common}) for metric in metrics]
+    return PairedComparison(common, len(a), len(b), [row for row in rows if row is not None])
+
+
+def pair_outcomes(metric: str, a: Mapping[int, bool], b: Mapping[int, bool]) -> PairedRow | None:
+    """The paired row of two runs' outcomes ``{image index: correct}`` on the images both have (``None``
+    when they share none): correct counts, discordant pairs and the exact McNemar p-value. Every paired
+    number in freqpure (evaluation runs, the study's clean and robust rows, the verdict) comes from here."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    pa, pb = [bool(a[i]) for i in common], [bool(b[i]) for i in common]
+    only_a = sum(x and not y for x, y in zip(pa, pb))
+    only_b = sum(y and not x for x, y in zip(pa, pb))
+    return PairedRow(metric, len(common), sum(pa), sum(pb), only_a, only_b, mcnemar_p(only_a, only_b))

@@ -48,10 +48,11 @@ def config_fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def without_environment(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a config dict without the :data:`ENVIRONMENT_KEYS` (device, purifier precision)."""
+def without_environment(config: dict[str, Any], keys: tuple[str, ...] = ENVIRONMENT_KEYS) -> dict[str, Any]:
+    """A copy of a config dict without the environment ``keys`` (dotted paths; default :data:`ENVIRONMENT_KEYS`,
+    an evaluation's device and purifier precision)."""
     out = json.loads(json.dumps(config, default=str))
-    for dotted in ENVIRONMENT_KEYS:
+    for dotted in keys:
         *parents, leaf = dotted.split(".")
         node = out
         for key in parents:
@@ -67,9 +68,10 @@ def saved_environment(config: dict[str, Any]) -> tuple[str, str]:
     return device, str((config.get("purifier") or {}).get("precision") or "fp32")
 
 
-def numbers_fingerprint(config: dict[str, Any]) -> str:
-    """:func:`config_fingerprint` of the config without its device and precision (what the numbers depend on)."""
-    return config_fingerprint(without_environment(config))
+def numbers_fingerprint(config: dict[str, Any], keys: tuple[str, ...] = ENVIRONMENT_KEYS) -> str:
+    """:func:`config_fingerprint` of the config without its device and precision (what the numbers depend on;
+    ``keys``: where they are, as for :func:`without_environment`)."""
+    return config_fingerprint(without_environment(config, keys))
 
 
 class SampleStore:

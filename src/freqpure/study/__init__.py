@@ -2,7 +2,9 @@
 
 A study (:class:`StudyConfig`, e.g. ``configs/study-cifar10.yaml``) is a list of stages. A stage is either
 ``kind: clean`` — clean accuracy after one purification (and, for headline settings, after a majority vote)
-plus the low-band passthrough of each purifier setting (:mod:`.clean`) — or ``kind: evaluate`` — a set of
+plus the low-band passthrough of each purifier setting, each a clean run (:mod:`freqpure.evaluation.clean`;
+the stage's settings as runs: :mod:`.clean`; the passthrough math: :mod:`freqpure.passthrough`) — or
+``kind: evaluate`` — a set of
 ``freqpure evaluate`` runs, one sub-folder each (their records: :mod:`.parts`). :mod:`.run` runs and resumes
 the parts; :mod:`.tables` writes each stage's table (Wilson intervals, paired exact McNemar tests and
 Newcombe intervals against the stage's DiffPure row on the images both have) and the clean-vs-robust plot;
@@ -17,7 +19,8 @@ Output layout::
                                      (config.yaml, samples.jsonl, vote.jsonl, summary.json)
 """
 
-from freqpure.study.clean import band_limited_noise, band_passthrough, passthrough_noise, run_clean_setting
+from freqpure.passthrough import band_limited_noise, band_passthrough, passthrough_noise
+from freqpure.study.clean import clean_run_config, run_clean_setting
 from freqpure.study.config import RunConfig, SettingConfig, StageConfig, StudyConfig, load_study_config
 from freqpure.study.run import run_study
 from freqpure.study.tables import clean_vs_robust_plot, clean_vs_robust_points, stage_markdown
@@ -31,6 +34,7 @@ __all__ = [
     "band_limited_noise",
     "band_passthrough",
     "passthrough_noise",
+    "clean_run_config",
     "run_clean_setting",
     "run_study",
     "stage_markdown",

@@ -6,35 +6,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from freqpure.config import (
-    PurifierConfig,
-)
 from freqpure.errors import UsageError
+from freqpure.evaluation.clean import SettingConfig
+from freqpure.passthrough import PASSTHROUGH_NOISE
+
+__all__ = ["STAGE_KINDS", "RunConfig", "SettingConfig", "StageConfig", "StudyConfig", "load_study_config"]
 
 STAGE_KINDS = ("clean", "evaluate")
-
-
-# How the passthrough perturbation is drawn: "per-image-v2", one draw per test image from its own stream
-# (path: seed, PASSTHROUGH_SALT, test index, band); "batch-shared-v1", the pilot's (one generator seeded with
-# the root seed for every batch, so every batch got the same perturbations: kept only to read and resume it).
-PASSTHROUGH_NOISE = ("per-image-v2", "batch-shared-v1")
-
-
-PASSTHROUGH_SALT = 7_000_000
-
-
-@dataclass
-class SettingConfig:
-    """One purifier setting of a ``clean`` stage.
-
-    ``compare_to``: the name of the setting it is paired with (its DiffPure row); ``vote``: also
-    measure the majority vote of the stage's ``vote_k`` purifications (headline rows).
-    """
-
-    name: str = "setting"
-    purifier: PurifierConfig = field(default_factory=PurifierConfig)
-    compare_to: str | None = None
-    vote: bool = False
 
 
 @dataclass

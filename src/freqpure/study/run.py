@@ -17,8 +17,9 @@ from freqpure.config import (
     to_dict,
 )
 from freqpure.errors import UsageError
+from freqpure.evaluation.clean import check_clean_dir, read_mapping_file
 from freqpure.evaluation.rundir import saved_config
-from freqpure.study.clean import check_part_dir, clean_state, read_study_file, run_clean_setting
+from freqpure.study.clean import clean_run_config, run_clean_setting
 from freqpure.study.config import RunConfig, StudyConfig
 from freqpure.study.tables import clean_vs_robust_plot, clean_vs_robust_points, stage_markdown
 
@@ -53,7 +54,7 @@ def _record_time(folder: Path, wall: float, cpu: float, *, finished: bool = True
 
 
 def _update_timing(path: Path, wall: float, cpu: float, finished: bool, entry: int | None) -> int:
-    timing = read_study_file(path) if path.is_file() else {"invocations": []}
+    timing = read_mapping_file(path) if path.is_file() else {"invocations": []}
     if not isinstance(timing.get("invocations"), list):
         raise UsageError(f"{path} has no list of invocations: it was edited; move it aside (the study starts a "
                          "new one)")
@@ -163,7 +164,6 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
     """
     import freqpure
     from freqpure.evaluation.distributed import resolve_device
-    from freqpure.evaluation.lock import RunLock
     from freqpure.evaluation.runner import evaluate
 
     out, base_dir = Path(out), Path(base_dir)
@@ -201,17 +201,13 @@ def run_study(study: StudyConfig, out: str | Path, *, base_dir: str | Path = "."
                         continue
                     part = folder / setting.name
                     if (part / "summary.json").is_file():
-                        check_part_dir(part, clean_state(stage, setting, study))
+                        check_clean_dir(part, clean_run_config(stage, setting, study), write=False)
                         continue
                     classifier, eps_model = shared_models()
                     clock.start()  # count the time of an interrupted part too
-                    part.mkdir(parents=True, exist_ok=True)
-                    lock = RunLock(part).acquire()  # two studies never write one part
-                    try:
-                        run_clean_setting(stage, setting, study, part, classifier=classifier, eps_model=eps_model,
-                                          device=device, progress=progress)
-                    finally:
-                        lock.release()
+                    # a clean run locks its folder itself: two studies never write one part
+                    run_clean_setting(stage, setting, study, part, classifier=classifier, eps_model=eps_model,
+                                      device=device, progress=progress)
             else:
                 for run in stage.runs:
                     if wanted is not None and run.name not in wanted:

@@ -9,25 +9,12 @@ from typing import Any
 from freqpure.config import (
     from_dict,
 )
-from freqpure.evaluation.paired import PairedRow, compare_samples, mcnemar_p
+from freqpure.evaluation.clean import clean_outcomes, read_clean_summary, read_mapping_file
+from freqpure.evaluation.paired import PairedRow, compare_samples, pair_outcomes
 from freqpure.evaluation.results import Accuracy
 from freqpure.evaluation.rundir import saved_config
-from freqpure.study.clean import band_labels, clean_outcomes, read_study_file
+from freqpure.passthrough import band_labels
 from freqpure.study.config import StageConfig, StudyConfig
-
-
-def _paired(a: dict[int, bool], b: dict[int, bool]) -> dict[str, Any]:
-    """Correctness of two settings on their common images: discordant counts, exact McNemar p and
-    Newcombe's paired 95% interval of the difference ``a - b``."""
-    from freqpure.evaluation.paired import newcombe_paired_ci
-
-    common = sorted(set(a) & set(b))
-    only_a = sum(a[i] and not b[i] for i in common)
-    only_b = sum(b[i] and not a[i] for i in common)
-    both = sum(a[i] and b[i] for i in common)
-    ci = newcombe_paired_ci(both, only_a, only_b, len(common) - both - only_a - only_b)
-    return {"n": len(common), "a_only": only_a, "b_only": only_b, "p": mcnemar_p(only_a, only_b),
-            "diff": (only_a - only_b) / len(common) if common else 0.0, "ci": ci}
 
 
 def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
@@ -40,12 +27,13 @@ def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
     return f"{100 * entry.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _ptext(p: dict[str, Any] | None) -> str:
-    if p is None:
+def _ptext(row: PairedRow | None) -> str:
+    """``b/c, p …, difference [Newcombe interval]`` of a paired row (``—`` when there is none)."""
+    if row is None:
         return "—"
-    lo, hi = p["ci"]
-    diff = f"{100 * p['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-    return f"{p['a_only']}/{p['b_only']}, p {_pvalue(p['p'])}, {diff}"
+    lo, hi = row.diff_ci95
+    diff = f"{100 * row.difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{row.only_a}/{row.only_b}, p {_pvalue(row.p)}, {diff}"
 
 
 def _clean_table(stage: StageConfig, folder: Path) -> str:
@@ -60,22 +48,21 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
         if not summary_path.is_file():
             lines.append("| " + " | ".join([s.name, "not yet run"] + [""] * (len(head) - 2)) + " |")
             continue
-        summ = read_study_file(summary_path)
-        pur = summ["purifier"]
+        summ = read_clean_summary(part)
+        pur = summ.purifier
         desc = pur["method"] if pur["method"] != "freqpure" else \
             f"freqpure r={pur['amp_radius']:g} δ={pur['delta']:g} {pur['variant']}"
         desc += f" {pur['rounds']}"
         pair = vote_pair = None
         if s.compare_to and s.compare_to != s.name and (folder / s.compare_to / "summary.json").is_file():
-            pair = _paired(clean_outcomes(part, "samples.jsonl", stage.n),
-                           clean_outcomes(folder / s.compare_to, "samples.jsonl", stage.n))
-            if summ.get("vote") and (folder / s.compare_to / "vote.jsonl").is_file():
-                vote_pair = _paired(clean_outcomes(part, "vote.jsonl", stage.vote_n),
-                                    clean_outcomes(folder / s.compare_to, "vote.jsonl", stage.vote_n))
-        cells = [s.name, desc, str(summ["n"]), _pct(summ["clean"]), _ptext(pair), _pct(summ.get("vote")),
-                 _ptext(vote_pair)]
+            pair = pair_outcomes("clean", clean_outcomes(part, "samples.jsonl", stage.n),
+                                 clean_outcomes(folder / s.compare_to, "samples.jsonl", stage.n))
+            if summ.vote is not None and (folder / s.compare_to / "vote.jsonl").is_file():
+                vote_pair = pair_outcomes("vote", clean_outcomes(part, "vote.jsonl", stage.vote_n),
+                                          clean_outcomes(folder / s.compare_to, "vote.jsonl", stage.vote_n))
+        cells = [s.name, desc, str(summ.n), _pct(summ.clean), _ptext(pair), _pct(summ.vote), _ptext(vote_pair)]
         for k in labels:
-            pt = summ["passthrough"].get(k) or {}
+            pt = summ.passthrough.get(k) or {}
             cells.append("—" if not pt.get("n") else f"{pt['mean']:.2f} [{pt['lo']:.2f}, {pt['hi']:.2f}]")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % [95% Wilson interval]. b/c = images this setting gets right and its DiffPure "
@@ -167,7 +154,7 @@ def _pvalue(p: float) -> str:
 def stage_markdown(stage: StageConfig, folder: Path) -> str:
     """The stage's table (rows not yet run are marked), with planned and spent CPU hours."""
     timing_path = folder / "timing.json"
-    timing = read_study_file(timing_path) if timing_path.is_file() else None
+    timing = read_mapping_file(timing_path) if timing_path.is_file() else None
     planned = "not stated" if stage.planned_cpu_hours is None else f"{stage.planned_cpu_hours:g} CPU hours"
     spent = "nothing run yet" if timing is None else \
         f"{timing['cpu_hours_total']:.2f} CPU hours, {timing['wall_hours_total']:.2f} h wall " \
