@@ -78,7 +78,7 @@ def test_train_tar_spot_check(cifar_train_tar: Path) -> None:
         assert [classes.count(c) for c in CIFAR10_CLASSES] == [5000] * 10
         picks = [members[i] for i in (0, 12_345, 49_999)]
         for m in picks:
-            arr = data._decode(tar.extractfile(m).read(), m.name, 32)
+            arr = data.decode_image(tar.extractfile(m).read(), m.name, 32)
             assert arr.shape == (32, 32, 3)
     assert picks[0].name == "airplane/0000.jpg" and picks[-1].name == "truck/4999.jpg"
 
