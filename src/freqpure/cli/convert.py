@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freqpure.models.registry import convert_checkpoint
+    from freqpure.models.convert import convert_checkpoint
 
     config = None
     if args.arch_config:

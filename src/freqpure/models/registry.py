@@ -28,8 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from freqpure._fileio import check_writable_output
-from freqpure.errors import NotFoundError, OutputExistsError, UsageError
+from freqpure.errors import NotFoundError, UsageError
 from freqpure.models._archs import ARCHS, wrap_classifier, wrap_diffusion
 from freqpure.models._specs import PUBLISHED, ModelSpec
 from freqpure.models.adapters import EpsModel
@@ -43,13 +42,16 @@ from freqpure.models.checkpoint import (
     normalize_state_dict,
     read_checkpoint,
     sha256_of,
-    write_safetensors,
 )
 
 __all__ = [
+    "FORMAT_VERSION",
     "UnknownModelError",
+    "extract_state_dict",
+    "guess_spec",
+    "spec_for_file",
+    "verify_checksum",
     "checkpoint_dir",
-    "convert_checkpoint",
     "list_models",
     "load_classifier",
     "load_diffusion",
@@ -135,7 +137,7 @@ def _find_file(spec: ModelSpec, directory: str | os.PathLike[str] | None) -> Pat
     )
 
 
-def _verify_checksum(spec: ModelSpec, path: Path, digest: str | None = None) -> None:
+def verify_checksum(spec: ModelSpec, path: Path, digest: str | None = None) -> None:
     """Compare a published file with its known SHA-256 (or torch.hub-style prefix), when there is one."""
     full, prefix = spec.sha256.get(path.name), spec.sha256_prefix.get(path.name)
     if not (full or prefix):
@@ -148,7 +150,7 @@ def _verify_checksum(spec: ModelSpec, path: Path, digest: str | None = None) -> 
         )
 
 
-def _spec_for_file(path: Path) -> ModelSpec | None:
+def spec_for_file(path: Path) -> ModelSpec | None:
     for spec in PUBLISHED.values():
         if path.name in {Path(f).name for f in spec.files} or path.name == f"{spec.name}.safetensors":
             return spec
@@ -281,21 +283,21 @@ def _instantiate(
     return wrap_classifier(net, preprocess)
 
 
-def _extract(spec_arch: str, config: Mapping[str, Any], obj: Any, what: str) -> dict[str, Tensor]:
+def extract_state_dict(spec_arch: str, config: Mapping[str, Any], obj: Any, what: str) -> dict[str, Tensor]:
     """Published file contents → normalised state_dict of ``spec_arch(config)`` (checked on meta)."""
     meta_model = _build(spec_arch, config, device=None, meta=True)
     sd = ARCHS[spec_arch].extract(obj, meta_model, config)
     return normalize_state_dict(meta_model.state_dict(), sd, what=what)
 
 
-def _guess_spec(obj: Any, kind: str | None, path: Path) -> ModelSpec:
+def guess_spec(obj: Any, kind: str | None, path: Path) -> ModelSpec:
     """The published spec whose architecture matches the file's keys and shapes."""
     reports = []
     for spec in PUBLISHED.values():
         if kind and spec.kind != kind:
             continue
         try:
-            _extract(spec.arch, spec.config, obj, spec.name)
+            extract_state_dict(spec.arch, spec.config, obj, spec.name)
             return spec
         except CheckpointError as err:
             lines = str(err).splitlines()
@@ -323,10 +325,10 @@ def _load_path(path: Path, *, kind: str | None, spec: ModelSpec | None, device: 
         name = metadata.get("freqpure_name") or path.stem
         return _instantiate(arch_name, config, obj.state_dict, name=name, device=device, metadata=metadata,
                             source=str(path))
-    spec = spec or _spec_for_file(path) or _guess_spec(obj, kind, path)
+    spec = spec or spec_for_file(path) or guess_spec(obj, kind, path)
     _check_kind(spec.kind, kind, f"{path} ({spec.name})")
-    _verify_checksum(spec, path)
-    sd = _extract(spec.arch, spec.config, obj, f"{spec.name} ({path})")
+    verify_checksum(spec, path)
+    sd = extract_state_dict(spec.arch, spec.config, obj, f"{spec.name} ({path})")
     return _instantiate(spec.arch, spec.config, sd, name=spec.name, device=device)
 
 
@@ -400,82 +402,3 @@ def load_classifier(
 ) -> nn.Module:
     """A classifier taking images ``[B,3,H,W]`` in [0, 1] → logits ``[B, num_classes]`` (eval mode)."""
     return _load(name_or_path, "classifier", device, checkpoint_dir)
-
-
-# ---------------------------------------------------------------------------------------- conversion
-
-
-def _default_config(arch_name: str) -> dict[str, Any]:
-    for spec in PUBLISHED.values():
-        if spec.arch == arch_name:
-            return dict(spec.config)
-    return {}
-
-
-def convert_checkpoint(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str] | None = None,
-    *,
-    arch: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    trust_pickle: bool = False,
-    overwrite: bool = False,
-) -> tuple[Path, dict[str, str]]:
-    """Convert a published checkpoint into a pickle-free ``.safetensors`` file with freqpure metadata.
-
-    ``arch``: a registry name (``diffpure-cifar10-ncsnpp``) or an architecture (``ncsnpp``, ``adm``,
-    ``wrn``, ``resnet50``, ``dm_wrn``); default: detected from the file name or its keys. ``config``:
-    constructor kwargs overriding the published configuration. ``trust_pickle``: allow full
-    unpickling (runs code from the file — only for files from a trusted source). NCSN++ score_sde
-    checkpoints are converted with their EMA weights. Returns the output path and its metadata.
-    """
-    src = Path(src).expanduser()
-    if dst is not None and Path(dst).expanduser().exists() and not overwrite:
-        raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
-    if dst is not None:
-        check_writable_output(dst, "--to")  # before the (long) work, not after it
-    obj = read_checkpoint(src, trust_pickle=trust_pickle)
-    if arch in PUBLISHED:
-        spec: ModelSpec | None = PUBLISHED[arch]
-    elif arch is None:
-        spec = _spec_for_file(src) if config is None else None
-        spec = spec or (_guess_spec(obj, None, src) if config is None else None)
-        if spec is None:
-            raise UsageError("--config needs --arch (which architecture the config is for)")
-    elif arch in ARCHS:
-        spec = None
-    else:
-        raise UsageError(
-            f"unknown --arch {arch!r}; use a model name ({', '.join(PUBLISHED)}) "
-            f"or an architecture ({', '.join(ARCHS)})"
-        )
-    arch_name = spec.arch if spec else str(arch)
-    cfg = dict(config) if config is not None else (dict(spec.config) if spec else _default_config(arch_name))
-    name = spec.name if spec and config is None else arch_name
-    source_sha256 = sha256_of(src)
-    if spec is not None:
-        _verify_checksum(spec, src, source_sha256)
-    sd = _extract(arch_name, cfg, obj, f"{name} ({src})")
-    info = ARCHS[arch_name]
-    metadata = {
-        "freqpure_format": FORMAT_VERSION,
-        "freqpure_kind": info.kind,
-        "freqpure_arch": arch_name,
-        "freqpure_config": json.dumps(cfg, sort_keys=True),
-        "freqpure_name": name,
-        "freqpure_source": src.name,
-        "freqpure_source_sha256": source_sha256,
-    }
-    if info.kind == "diffusion":
-        metadata["freqpure_eps"] = json.dumps(info.eps_kwargs(cfg), sort_keys=True)
-    else:
-        metadata["freqpure_preprocess"] = json.dumps(dict(info.preprocess), sort_keys=True)
-    if dst is None:
-        dst = src.parent / (f"{spec.name}.safetensors" if spec and config is None else f"{src.stem}.safetensors")
-    dst = Path(dst).expanduser()
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst} exists (pass --force to overwrite)")
-    if dst.resolve() == src.resolve():
-        raise UsageError("the output would overwrite the input checkpoint")
-    check_writable_output(dst, "--to")
-    return write_safetensors(dst, sd, metadata), metadata
