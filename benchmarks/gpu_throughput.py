@@ -8,9 +8,11 @@ on, built with the evaluation's own code (``build_defence``, ``attack_model``, `
 * ``attack``: one EOT gradient of ``--batch`` images (``--eot`` draws, the matched surrogate
   ``--surrogate``, UNet batch batch × eot), what every PGD iteration calls;
 
-each in fp32 and bf16 and with each noise scheme (``--schemes``). The ε-model is wrapped to count the
-images it processes (an image-UNet-call = one image through the UNet once). The floor is a bare loop of
-the same UNet at the same UNet batch in the same precision, without a graph for ``predict`` and with
+each in fp32 and bf16, with each noise scheme (``--schemes``) and each way of running the ε-model
+(``--compile``: ``none``, eager; ``default``, ``torch.compile``; ``reduce-overhead``, ``torch.compile`` with
+CUDA graphs; issue #25 item 5; the one-off compile seconds are reported with the row). The ε-model is
+wrapped to count the images it processes (an image-UNet-call = one image through the UNet once). The floor
+is a bare loop of the same UNet at the same UNet batch in the same precision, without a graph for ``predict`` and with
 forward + backward for ``attack``. Reported per row: image-UNet-calls per second, the floor's, their
 ratio (time / the floor's time for the same calls; 1.0 = nothing but the ε-model) and the ε-model's
 share of the time (1 / ratio; an estimate from the floor, since timing inside the model would need a
@@ -125,6 +127,8 @@ def main() -> None:
     parser.add_argument("--schemes", default=f"{NOISE_SCHEME},{COUNTER_SCHEME}")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workloads", default="predict,attack")
+    parser.add_argument("--compile", default="none", help="ε-model modes, comma-separated: none (eager), default, "
+                        "reduce-overhead (torch.compile; the latter with CUDA graphs)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -142,7 +146,6 @@ def main() -> None:
 
     eps_raw = freqpure.load_diffusion("cifar10-ddpm-small", device=device).eval().requires_grad_(False)
     clf = freqpure.load_classifier("cifar10-resnet-small", device=device).eval().requires_grad_(False)
-    eps = CountingEps(eps_raw)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, 32, 32, generator=gen).to(device)
     y = torch.arange(batch, device=device) % 10
@@ -152,50 +155,60 @@ def main() -> None:
           f"surrogate {surrogate}, load {_load()}", flush=True)
 
     rows = []
-    for method in args.methods.split(","):
-        for precision in precisions:
-            cfg = load_eval_config(None, [
-                f"batch_size={batch}", f"defence.ensemble={ensemble}", "defence.vote=majority",
-                f"purifier.rounds={rounds}", f"purifier.precision={precision}", *METHODS[method],
-                "attacks.0.name=pgd", f"attacks.0.eot={eot}", "attacks.0.gradient=surrogate",
-                f"attacks.0.surrogate_rounds={surrogate}"])
-            defence = build_defence(cfg, clf, eps)
-            attack_model = defence.attack_model(cfg.attacks[0])
-            for scheme in schemes:
-                for workload in args.workloads.split(","):
-                    if workload == "predict":
-                        unet_batch = batch * ensemble
+    for mode, method, precision in [(m, meth, p) for m in args.compile.split(",") for meth in args.methods.split(",")
+                                    for p in precisions]:
+        eps = CountingEps(eps_raw if mode == "none" else torch.compile(eps_raw, mode=mode, dynamic=False))
+        compile_seconds = 0.0
+        cfg = load_eval_config(None, [
+            f"batch_size={batch}", f"defence.ensemble={ensemble}", "defence.vote=majority",
+            f"purifier.rounds={rounds}", f"purifier.precision={precision}", *METHODS[method],
+            "attacks.0.name=pgd", f"attacks.0.eot={eot}", "attacks.0.gradient=surrogate",
+            f"attacks.0.surrogate_rounds={surrogate}"])
+        defence = build_defence(cfg, clf, eps)
+        attack_model = defence.attack_model(cfg.attacks[0])
+        for scheme in schemes:
+            for workload in args.workloads.split(","):
+                if workload == "predict":
+                    unet_batch = batch * ensemble
 
-                        def run(scheme=scheme, defence=defence) -> None:
-                            defence.predict(x, make_noise(1, (), scheme))
-                    else:
-                        unet_batch = batch * eot
-                        oracle = EOTGradient(attack_model, eot=eot, seed=make_noise(2, (), scheme))
+                    def run(scheme=scheme, defence=defence) -> None:
+                        defence.predict(x, make_noise(1, (), scheme))
+                else:
+                    unet_batch = batch * eot
+                    oracle = EOTGradient(attack_model, eot=eot, seed=make_noise(2, (), scheme))
 
-                        def run(oracle=oracle) -> None:
-                            oracle(x, y)
-                    eps.images = 0
-                    run()  # count one call's images (the warm-up of best_of)
-                    images = eps.images
-                    seconds = best_of(run, args.repeats, device)
-                    # the floor measured next to its row, so that a changing machine load hits both alike
-                    per_call = floor_seconds_per_call(eps_raw, unet_batch, precision, workload == "attack", device,
-                                                      args.repeats)
-                    ratio = seconds / (images * per_call)
-                    row = {"method": method, "workload": workload, "precision": precision, "scheme": scheme,
-                           "unet_batch": unet_batch, "seconds": seconds, "image_unet_calls": images,
-                           "calls_per_s": images / seconds, "floor_calls_per_s": 1 / per_call,
-                           "ratio_to_floor": ratio, "eps_model_share": 1 / ratio, "load": _load()}
-                    rows.append(row)
-                    print(f"{method} {workload} {precision} {scheme}: {seconds:.3f} s, "
-                          f"{row['calls_per_s']:.0f} calls/s, floor {row['floor_calls_per_s']:.0f}, "
-                          f"ratio {ratio:.2f}, load {row['load']}", flush=True)
+                    def run(oracle=oracle) -> None:
+                        oracle(x, y)
+                eps.images = 0
+                t0 = time.perf_counter()
+                run()  # count one call's images (the warm-up of best_of; it compiles a compiled model)
+                _sync(device)
+                compile_seconds = time.perf_counter() - t0 if mode != "none" else 0.0
+                images = eps.images
+                seconds = best_of(run, args.repeats, device)
+                # the floor measured next to its row, so that a changing machine load hits both alike
+                per_call = floor_seconds_per_call(eps_raw, unet_batch, precision, workload == "attack", device,
+                                                  args.repeats)
+                ratio = seconds / (images * per_call)
+                row = {"method": method, "workload": workload, "precision": precision, "scheme": scheme,
+                       "compile": mode, "first_call_seconds": compile_seconds,
+                       "unet_batch": unet_batch, "seconds": seconds, "image_unet_calls": images,
+                       "calls_per_s": images / seconds, "floor_calls_per_s": 1 / per_call,
+                       "ratio_to_floor": ratio, "eps_model_share": 1 / ratio, "load": _load()}
+                rows.append(row)
+                print(f"{method} {workload} {precision} {scheme} {mode}: {seconds:.3f} s, "
+                      f"{row['calls_per_s']:.0f} calls/s, floor {row['floor_calls_per_s']:.0f}, "
+                      f"ratio {ratio:.2f}, load {row['load']}", flush=True)
 
     print("\n## gpu_throughput (image-UNet-calls per second; ratio = time / bare-UNet-loop time for the same calls)")
-    print("| method | workload | precision | noise scheme | UNet batch | calls/s | floor calls/s | ratio | ε share |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| method | workload | precision | noise scheme | ε-model | UNet batch | calls/s | floor calls/s | ratio | "
+          "ε share |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['workload']} | {r['precision']} | {r['scheme']} | {r['unet_batch']} | "
+        mode = r["compile"]
+        if mode != "none":
+            mode += f" (first call {r['first_call_seconds']:.0f} s)"
+        print(f"| {r['method']} | {r['workload']} | {r['precision']} | {r['scheme']} | {mode} | {r['unet_batch']} | "
               f"{r['calls_per_s']:.0f} | {r['floor_calls_per_s']:.0f} | {r['ratio_to_floor']:.2f} | "
               f"{r['eps_model_share']:.0%} |")
     if args.json:

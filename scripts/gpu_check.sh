@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# GPU readiness check (needs a CUDA device; at most 9.5 minutes: the four parts have 120 + 150 + 150 + 150 s limits):
+# GPU readiness check (needs a CUDA device; at most 9.5 minutes: the five parts have 100 + 140 + 150 + 100 + 70 s
+# limits):
 #   1. the GPU tests (pytest -m gpu: CUDA purification equals CPU, bf16 on CUDA, noise on the device, no
 #      host-device sync in a reverse step or a PGD iteration);
 #   2. benchmarks/gpu_throughput.py (#25): image-UNet-calls/s of the study's attack gradient and defended
 #      prediction (DiffPure v2, FreqPure official v2; fp32/bf16; both noise schemes) against the bare ε-model floor;
-#   3. the two throughput benchmarks on CUDA, fp32 against bf16 (attack gradient, purification);
-#   4. a 64-image purification with the published NCSN++ and ADM architectures (random weights).
+#   3. the same at the study's target size (batch 256, FreqPure official v2, bf16, counter-v1), eager against
+#      torch.compile with CUDA graphs (mode reduce-overhead; #25 item 5: keep what wins);
+#   4. the two throughput benchmarks on CUDA, fp32 against bf16 (attack gradient, purification);
+#   5. a 64-image purification with the published NCSN++ and ADM architectures (random weights).
 # Every number goes to $OUT (default gpu_check/), summary in $OUT/summary.txt; copy it into
 # benchmarks/RESULTS.md ("GPU").
 #   bash scripts/gpu_check.sh [OUT]
@@ -39,11 +42,13 @@ run() {  # run NAME TIMEOUT CMD...: log to $OUT/NAME.txt, note the outcome in th
     [ $rc -eq 0 ] || status=1
 }
 
-run gpu_tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
-run gpu_throughput 150 "$PY" benchmarks/gpu_throughput.py --device cuda --batch 64 --json "$OUT/gpu_throughput.json"
-run throughput 150 "$PY" benchmarks/precision_speed.py --device cuda --variants fp32,bf16,bf16-cl --repeats 2 \
+run gpu_tests 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+run gpu_throughput 140 "$PY" benchmarks/gpu_throughput.py --device cuda --batch 64 --json "$OUT/gpu_throughput.json"
+run gpu_compile 150 "$PY" benchmarks/gpu_throughput.py --device cuda --batch 256 --methods freqpure-official-v2 \
+    --precisions bf16 --schemes counter-v1 --compile none,reduce-overhead --json "$OUT/gpu_compile.json"
+run throughput 100 "$PY" benchmarks/precision_speed.py --device cuda --variants fp32,bf16,bf16-cl --repeats 2 \
     --purify-rounds "100:5;1000:100" --purify-n 64 --purify-batch 64 --json "$OUT/throughput.json"
-run architectures 150 "$PY" benchmarks/gpu_arch_purify.py --device cuda --n 64 --batch 16 --rounds 100:5 \
+run architectures 70 "$PY" benchmarks/gpu_arch_purify.py --device cuda --n 64 --batch 16 --rounds 100:5 \
     --json "$OUT/architectures.json"
 
 {
@@ -51,6 +56,8 @@ run architectures 150 "$PY" benchmarks/gpu_arch_purify.py --device cuda --n 64 -
     tail -n 3 "$OUT/gpu_tests.txt"
     echo
     grep -A 20 "^## gpu_throughput" "$OUT/gpu_throughput.txt"
+    echo
+    grep -A 8 "^## gpu_throughput" "$OUT/gpu_compile.txt"
     echo
     grep -A 6 "^## " "$OUT/throughput.txt"
     echo

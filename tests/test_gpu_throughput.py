@@ -28,5 +28,5 @@ def test_gpu_throughput_runs_on_the_cpu_and_counts_unet_calls(tmp_path: Path) ->
     assert calls[("diffpure-v2", "attack")] == 2 * 2 * 1  # images x EOT x surrogate steps (plain backprop)
     assert calls[("freqpure-official-v2", "predict")] == 2 * 2 * 2 * 2  # + the re-denoised reference per step
     for r in rows:
-        assert r["calls_per_s"] > 0 and r["ratio_to_floor"] > 0 and r["unet_batch"] == 4
-    assert "| diffpure-v2 | predict | fp32 | counter-v1 | 4 |" in result.stdout
+        assert r["calls_per_s"] > 0 and r["ratio_to_floor"] > 0 and r["unet_batch"] == 4 and r["compile"] == "none"
+    assert "| diffpure-v2 | predict | fp32 | counter-v1 | none | 4 |" in result.stdout
