@@ -38,11 +38,11 @@ def _bundled_params(name: str, kind: str) -> int:
 
 
 def _published_params(name: str) -> int | None:
-    from freqpure.models.registry import PUBLISHED, _build
+    from freqpure.models.registry import PUBLISHED, build_network
 
     spec = PUBLISHED[name]
     try:
-        net = _build(spec.arch, spec.config, device=None, meta=True)
+        net = build_network(spec.arch, spec.config, device=None, meta=True)
     except Exception:  # an architecture that cannot be built on the meta device: leave the count out
         return None
     return sum(p.numel() for p in net.parameters())

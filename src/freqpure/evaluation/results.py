@@ -262,9 +262,3 @@ def assemble_examples(parts_dir: Path, out_path: Path, class_names: list[str], l
     with atomic_path(out_path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **out)
     return len(order)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """The old name of the results' JSON writer, kept for callers not yet moved (same bytes): use
-    :func:`freqpure._fileio.write_json_atomic` (NaN/Inf become null; flushed to disk before the rename)."""
-    write_json_atomic(path, data, fsync=True)

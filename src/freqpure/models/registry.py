@@ -47,6 +47,7 @@ from freqpure.models.checkpoint import (
 __all__ = [
     "FORMAT_VERSION",
     "UnknownModelError",
+    "build_network",
     "extract_state_dict",
     "guess_spec",
     "spec_for_file",
@@ -175,9 +176,10 @@ def _check_normalisation(config: Mapping[str, Any], what: str) -> None:
             raise CheckpointError(f"{what}: {key} must be {need} (one per channel), got {value!r}")
 
 
-def _build(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool,
+def build_network(arch_name: str, config: Mapping[str, Any], *, device: DeviceLike, meta: bool,
            what: str | None = None) -> nn.Module:
-    """Randomly initialised network (or shapes only on ``meta``)."""
+    """A randomly initialised network of architecture ``arch_name`` with ``config`` (or shapes only, on the meta
+    device, with ``meta``): what a checkpoint is loaded into."""
     if arch_name in ARCHS:
         builder = ARCHS[arch_name].build
     else:
@@ -211,7 +213,7 @@ _SIZE_SLACK = 1_000_000
 
 def _check_size(arch_name: str, config: Mapping[str, Any], state_dict: Mapping[str, Tensor], what: str) -> None:
     """Refuse a config that asks for a network larger than the weights in the file (built on meta: no memory)."""
-    wanted = count_elements(_build(arch_name, config, device=None, meta=True, what=what))
+    wanted = count_elements(build_network(arch_name, config, device=None, meta=True, what=what))
     have = sum(t.numel() for t in state_dict.values())
     if wanted > have + _SIZE_SLACK:
         raise ArchitectureMismatchError(
@@ -261,7 +263,7 @@ def _instantiate(
     meta = arch_name in ARCHS and ARCHS[arch_name].meta_init
     if not meta:
         _check_size(arch_name, config, state_dict, what)
-    net = load_weights(_build(arch_name, config, device=device, meta=meta, what=what), state_dict, what=what)
+    net = load_weights(build_network(arch_name, config, device=device, meta=meta, what=what), state_dict, what=what)
     if _kind_of(arch_name, metadata) == "diffusion":
         if "freqpure_eps" in metadata:
             eps = _json_meta(metadata, "freqpure_eps", what)
@@ -285,7 +287,7 @@ def _instantiate(
 
 def extract_state_dict(spec_arch: str, config: Mapping[str, Any], obj: Any, what: str) -> dict[str, Tensor]:
     """Published file contents → normalised state_dict of ``spec_arch(config)`` (checked on meta)."""
-    meta_model = _build(spec_arch, config, device=None, meta=True)
+    meta_model = build_network(spec_arch, config, device=None, meta=True)
     sd = ARCHS[spec_arch].extract(obj, meta_model, config)
     return normalize_state_dict(meta_model.state_dict(), sd, what=what)
 

@@ -17,7 +17,7 @@ from freqpure.passthrough import band_labels
 from freqpure.study.config import StageConfig, StudyConfig
 
 
-def _pct(entry: Accuracy | dict[str, Any] | None) -> str:
+def _accuracy_cell(entry: Accuracy | dict[str, Any] | None) -> str:
     """``85.0 [81.2, 88.1]`` from an :class:`~freqpure.evaluation.results.Accuracy` (or its dict form)."""
     if isinstance(entry, dict):
         entry = Accuracy.from_dict(entry) if entry.get("n") else None
@@ -60,7 +60,8 @@ def _clean_table(stage: StageConfig, folder: Path) -> str:
             if summ.vote is not None and (folder / s.compare_to / "vote.jsonl").is_file():
                 vote_pair = pair_outcomes("vote", clean_outcomes(part, "vote.jsonl", stage.vote_n),
                                           clean_outcomes(folder / s.compare_to, "vote.jsonl", stage.vote_n))
-        cells = [s.name, desc, str(summ.n), _pct(summ.clean), _ptext(pair), _pct(summ.vote), _ptext(vote_pair)]
+        cells = [s.name, desc, str(summ.n), _accuracy_cell(summ.clean), _ptext(pair), _accuracy_cell(summ.vote),
+                 _ptext(vote_pair)]
         for k in labels:
             pt = summ.passthrough.get(k) or {}
             cells.append("—" if not pt.get("n") else f"{pt['mean']:.2f} [{pt['lo']:.2f}, {pt['hi']:.2f}]")
@@ -124,9 +125,9 @@ def _eval_table(stage: StageConfig, folder: Path) -> str:
                 if row.metric == "worst case":
                     pair_cell = f"{row.only_a}/{row.only_b}, p {_pvalue(row.p)}, {diff} (n = {row.n})"
         cells = [r.name, defence, status, class_span(s.labels), _environment_text(s.environments),
-                 _pct(s.accuracy("clean"))]
-        cells += [_pct(s.accuracy(c)) for c in columns]
-        cells += [_pct(s.accuracy("worst case")), pair_cell]
+                 _accuracy_cell(s.accuracy("clean"))]
+        cells += [_accuracy_cell(s.accuracy(c)) for c in columns]
+        cells += [_accuracy_cell(s.accuracy("worst case")), pair_cell]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Accuracy in % [95% Wilson interval] on the images recorded so far; a part marked interim "
               "covers only the classes listed (the subset is ordered by class). Worst case = correct on the clean "
