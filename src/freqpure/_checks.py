@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 from collections.abc import Iterator
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from freqpure.errors import UsageError
 
-__all__ = ["check_images", "trusted_images", "values_trusted"]
+__all__ = ["check_images", "check_int", "compute_dtype", "as_compute_dtype", "trusted_images", "values_trusted"]
 
 _TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("freqpure_trusted_images", default=False)
 
@@ -92,3 +93,29 @@ def _check_values(x: Tensor, name: str, value_range: tuple[float, float] | None,
                     f"{name} has values in [{xmin:.4g}, {xmax:.4g}], outside [{lo}, {hi}]; images must be "
                     f"scaled to [{lo}, {hi}] (pass clamp=True to clip them)"
                 )
+
+
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an int (numpy integers too; no bools, no floats), optionally within ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise UsageError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def compute_dtype(module: object) -> torch.dtype:
+    """The floating dtype of ``module``'s parameters (float32 when it has none)."""
+    params = getattr(module, "parameters", None)
+    if callable(params):
+        for p in params():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.float32
+
+
+def as_compute_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """float16/bfloat16/float64 images are converted to the model's dtype (gradients flow through the cast)."""
+    return x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)

@@ -7,11 +7,13 @@ turns it into a module.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from freqpure.errors import NotFoundError, UsageError
-from freqpure.presets import DEFAULTS, PRESETS
+from freqpure.presets import DEFAULTS, METHODS, PRESETS, SAMPLERS, VARIANTS, resolve_variant
 
 __all__ = [
     "PurifierConfig",
@@ -33,6 +35,11 @@ __all__ = [
     "config_diff",
     "parse_yaml",
     "with_resolved_precision",
+    "Alias",
+    "nested_alias",
+    "upgrade_keys",
+    "with_keys",
+    "load_settings",
 ]
 
 T = TypeVar("T")
@@ -79,9 +86,9 @@ class PurifierConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.method not in ("freqpure", "diffpure", "none"):
+        if self.method not in METHODS:
             raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
-        for key, allowed in (("sampler", ("ddpm", "ddim", "sde")),):  # variant keys: checked by effective()
+        for key, allowed in (("sampler", SAMPLERS),):  # variant keys: checked by effective()
             if getattr(self, key) not in allowed:
                 raise UsageError(f"purifier.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         for key in ("amp_radius", "phase_radius", "delta"):
@@ -104,8 +111,6 @@ class PurifierConfig:
                 raise UsageError(f"purifier.rounds: {err}{hint}") from None
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"purifier.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        from freqpure.purifiers import VARIANTS
-
         if self.variant not in VARIANTS:
             raise UsageError(f"purifier.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         try:
@@ -116,10 +121,17 @@ class PurifierConfig:
             if effective[key] == VARIANTS[self.variant][key]:
                 setattr(self, key, None)
 
+    def for_method(self, method: str) -> PurifierConfig:
+        """The same purifier under another ``method``: the shared settings (model, plan, sampler, variant and its
+        keys, ``clip_x0``, precision) kept, FreqPure's own (radii, δ, mode, reference) at their defaults.
+
+        How a comparison builds its DiffPure from its FreqPure (``freqpure analyze``).
+        """
+        shared = ("diffusion", "rounds", "sampler", "variant", "step_rule", "grid", "variance", "clip_x0", "precision")
+        return PurifierConfig(method=method, **{key: getattr(self, key) for key in shared})
+
     def effective(self) -> dict[str, str]:
         """The values of the variant's keys after the preset and the explicit overrides."""
-        from freqpure.purifiers import resolve_variant
-
         return resolve_variant(self.variant, **{k: getattr(self, k) for k in _VARIANT_KEYS})
 
 
@@ -225,9 +237,83 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# An old (flat) key of a settings dataclass, still read: ``alias(value, data)`` gives the same setting in the
+# current form, a partial dict (``data``: the whole mapping being read, for aliases that need another key).
+Alias = Callable[[Any, dict[str, Any]], dict[str, Any]]
+
+
+def nested_alias(*paths: str) -> Alias:
+    """An old key now spelled at each dotted path of ``paths`` (e.g. ``nested_alias("purifier.rounds")``)."""
+    def alias(value: Any, data: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for path in paths:
+            *parents, leaf = path.split(".")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+        return out
+
+    return alias
+
+
+def _aliases(cls: type) -> dict[str, Alias]:
+    """The old keys ``cls`` still reads (its ``ALIASES`` class attribute; none by default)."""
+    return dict(getattr(cls, "ALIASES", None) or {})
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any], *, old_key: str | None = None, prefix: str = "") -> None:
+    """Deep-merge ``new`` into ``into``; with ``old_key``, a leaf already given with another value is refused."""
+    for key, value in new.items():
+        here = into.get(key)
+        if isinstance(value, dict) and isinstance(here, dict):
+            _merge(here, value, old_key=old_key, prefix=f"{prefix}{key}.")
+            continue
+        if old_key is not None and key in into and here != value:
+            raise UsageError(f"{old_key} is the old spelling of {prefix}{key}; they disagree ({value!r} vs "
+                             f"{here!r}): give {prefix}{key} only")
+        into[key] = value
+
+
+def upgrade_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the old keys of ``cls`` (:func:`nested_alias` and the like) rewritten to the current form."""
+    aliases = _aliases(cls)
+    if not any(key in aliases for key in data):
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k not in aliases}
+    for key, value in data.items():
+        if key in aliases:
+            _merge(out, aliases[key](value, data), old_key=key)
+    return out
+
+
+def with_keys(cls: type, data: dict[str, Any], keys: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a dict of ``cls``) with ``keys`` set on top, old spellings among them mapped (later wins)."""
+    aliases = _aliases(cls)
+    out = copy.deepcopy(data)
+    for key, value in keys.items():
+        _merge(out, aliases[key](value, out) if key in aliases else {key: value})
+    return out
+
+
+def coerce_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """``data``'s values coerced to the field types of dataclass ``cls`` (keys must be fields of ``cls``)."""
+    types_ = _field_types(cls)
+    try:
+        return {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in data.items()}
+    except TypeError as err:
+        raise UsageError(f"{where}: {err}") from None
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys raise, naming them and listing the valid ones."""
-    data = dict(data or {})
+    """Build dataclass ``cls`` from ``data``; unknown keys raise, naming them and listing the valid ones.
+
+    Old keys listed in ``cls.ALIASES`` are read in their current form (see :func:`upgrade_keys`).
+    """
+    tagged = getattr(cls, "from_config", None)
+    if tagged is not None:  # a tagged union (an attack's settings): the variant its data names reads it
+        return tagged(data, where)
+    data = upgrade_keys(cls, dict(data or {}))
     types_ = _field_types(cls)
     valid = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in valid]
@@ -257,6 +343,25 @@ def _drop_unset(cfg: Any, out: dict[str, Any]) -> None:
             out.pop(f.name, None)
         elif dataclasses.is_dataclass(value) and isinstance(out.get(f.name), dict):
             _drop_unset(value, out[f.name])
+        elif isinstance(value, list) and isinstance(out.get(f.name), list):
+            out[f.name] = _saved_items(value, out[f.name])
+
+
+def _saved_items(values: list[Any], out: list[Any]) -> list[Any]:
+    """A list's items in their saved form: an item's own ``saved_dict()`` when it has one (an attack's settings
+    keep their flat saved layout, see :mod:`freqpure.attacks.settings`), else as ``asdict`` wrote it."""
+    return [v.saved_dict() if hasattr(v, "saved_dict") else d for v, d in zip(values, out)]
+
+
+def _saved_lists(cfg: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` (``asdict(cfg)``, every key kept) with list items in their saved form (see :func:`_saved_items`)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value) and isinstance(out.get(f.name), dict):
+            _saved_lists(value, out[f.name])
+        elif isinstance(value, list) and isinstance(out.get(f.name), list):
+            out[f.name] = _saved_items(value, out[f.name])
+    return out
 
 
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
@@ -264,13 +369,16 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
 
     Lists of sections are indexed by position: ``attacks.0.eps=0.01``.
     """
-    data = dataclasses.asdict(cfg)  # every key, the omitted-while-None ones too
+    data = _saved_lists(cfg, dataclasses.asdict(cfg))  # every key, the omitted-while-None ones too
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"override {item!r} must look like key.sub=value")
         node: Any = data
         parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] not in data and parts[0] in _aliases(type(cfg)):  # an old flat key
+            data = with_keys(type(cfg), data, {parts[0]: parse_yaml(raw, f"override {item!r}")})
+            continue
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):  # list of sections: index it, e.g. attacks.0.eps=...
                 if not (part.isdigit() and int(part) < len(node)):
@@ -363,6 +471,28 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     if not isinstance(data, dict):
         raise UsageError(f"config file {path} must hold a mapping at the top level")
     return from_dict(cls, data)
+
+
+def load_settings(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                  flags: dict[str, Any] | None = None, *, start: T | None = None, where: str = "config") -> T:
+    """Settings of type ``cls``: defaults (or ``start``) ← the YAML file ``path`` ← ``key=value`` ``overrides``
+    ← ``flags``.
+
+    The one loader of every command's ``--config``/``--set``/flags. ``flags`` (``None`` values: not given) are
+    applied last; a key given both by an override and by a flag is an error (no silent precedence). ``where``
+    names the settings in the errors about flags.
+    """
+    cfg = load_yaml(cls, path) if path else (start if start is not None else cls())
+    overrides = list(overrides or [])
+    cfg = apply_overrides(cfg, overrides)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    if flags:
+        set_keys = {item.partition("=")[0].strip() for item in overrides}
+        clash = sorted(set_keys & set(flags))
+        if clash:
+            raise UsageError(f"{', '.join(clash)} given both by --set and by its own flag; give it once")
+        cfg = from_dict(cls, with_keys(cls, to_dict(cfg), flags), where)
+    return cfg
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -27,7 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULTS", "PRESETS", "Preset", "preset_names"]  # preset(): freqpure.config.preset
+from freqpure.errors import UsageError
+
+__all__ = ["DEFAULTS", "PRESETS", "Preset", "preset_names", "SAMPLERS", "METHODS", "VARIANTS", "VARIANT_CHOICES",
+           "resolve_variant"]  # preset(): freqpure.config.preset
 
 # The library defaults. PurifierConfig's fields, FreqPure's and DiffPure's signatures read these.
 DEFAULTS: dict[str, Any] = {
@@ -82,3 +85,38 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 def preset_names() -> list[str]:
     """The preset names, in table order."""
     return list(PRESETS)
+
+
+# ------------------------------------------------------------------------------------- valid choices
+# The one list of each purifier setting's valid values: the purifiers, PurifierConfig and the commands read these.
+METHODS = ("freqpure", "diffpure", "none")
+SAMPLERS = ("ddpm", "ddim", "sde")
+
+# The variants. "paper": the method as the paper states it (freqpure's default). "official": the arithmetic of the
+# official FreqPure code (purification.py / ddp_test.py), like for like.
+VARIANTS: dict[str, dict[str, str]] = {
+    "paper": {"mode": "paper", "reference": "input", "step_rule": "posterior", "grid": "respaced",
+              "variance": "learned"},
+    "official": {"mode": "reference", "reference": "round-denoised", "step_rule": "official", "grid": "official",
+                 "variance": "fixed"},
+}
+VARIANT_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("paper", "reference"), "reference": ("input", "denoised", "round-denoised"),
+    "step_rule": ("posterior", "official"), "grid": ("respaced", "official"), "variance": ("learned", "fixed")}
+
+
+def resolve_variant(variant: str, **keys: str | None) -> dict[str, str]:
+    """The effective settings of ``variant`` with the explicitly given ``keys`` (not ``None``) overriding it.
+
+    Precedence: an explicit key wins over the preset (a documented override, e.g. ``variant="official",
+    step_rule="posterior"`` for an ablation); ``None`` means "as the variant says". Only the keys passed
+    are returned. Unknown variants or values raise :class:`UsageError`.
+    """
+    if variant not in VARIANTS:
+        raise UsageError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    out = {}
+    for key, value in keys.items():
+        if value is not None and value not in VARIANT_CHOICES[key]:
+            raise UsageError(f"{key} must be {' or '.join(map(repr, VARIANT_CHOICES[key]))}, got {value!r}")
+        out[key] = VARIANTS[variant][key] if value is None else value
+    return out

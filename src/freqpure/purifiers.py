@@ -1,10 +1,14 @@
-"""Purifiers (DiffPure, FreqPure) and the defended classifier that wraps them.
+"""Purifiers (DiffPure, FreqPure): modules that noise an image and reverse-diffuse it, round by round.
 
 Every purifier is an ``nn.Module`` taking images ``[B, C, H, W]`` in [0, 1] and returning purified
 images of the same shape, also in classifier space (roughly [0, 1]; not clamped, so that gradients
 are exact). Randomness comes from a :class:`~freqpure.samplers.StepNoise` passed to ``forward``; when
 none is passed the purifier draws a fresh seed from its own seeded ``torch.Generator``, so a run is
 reproducible from the ``seed`` given at construction.
+
+The defended classifier (:class:`~freqpure.ensemble.PurifiedClassifier`, :func:`~freqpure.ensemble.combine_draws`)
+lives in :mod:`freqpure.ensemble` and is re-exported here; the variants and the valid choices of every setting
+live in :mod:`freqpure.presets`.
 """
 
 from __future__ import annotations
@@ -12,21 +16,21 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from freqpure._checks import check_images
+from freqpure._checks import as_compute_dtype, check_images, check_int, compute_dtype
 from freqpure.checkpointing import AutoCheckpoint, CheckpointSetting, check_checkpoint_setting, checkpoint_policy
+from freqpure.ensemble import PurifiedClassifier, Vote, combine_draws
+from freqpure.epsmodel import check_step_range
 from freqpure.errors import UsageError
-from freqpure.models.adapters import check_step_range
 from freqpure.noise import check_noise_scheme, make_noise
-from freqpure.presets import DEFAULTS
+from freqpure.presets import DEFAULTS, SAMPLERS, VARIANTS, resolve_variant
 from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
-from freqpure.samplers import DrawNoise, EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
+from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
 from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds, round_timesteps
 from freqpure.spectral import check_radius, freq_exchange
 
@@ -39,6 +43,7 @@ __all__ = [
     "Sampler",
     "Reference",
     "Variant",
+    "Vote",
     "VARIANTS",
     "resolve_variant",
 ]
@@ -47,48 +52,8 @@ Sampler = Literal["ddpm", "ddim", "sde"]
 Reference = Literal["input", "denoised", "round-denoised"]
 Variant = Literal["paper", "official"]
 
-# The named presets. "paper": the method as the paper states it (freqpure's default). "official": the
-# arithmetic of the official FreqPure code (purification.py / ddp_test.py), like for like.
-VARIANTS: dict[str, dict[str, str]] = {
-    "paper": {"mode": "paper", "reference": "input", "step_rule": "posterior", "grid": "respaced",
-              "variance": "learned"},
-    "official": {"mode": "reference", "reference": "round-denoised", "step_rule": "official", "grid": "official",
-                 "variance": "fixed"},
-}
-_CHOICES = {"mode": ("paper", "reference"), "reference": ("input", "denoised", "round-denoised"),
-            "step_rule": ("posterior", "official"), "grid": ("respaced", "official"), "variance": ("learned", "fixed")}
-
-
-def resolve_variant(variant: str, **keys: str | None) -> dict[str, str]:
-    """The effective settings of ``variant`` with the explicitly given ``keys`` (not ``None``) overriding it.
-
-    Precedence: an explicit key wins over the preset (a documented override, e.g. ``variant="official",
-    step_rule="posterior"`` for an ablation); ``None`` means "as the variant says". Only the keys passed
-    are returned. Unknown variants or values raise :class:`UsageError`.
-    """
-    if variant not in VARIANTS:
-        raise UsageError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    out = {}
-    for key, value in keys.items():
-        if value is not None and value not in _CHOICES[key]:
-            raise UsageError(f"{key} must be {' or '.join(map(repr, _CHOICES[key]))}, got {value!r}")
-        out[key] = VARIANTS[variant][key] if value is None else value
-    return out
-
-_ROUND_KEY = 100_000  # noise keys: round r uses keys r * _ROUND_KEY + ...
-_FORWARD_KEY = 90_000  # ... + _FORWARD_KEY for the forward noising of that round
+_FORWARD_KEY = 90_000  # noise keys of a round: _FORWARD_KEY for the forward noising of that round
 _REFERENCE_KEY = 50_000  # ... + _REFERENCE_KEY + i for the reference draws
-
-
-def _check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
-    """``value`` as an int (numpy integers too; no bools, no floats), optionally within ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        span = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise UsageError(f"{name} must be {span}, got {value}")
-    return value
 
 
 def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
@@ -101,21 +66,6 @@ def _check_number(value: object, name: str, *, optional: bool = False) -> float 
     if not (math.isfinite(value) and value >= 0):
         raise UsageError(f"{name} must be a finite number >= 0{' or None' if optional else ''}, got {value}")
     return value
-
-
-def _compute_dtype(module: object) -> torch.dtype:
-    """The floating dtype of ``module``'s parameters (float32 when it has none)."""
-    params = getattr(module, "parameters", None)
-    if callable(params):
-        for p in params():
-            if p.is_floating_point():
-                return p.dtype
-    return torch.float32
-
-
-def _as_compute_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """float16/bfloat16/float64 images are converted to the model's dtype (gradients flow through the cast)."""
-    return x if x.dtype == dtype or not x.is_floating_point() else x.to(dtype)
 
 
 SEED_MAX = 2**63 - 1
@@ -178,11 +128,11 @@ class Purifier(nn.Module):
         super().__init__()
         resolve_precision(precision)  # refuse a bad name here
         self.noise_scheme = None if noise_scheme is None else check_noise_scheme(noise_scheme)
-        if sampler not in ("ddpm", "ddim", "sde"):
+        if sampler not in SAMPLERS:
             raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
         if not callable(eps_model):
             raise UsageError(f"eps_model must be a callable eps_model(x_t, t), got {type(eps_model).__name__}")
-        seed = _check_int(seed, "seed", 0, SEED_MAX)
+        seed = check_int(seed, "seed", 0, SEED_MAX)
         settings = resolve_variant(variant, step_rule=step_rule, grid=grid, variance=variance)
         if sampler == "sde" and (settings["step_rule"] != "posterior" or settings["grid"] != "respaced"):
             raise UsageError(f"sampler 'sde' has no discrete grid or official step: variant={variant!r} needs "
@@ -240,7 +190,7 @@ class Purifier(nn.Module):
         channels = getattr(self.eps_model, "channels", None)
         size = getattr(self.eps_model, "image_size", None)
         x = check_images(x, "x", channels=channels, size=size, clamp=self.clamp_input)
-        return _as_compute_dtype(x, _compute_dtype(self.eps_model))
+        return as_compute_dtype(x, compute_dtype(self.eps_model))
 
     def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
         """Purify ``x`` ``[B, C, H, W]`` in [0, 1] → ``[B, C, H, W]`` (classifier space, unclamped).
@@ -260,7 +210,7 @@ class Purifier(nn.Module):
         # one decision for the whole call: the graph of every round's steps must fit together
         policy = checkpoint_policy(self.checkpoint, sum(r.steps for r in self.rounds), x.device)
         for r, rnd in enumerate(self.rounds):
-            round_noise = noise.child(r)
+            round_noise = self.round_noise(noise, r)
             hook = self.make_x0_hook(x_diff, x_input, round_noise)
             x_diff = self._run_round(x_diff, rnd, round_noise, hook, policy)
         return (x_diff + 1) / 2
@@ -269,18 +219,32 @@ class Purifier(nn.Module):
         """The round's decreasing step indices on this purifier's grid."""
         return round_timesteps(rnd, self.grid)
 
-    def _run_round(self, x: Tensor, rnd: PurificationRound, noise: StepNoise, hook: X0Hook | None,
-                   checkpoint: bool | AutoCheckpoint = False) -> Tensor:
+    # -- one round, in public steps (what the adjoint path in freqpure.attacks.adjoint reuses) -----------
+    def round_noise(self, noise: StepNoise, r: int) -> StepNoise:
+        """The noise stream of round ``r`` (0-based) of a call made with ``noise``."""
+        return noise.child(r)
+
+    def vp_time(self, rnd: PurificationRound) -> float:
+        """The round's noise level as a VP-SDE time in [0, 1] (``t_star / num_steps``; the ``sde`` sampler's)."""
+        return rnd.t_star / self.schedule.num_steps
+
+    def diffuse(self, x: Tensor, rnd: PurificationRound, noise: StepNoise) -> Tensor:
+        """The start of round ``rnd``: ``x`` (diffusion space) forward-noised to the round's t* with the round's
+        own draw from ``noise`` (the stream :meth:`round_noise` gives), as :meth:`forward` does it."""
         z = noise(_FORWARD_KEY, x)
         if self.sampler == "sde":
-            sde = self.schedule.as_vpsde()
-            t_cont = rnd.t_star / self.schedule.num_steps
-            x_t = add_noise(x, sde.alpha_bar(torch.tensor(t_cont, dtype=torch.float64)), z)
-            return sample_vpsde_euler(
-                self.eps, x_t, t_cont, rnd.steps, sde, noise=noise, x0_hook=hook, checkpoint=checkpoint
-            )
+            alpha_bar = self.schedule.as_vpsde().alpha_bar(torch.tensor(self.vp_time(rnd), dtype=torch.float64))
+        else:
+            alpha_bar = self.schedule.alpha_bar(self.timesteps(rnd)[0])
+        return add_noise(x, alpha_bar, z)
+
+    def _run_round(self, x: Tensor, rnd: PurificationRound, noise: StepNoise, hook: X0Hook | None,
+                   checkpoint: bool | AutoCheckpoint = False) -> Tensor:
+        x_t = self.diffuse(x, rnd, noise)
+        if self.sampler == "sde":
+            return sample_vpsde_euler(self.eps, x_t, self.vp_time(rnd), rnd.steps, self.schedule.as_vpsde(),
+                                      noise=noise, x0_hook=hook, checkpoint=checkpoint)
         ts = self.timesteps(rnd)
-        x_t = add_noise(x, self.schedule.alpha_bar(ts[0]), z)
         return sample_ddpm(
             self.eps,
             x_t,
@@ -332,7 +296,7 @@ class DiffPure(Purifier):
         **kwargs,
     ) -> None:
         if rounds is None:
-            t_star, steps = _check_int(t_star, "t_star", 1), _check_int(steps, "steps", 1)
+            t_star, steps = check_int(t_star, "t_star", 1), check_int(steps, "steps", 1)
         super().__init__(eps_model, rounds or [PurificationRound(t_star, steps)], sampler=sampler, **kwargs)
 
 
@@ -387,25 +351,20 @@ class FreqPure(Purifier):
                 raise UsageError(f"t_star={t_star} and t_start={t_start} name the same setting; give one of them")
             t_start = t_star
         if rounds is None:
-            t_start, steps = _check_int(t_start, "t_start", 1), _check_int(steps, "steps", 1)
+            t_start, steps = check_int(t_start, "t_start", 1), check_int(steps, "steps", 1)
         super().__init__(eps_model, rounds or [PurificationRound(t_start, steps)], **kwargs)
         amp_radius = _check_number(amp_radius, "amp_radius", optional=True)
         phase_radius = _check_number(phase_radius, "phase_radius", optional=True)
         delta = _check_number(delta, "delta")
-        reference_t = _check_int(reference_t, "reference_t")
+        reference_t = check_int(reference_t, "reference_t")
         if not isinstance(recompute_reference, bool):
             raise UsageError(f"recompute_reference must be True or False, got {recompute_reference!r}")
         settings = resolve_variant(self.variant, mode=mode, reference=reference)
         mode, reference = settings["mode"], settings["reference"]
-        if not (delta >= 0 and math.isfinite(delta)):
-            raise UsageError(f"delta must be a finite number >= 0 (radians), got {delta}")
         if not 0 <= reference_t < self.schedule.num_steps:
             raise UsageError(f"reference_t must be a step index in 0..{self.schedule.num_steps - 1}, got {reference_t}")
         if reference == "denoised":
             check_step_range(eps_model, [], reference_t)
-        for r, name in ((amp_radius, "amp_radius"), (phase_radius, "phase_radius")):
-            if r is not None and (r < 0 or not math.isfinite(r)):
-                raise UsageError(f"{name} must be a finite number >= 0 or None, got {r}")
         self.amp_radius = amp_radius
         self.phase_radius = phase_radius
         self.delta = delta
@@ -449,141 +408,3 @@ class FreqPure(Purifier):
             f"{super().extra_repr()}, amp_radius={self.amp_radius}, phase_radius={self.phase_radius}, "
             f"delta={self.delta}, reference={self.reference}, mode={self.mode}"
         )
-
-
-Vote = Literal["majority", "logits", "softmax"]
-
-
-class PurifiedClassifier(nn.Module):
-    """A classifier defended by a purifier: ``scores = vote(classifier(post(purifier(pre(x)))))``.
-
-    Args:
-        classifier: ``nn.Module`` taking images in [0, 1] (after ``postprocess``) → logits ``[B, K]``.
-        purifier: a :class:`Purifier` (or any module ``[B,C,H,W] → [B,C,H,W]`` accepting ``noise=``).
-        ensemble: number of independent purification runs per input (batched into one call).
-        vote: ``"majority"`` — the value is the vote share of each class (ties broken by the mean
-            softmax), the gradient that of the mean softmax (straight-through). The value is piecewise
-            constant, so a loss computed on it (what AutoAttack's APGD tracks) is flat: give attack
-            libraries ``"softmax"`` instead, as the evaluation does for AutoAttack
-            (:meth:`freqpure.evaluation.components.Defence.mean_softmax_model`); ``"softmax"`` — log of
-            the mean softmax; ``"logits"`` — mean logits.
-        preprocess: applied to the input before purification (e.g. ``Resize(256)``).
-        postprocess: applied to the purified image before the classifier (e.g. ``Resize(224)`` and
-            ImageNet normalisation, see :func:`freqpure.transforms.imagenet_classifier_input`).
-        max_batch: purify at most this many images per call (chunks the ``ensemble × B`` batch). Never
-            changes the result: the noise is addressed per image and per ensemble draw (row ``b`` of
-            draw ``e`` uses stream ``noise.rows(B)[b].child(e)``), not per chunk.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` for the classifier call (autocast; the
-            purifier has its own ``precision``).
-
-    Stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`): ``forward(x,
-    noise)`` takes any noise source with ``rows(n)`` (a :class:`~freqpure.samplers.StepNoise` or
-    :class:`~freqpure.samplers.DrawNoise`), so :class:`~freqpure.attacks.EOTGradient` can average
-    over fresh draws of it.
-    """
-
-    stochastic = True
-
-    def __init__(
-        self,
-        classifier: nn.Module,
-        purifier: nn.Module,
-        ensemble: int = 1,
-        vote: Vote = "majority",
-        *,
-        preprocess: Callable[[Tensor], Tensor] | None = None,
-        postprocess: Callable[[Tensor], Tensor] | None = None,
-        max_batch: int | None = None,
-        precision: str = "fp32",
-    ) -> None:
-        super().__init__()
-        ensemble = _check_int(ensemble, "ensemble", 1)
-        if max_batch is not None:
-            max_batch = _check_int(max_batch, "max_batch", 1)
-        if not callable(classifier):
-            raise UsageError(f"classifier must be a module or callable, got {type(classifier).__name__}")
-        if not callable(purifier):
-            raise UsageError(f"purifier must be a module or callable, got {type(purifier).__name__}")
-        resolve_precision(precision)  # refuse a bad name here
-        if vote not in ("majority", "logits", "softmax"):
-            raise UsageError(f"vote must be 'majority', 'logits' or 'softmax', got {vote!r}")
-        self.classifier = classifier
-        self.purifier = purifier
-        self.ensemble = ensemble
-        self.vote = vote
-        self.preprocess = preprocess
-        self.postprocess = postprocess
-        self.max_batch = max_batch
-        self.precision = precision
-
-    def purify(self, x: Tensor, noise: StepNoise | DrawNoise | None = None) -> Tensor:
-        """``[B, C, H, W]`` in [0, 1] → ``[ensemble·B, C, H', W']`` purified (draw-major order)."""
-        ensure_thread_policy()
-        x = self._check_input(x)
-        if self.preprocess is not None:
-            x = self.preprocess(x)
-        n = x.shape[0]
-        batch = x.repeat(self.ensemble, 1, 1, 1)
-        if noise is None and hasattr(self.purifier, "new_noise"):
-            noise = self.purifier.new_noise()
-        streams = None
-        if noise is not None:
-            if not hasattr(noise, "rows"):
-                raise UsageError(f"PurifiedClassifier needs a noise source with rows(n) (StepNoise or DrawNoise), "
-                                 f"got {type(noise).__name__}")
-            per_image = noise.rows(n)
-            streams = [s.child(e) for e in range(self.ensemble) for s in per_image]  # row e·B + b
-        chunk = self.max_batch or batch.shape[0]
-        outs = []
-        for start in range(0, batch.shape[0], chunk):
-            part = None if streams is None else DrawNoise(streams[start : start + chunk])
-            outs.append(self.purifier(batch[start : start + chunk], noise=part))
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
-
-    @staticmethod
-    def _check_input(x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            hint = " (convert it with torch.from_numpy, scaled to [0, 1])" if hasattr(x, "__array__") else ""
-            raise UsageError(f"x must be a torch.Tensor [B, C, H, W], got {type(x).__name__}{hint}")
-        if x.ndim != 4:
-            hint = "; add a batch dimension with x[None]" if x.ndim == 3 else ""
-            raise UsageError(f"x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}{hint}")
-        if x.shape[0] == 0:
-            raise UsageError(f"x is an empty batch (shape {tuple(x.shape)})")
-        if not x.is_floating_point():
-            raise UsageError(f"x must be a floating-point tensor with values in [0, 1], got dtype {x.dtype}")
-        return x
-
-    def __repr__(self) -> str:  # one line of settings, not the whole network
-        clf = getattr(self.classifier, "name", None) or type(self.classifier).__name__
-        extra = f", max_batch={self.max_batch}" if self.max_batch else ""
-        return (f"PurifiedClassifier(classifier={clf}, purifier={self.purifier!r}, ensemble={self.ensemble}, "
-                f"vote={self.vote}{extra})")
-
-    def logits_per_draw(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
-        """Classifier logits of every purification run: ``[ensemble, B, K]``."""
-        purified = self.purify(x, noise)
-        if self.postprocess is not None:
-            purified = self.postprocess(purified)
-        logits = run_in_precision(self.classifier, self.precision,
-                                  _as_compute_dtype(purified, _compute_dtype(self.classifier)))
-        return logits.view(self.ensemble, x.shape[0], -1)
-
-    def forward(self, x: Tensor, noise: StepNoise | None = None) -> Tensor:
-        """``x`` ``[B, C, H, W]`` in [0, 1] → scores ``[B, K]`` (argmax = the defended prediction)."""
-        return combine_draws(self.logits_per_draw(x, noise), self.vote)
-
-
-def combine_draws(logits: Tensor, vote: Vote = "majority") -> Tensor:
-    """Combine the logits of several purification runs ``[E, B, K]`` into scores ``[B, K]``.
-
-    See :class:`PurifiedClassifier` for the three ``vote`` rules and their gradients.
-    """
-    if vote == "logits":
-        return logits.mean(0)
-    probs = F.softmax(logits.float(), dim=-1).mean(0)
-    if vote == "softmax":
-        return probs.clamp_min(1e-12).log()
-    votes = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(probs.dtype).mean(0)
-    value = votes + 1e-3 * probs  # the vote share; the mean softmax only breaks ties
-    return value.detach() + (probs - probs.detach())

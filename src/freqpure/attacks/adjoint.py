@@ -2,7 +2,9 @@
 
 :class:`AdjointSDEPurifier` runs the same process as a purifier with ``sampler="sde"`` — forward
 noising, then Euler–Maruyama on the reverse VP-SDE, round after round, with the purifier's x0 hook
-(FreqPure's frequency exchange) — but integrates each round with ``torchsde.sdeint_adjoint``: the
+(FreqPure's frequency exchange); each round starts from the purifier's own public steps
+(:meth:`~freqpure.purifiers.Purifier.round_noise`, :meth:`~freqpure.purifiers.Purifier.diffuse`) — but
+integrates each round with ``torchsde.sdeint_adjoint``: the
 backward pass solves the adjoint SDE instead of storing the chain, so memory is flat in the steps.
 
 Details that matter:
@@ -31,8 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.errors import DependencyError, UsageError
-from freqpure.purifiers import _FORWARD_KEY, Purifier
-from freqpure.samplers import EpsFn, NoiseFn, X0Hook, add_noise, vpsde_reverse_drift
+from freqpure.purifiers import Purifier
+from freqpure.samplers import EpsFn, NoiseFn, X0Hook, vpsde_reverse_drift
 from freqpure.schedules import VPSDE
 
 __all__ = ["AdjointSDEPurifier", "sdeint_vpsde_adjoint"]
@@ -180,11 +182,10 @@ class AdjointSDEPurifier(nn.Module):
         has_hook = type(p).make_x0_hook is not Purifier.make_x0_hook
         x_input = x * 2 - 1
         x_diff = x_input
-        for r, rnd in enumerate(p.rounds):
-            round_noise = noise.child(r)
-            t_cont = rnd.t_star / p.schedule.num_steps
-            alpha_bar = sde.alpha_bar(torch.tensor(t_cont, dtype=torch.float64))
-            x_t = add_noise(x_diff, alpha_bar, round_noise(_FORWARD_KEY, x_diff))
+        for r, rnd in enumerate(p.rounds):  # the purifier's own rounds: its noise streams and forward noising
+            round_noise = p.round_noise(noise, r)
+            t_cont = p.vp_time(rnd)
+            x_t = p.diffuse(x_diff, rnd, round_noise)
 
             # The hook reads the round input and the attacked image; in round 0 they are one tensor, which
             # must then be passed once (a tensor listed twice in adjoint_params gets its gradient twice).

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from freqpure.cli.common import add_config_args, add_runtime_args, apply_runtime_args, load_command_config
+from freqpure.presets import SAMPLERS, VARIANT_CHOICES
 
 __all__ = ["register", "run"]
 
@@ -43,13 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start PGD at the clean image")
     g = p.add_argument_group("purifiers (DiffPure and FreqPure share the plan, sampler and noise)")
     g.add_argument("--rounds", help="purification plan T:STEPS[,...] (default: 100:20)")
-    g.add_argument("--sampler", choices=["ddpm", "ddim", "sde"], help="sampler: ddpm, ddim or sde (default: ddpm)")
+    g.add_argument("--sampler", choices=SAMPLERS, help="sampler: ddpm, ddim or sde (default: ddpm)")
     g.add_argument("--amp-radius", type=float, help="FreqPure amplitude radius (default: 10)")
     g.add_argument("--phase-radius", type=float, help="FreqPure phase radius (default: 10)")
     g.add_argument("--delta", type=float, help="FreqPure phase half-width in radians (default: 0.3)")
-    g.add_argument("--mode", choices=["paper", "reference"], help="FreqPure mode: paper or reference (default: paper)")
-    g.add_argument("--reference", choices=["input", "denoised"],
-                   help="FreqPure reference: input or denoised (default: input)")
+    g.add_argument("--mode", choices=VARIANT_CHOICES["mode"],
+                   help="FreqPure mode: paper or reference (default: paper)")
+    g.add_argument("--reference", choices=VARIANT_CHOICES["reference"],
+                   help="FreqPure reference: input, denoised or round-denoised (default: input)")
     g.add_argument("--include-clean", action="store_const", const=True, default=None,
                    help="also purify the clean images")
     g = p.add_argument_group("analysis")

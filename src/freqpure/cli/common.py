@@ -10,8 +10,6 @@ from typing import Any
 
 import torch
 
-from freqpure.errors import UsageError
-
 __all__ = [
     "add_config_args",
     "add_dataclass_flags",
@@ -96,23 +94,12 @@ def add_config_args(parser: argparse.ArgumentParser, what: str = "the command's"
 
 
 def load_command_config(cls: type, args: argparse.Namespace, flags: dict[str, Any] | None = None) -> Any:
-    """Settings of type ``cls``: defaults ← ``--config`` file ← ``--set`` overrides ← explicit ``flags``.
+    """Settings of type ``cls``: defaults ← ``--config`` file ← ``--set`` overrides ← explicit ``flags``
+    (:func:`freqpure.config.load_settings`, the one loader; a key given both by ``--set`` and by its own flag
+    is an error)."""
+    from freqpure.config import load_settings
 
-    A key given both by ``--set`` and by its own flag is an error (no silent precedence).
-    """
-    from freqpure.config import apply_overrides, from_dict, load_yaml, to_dict
-
-    cfg = load_yaml(cls, args.config) if getattr(args, "config", None) else cls()
-    overrides = list(getattr(args, "overrides", None) or [])
-    cfg = apply_overrides(cfg, overrides)
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    if flags:
-        set_keys = {item.partition("=")[0].strip() for item in overrides}
-        clash = sorted(set_keys & set(flags))
-        if clash:
-            raise UsageError(f"{', '.join(clash)} given both by --set and by its own flag; give it once")
-        cfg = from_dict(cls, {**to_dict(cfg), **flags})
-    return cfg
+    return load_settings(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, device: bool = True, threads: bool = True,

@@ -29,8 +29,8 @@ from freqpure.cli.common import (
 )
 from freqpure.config import (
     PurifierConfig,
-    apply_overrides,
     from_dict,
+    load_settings,
     parse_yaml,
     preset,
     read_config_text,
@@ -161,7 +161,6 @@ def _settings(args: argparse.Namespace) -> tuple[PurifierConfig, str | None]:
     else:
         cfg, kind = preset(args.preset or "default"), None if args.preset is None else f"preset {args.preset}"
     overrides = list(args.overrides or [])
-    cfg = apply_overrides(cfg, overrides)
     set_keys = {item.partition("=")[0].strip() for item in overrides}
     flags: dict[str, Any] = dataclass_overrides(args, PurifierConfig)
     if args.diffusion is not None:
@@ -180,11 +179,7 @@ def _settings(args: argparse.Namespace) -> tuple[PurifierConfig, str | None]:
             raise UsageError(f"{given} needs {missing} too: --t-start T --steps N is the plan T:N (or give "
                              "--rounds T:N)")
         flags["rounds"] = f"{args.t_start}:{args.steps}"
-    clash = sorted(set_keys & set(flags))
-    if clash:
-        raise UsageError(f"{', '.join(clash)} given both by --set and by its own flag; give it once")
-    if flags:
-        cfg = from_dict(PurifierConfig, {**to_dict(cfg), **flags}, "purifier")
+    cfg = load_settings(PurifierConfig, None, overrides, flags, start=cfg, where="purifier")
     if cfg.method == "none":
         raise UsageError("--method must be freqpure or diffpure for purify")
     return cfg, kind

@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from freqpure.errors import UsageError
+from freqpure.presets import SAMPLERS
+
 __all__ = ["register"]
 
 DESCRIPTION = """Train the bundled CIFAR-10 models and manage their runs. Sub-commands:
@@ -38,7 +41,7 @@ def _training_args(p: argparse.ArgumentParser, default_out: str, what: str) -> N
                    help="CIFAR-10 folder (default: $FREQPURE_DATA, else a search next to the repository)")
     p.add_argument("--batch-size", dest="batch_size", type=int, metavar="N", help="images per optimiser step")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (fp32)")
+    _precision_args(p)
     p.add_argument("--export-to", dest="export_to", metavar="FILE",
                    help="also write the exported weights here (an existing file only if it is freqpure weights)")
     p.add_argument("--force", action="store_true", help="let --export-to replace a file that is not freqpure weights")
@@ -47,7 +50,23 @@ def _training_args(p: argparse.ArgumentParser, default_out: str, what: str) -> N
     g.add_argument("--no-resume", dest="resume", action="store_false", help="refuse to resume (a fresh run only)")
 
 
-_FLAGS = ("data_dir", "batch_size", "lr", "amp", "seed", "steps", "export_every", "ema_decay", "epochs")
+def _precision_args(p: argparse.ArgumentParser) -> None:
+    """``--precision bf16|fp32`` and its deprecated spelling ``--amp bf16|none``."""
+    from freqpure.training.config import AMP_CHOICES, PRECISION_CHOICES
+
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
+                   help="arithmetic of the network: bf16 (autocast) or fp32 (default: the config's, else bf16)")
+    p.add_argument("--amp", choices=AMP_CHOICES, help="deprecated spelling of --precision (none = fp32)")
+
+
+def _precision_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    """The flags ``--precision``/``--amp`` as settings (one of them at most)."""
+    if args.amp is not None and args.precision is not None:
+        raise UsageError("--amp is the old spelling of --precision; give --precision only")
+    return {"precision": args.precision, "amp": args.amp}
+
+
+_FLAGS = ("data_dir", "batch_size", "lr", "seed", "steps", "export_every", "ema_decay", "epochs")
 
 
 def _config(cls: type, args: argparse.Namespace) -> Any:
@@ -55,7 +74,7 @@ def _config(cls: type, args: argparse.Namespace) -> Any:
     from freqpure.cli.common import apply_runtime_args, load_command_config
 
     apply_runtime_args(args)
-    cfg = load_command_config(cls, args, {k: getattr(args, k, None) for k in _FLAGS})
+    cfg = load_command_config(cls, args, {**{k: getattr(args, k, None) for k in _FLAGS}, **_precision_flags(args)})
     if args.export_to:  # before the work: never a run's file, another file only with --force
         check_output_file(args.export_to, "--export-to", force=args.force, inputs=[args.out],
                           replaceable=_is_weights_file)
@@ -175,7 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bundled diffusion model or .safetensors path (default: cifar10-ddpm-small)")
     q.add_argument("--t-star", dest="t_star", type=int, metavar="T", help="noise level t* (default: 100)")
     q.add_argument("--steps", type=int, metavar="N", help="reverse steps (default: 5)")
-    q.add_argument("--sampler", choices=["ddpm", "ddim", "sde"], help="reverse sampler (default: ddpm)")
+    q.add_argument("--sampler", choices=SAMPLERS, help="reverse sampler (default: ddpm)")
     q.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (default: bf16)")
     q.add_argument("--limit", type=int, metavar="N", help="only the first N images (tests)")
     q.add_argument("--force", action="store_true", help="replace an existing OUT file")

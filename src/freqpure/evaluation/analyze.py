@@ -25,15 +25,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from freqpure.analysis import BandDamage, RadialBands, band_damage, summarise_cases
+from freqpure.config import PurifierConfig, nested_alias
 from freqpure.errors import UsageError
-from freqpure.presets import DEFAULTS
 from freqpure.samplers import StepNoise
 
 __all__ = [
@@ -266,18 +266,13 @@ class AnalyzeSettings:
     seed: int = 0
     data_dir: str | None = None
     classifier: str = "cifar10-resnet-small"
-    diffusion: str = "cifar10-ddpm-small"
     eps: float | str = 8 / 255
     attack_steps: int = 20
     step_size: float | str = 2 / 255
     random_start: bool = True
-    rounds: str = DEFAULTS["rounds"]  # the library defaults (freqpure.presets)
-    sampler: str = DEFAULTS["sampler"]
-    amp_radius: float = DEFAULTS["amp_radius"]
-    phase_radius: float = DEFAULTS["phase_radius"]
-    delta: float = DEFAULTS["delta"]
-    mode: str = "paper"
-    reference: str = "input"
+    # FreqPure as measured; its DiffPure shares the model, the plan and the sampler (PurifierConfig.for_method).
+    # Default: the library defaults (freqpure.presets).
+    purifier: PurifierConfig = field(default_factory=PurifierConfig)
     include_clean: bool = False
     max_radius: float | None = None
     ci: str = "bootstrap"
@@ -286,8 +281,16 @@ class AnalyzeSettings:
     plots: bool = True
     batch_size: int = 64
 
+    # the purifier keys of older configs, once flat: read as purifier.<key>
+    ALIASES: ClassVar[dict[str, Any]] = {key: nested_alias(f"purifier.{key}") for key in (
+        "diffusion", "rounds", "sampler", "amp_radius", "phase_radius", "delta", "mode", "reference")}
+
     def __post_init__(self) -> None:
         from freqpure.evaluation.config import parse_number
+
+        if self.purifier.method != "freqpure":
+            raise UsageError(f"analyze purifier.method must be freqpure (its DiffPure is derived from it), got "
+                             f"{self.purifier.method!r}")
 
         self.eps = parse_number(self.eps, "eps")
         self.step_size = parse_number(self.step_size, "step_size")
@@ -310,15 +313,8 @@ class AnalyzeSettings:
             raise UsageError(f"analyze amp_floor must be finite and >= 0, got {self.amp_floor:g}")
 
     def purifier_configs(self) -> dict[str, Any]:
-        """DiffPure and FreqPure sharing the plan, the sampler and (at run time) the noise."""
-        from freqpure.config import PurifierConfig
-
-        common = dict(diffusion=self.diffusion, rounds=self.rounds, sampler=self.sampler)
-        return {
-            "diffpure": PurifierConfig(method="diffpure", **common),
-            "freqpure": PurifierConfig(method="freqpure", amp_radius=self.amp_radius, phase_radius=self.phase_radius,
-                                       delta=self.delta, mode=self.mode, reference=self.reference, **common),
-        }
+        """DiffPure and FreqPure sharing the model, the plan, the sampler and (at run time) the noise."""
+        return {"diffpure": self.purifier.for_method("diffpure"), "freqpure": self.purifier}
 
 
 def run_analysis(s: AnalyzeSettings, out: str | Path, *, device: torch.device | str = "cpu",
@@ -337,7 +333,7 @@ def run_analysis(s: AnalyzeSettings, out: str | Path, *, device: torch.device | 
     t0 = time.perf_counter()
     subset = eval_subset(s.n, s.seed, data_dir=s.data_dir)
     classifier = load_classifier(s.classifier, device=device).eval()
-    eps_model = load_diffusion(s.diffusion, device=device)
+    eps_model = load_diffusion(s.purifier.diffusion, device=device)
     configs = s.purifier_configs()
     purifiers = {name: build_purifier(cfg, eps_model, seed=s.seed, device=device) for name, cfg in configs.items()}
     bands = RadialBands.integer(subset.x.shape[-2], subset.x.shape[-1], s.max_radius)
@@ -362,7 +358,7 @@ def run_analysis(s: AnalyzeSettings, out: str | Path, *, device: torch.device | 
         "batch_size": s.batch_size,
         "all": to_dict(s),
     }
-    low = {"amplitude": s.amp_radius, "phase": s.phase_radius}
+    low = {"amplitude": s.purifier.amp_radius, "phase": s.purifier.phase_radius}
     ci = {"method": s.ci, "n_boot": s.n_boot, "seed": s.seed}
     return write_analysis(out, m, settings=settings, low_radius=low, ci=ci, plots=s.plots,
                           extra={"versions": environment(device)})

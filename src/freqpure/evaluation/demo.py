@@ -14,6 +14,7 @@ scales them by the number of gradients and predictions the demo makes (see its d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -21,26 +22,23 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from freqpure._fileio import write_json_atomic
+from freqpure.config import PurifierConfig, nested_alias, preset
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.demo_summary import DemoSummary
 from freqpure.evaluation.results import Results, read_results
 from freqpure.formatting import DEFENCES, TITLES
-from freqpure.presets import PRESETS
 
 __all__ = ["DemoSettings", "DemoSummary", "DEFENCES", "TITLES", "demo_configs", "run_demo", "estimate_seconds",
            "format_table", "read_demo", "settings_line", "reading_line"]
-
-
-
-_TABLE = PRESETS["bundled-table"].settings
 
 
 @dataclass
@@ -48,26 +46,35 @@ class DemoSettings:
     """What the demo runs. Defaults: 32 images, PGD of 20 steps (``attack_steps``) in L-inf 8/255 with EOT 2 and
     full gradients through the purifier, a defence that purifies each image 3 times (``ensemble``) and takes the
     majority vote, and the purifier preset ``bundled-table`` (plan 100:5, FreqPure radius 3 = the paper's CIFAR-10
-    radius, δ = 0.3; see :mod:`freqpure.presets`). ``steps`` is a deprecated spelling of ``attack_steps``."""
+    radius, δ = 0.3; see :mod:`freqpure.presets`) as ``purifier``, whose ``method`` each defence replaces. ``steps``
+    is a deprecated spelling of ``attack_steps``; the flat keys ``rounds``, ``radius`` and ``diffusion`` of older
+    configs read as ``purifier.rounds``, both radii and ``purifier.diffusion``."""
 
     n: int = 32
     attack_steps: int = 20
     eot: int = 2
     ensemble: int = 3
     eps: str = "8/255"
-    rounds: str = _TABLE["rounds"]
-    radius: float = _TABLE["amp_radius"]
+    # the defended purifiers (FreqPure; DiffPure and no defence take its method): preset bundled-table
+    purifier: PurifierConfig = field(default_factory=lambda: preset("bundled-table"))
     gradient: str = "full"
     surrogate_rounds: str | None = None
     batch_size: int = 8
     sweep: bool = False
     seed: int = 0
     classifier: str = "cifar10-resnet-small"
-    diffusion: str = "cifar10-ddpm-small"
     data_dir: str | None = None
     steps: int | None = None  # deprecated: attack_steps
 
+    # the purifier keys of older configs, once flat (radius: both radii at once)
+    ALIASES: ClassVar[dict[str, Any]] = {"rounds": nested_alias("purifier.rounds"),
+                                         "diffusion": nested_alias("purifier.diffusion"),
+                                         "radius": nested_alias("purifier.amp_radius", "purifier.phase_radius")}
+
     def __post_init__(self) -> None:
+        if self.purifier.method != "freqpure":
+            raise UsageError(f"demo purifier.method must be freqpure (the demo runs no defence, DiffPure and FreqPure "
+                             f"with it), got {self.purifier.method!r}")
         if self.steps is not None:
             warnings.warn("demo setting 'steps' is deprecated: it is 'attack_steps' (PGD iterations)", FutureWarning,
                           stacklevel=3)
@@ -84,14 +91,13 @@ class DemoSettings:
 
 def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]:
     """One :class:`EvalConfig` per defence, sharing data, attack, seed and device."""
-    from freqpure.config import PurifierConfig
     from freqpure.evaluation.config import AttackConfig, ClassifierConfig, DataConfig, DefenceConfig, SanityConfig
 
     surrogate = s.surrogate_rounds
     if s.gradient == "surrogate" and not surrogate:
         from freqpure.attacks.gradients import matched_surrogate
 
-        surrogate = matched_surrogate(s.rounds)  # keeps *k repeats: 20:5*5,50:5*5 -> 20:1*5,50:1*5
+        surrogate = matched_surrogate(s.purifier.rounds)  # keeps *k repeats: 20:5*5,50:5*5 -> 20:1*5,50:1*5
     cfgs = {}
     for method in DEFENCES:
         attack = AttackConfig(name="pgd", norm="linf", eps=s.eps, steps=s.attack_steps, eot=s.eot,
@@ -101,8 +107,7 @@ def demo_configs(s: DemoSettings, device: str = "auto") -> dict[str, EvalConfig]
             name=f"demo-{method}", seed=s.seed, batch_size=s.batch_size, device=device,
             data=DataConfig(dataset="cifar10", n=s.n, data_dir=s.data_dir),
             classifier=ClassifierConfig(name=s.classifier),
-            purifier=PurifierConfig(method=method, diffusion=s.diffusion, rounds=s.rounds,
-                                    amp_radius=s.radius, phase_radius=s.radius),
+            purifier=dataclasses.replace(s.purifier, method=method),
             defence=DefenceConfig(ensemble=s.ensemble if method != "none" else 1),
             attacks=[attack],
             sanity=SanityConfig(eps_sweep=[2.0] if s.sweep else [], sweep_samples=min(8, s.n)),
@@ -263,7 +268,7 @@ def _load_models(s: DemoSettings, device: torch.device) -> tuple[nn.Module, nn.M
     import freqpure
 
     classifier = freqpure.load_classifier(s.classifier).to(device)
-    eps_model = freqpure.load_diffusion(s.diffusion).to(device)
+    eps_model = freqpure.load_diffusion(s.purifier.diffusion).to(device)
     for m in (classifier, eps_model):
         m.eval().requires_grad_(False)
     return classifier, eps_model

@@ -12,16 +12,13 @@ The samplers in :mod:`freqpure.samplers` drive any callable ``eps_model(x_t, t) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import Tensor, nn
 
+from freqpure.epsmodel import NUM_STEPS, check_step_range, model_t_max
 from freqpure.errors import UsageError
 
-__all__ = ["EpsModel", "NUM_STEPS", "check_step_range", "model_t_max"]
-
-NUM_STEPS = 1000  # the discrete schedule every supported model uses (step indices 0..999)
+__all__ = ["EpsModel", "NUM_STEPS", "check_step_range", "model_t_max"]  # the last three: freqpure.epsmodel
 
 
 class EpsModel(nn.Module):
@@ -38,7 +35,7 @@ class EpsModel(nn.Module):
         name: a human-readable name for manifests.
         t_max: the model was trained on step indices ``0..t_max-1`` only (1000: the whole schedule;
             a purification-range model such as ``cifar10-ddpm-pure`` has 200). Purifiers refuse to
-            noise beyond it (:func:`check_step_range`).
+            noise beyond it (:func:`freqpure.epsmodel.check_step_range`).
     """
 
     def __init__(
@@ -73,29 +70,3 @@ class EpsModel(nn.Module):
     def extra_repr(self) -> str:
         size = f"{self.image_size}x{self.image_size}" if self.image_size else "any size"
         return f"name={self.name!r}, {size}, steps 0..{self.t_max - 1} (t_max={self.t_max})"
-
-
-def model_t_max(eps_model: object) -> int:
-    """The step range a model was trained on (``eps_model.t_max``; 1000 for callables that do not say)."""
-    return int(getattr(eps_model, "t_max", NUM_STEPS) or NUM_STEPS)
-
-
-def check_step_range(eps_model: object, t_stars: Iterable[int], reference_t: int | None = None) -> None:
-    """Refuse a plan that noises beyond the model's trained range (``UsageError`` naming model, range, t*).
-
-    ``t_stars``: the noise level of each round (the chain starts at step index ``t_star - 1``, so
-    ``t_star <= t_max`` is needed); ``reference_t``: a step index the model is also called at (FreqPure's
-    ``denoised`` reference), which needs ``reference_t < t_max``.
-    """
-    t_max = model_t_max(eps_model)
-    if t_max >= NUM_STEPS:
-        return
-    name = getattr(eps_model, "name", type(eps_model).__name__)
-    where = f"diffusion model {name!r} was trained on step indices 0..{t_max - 1} only (t_max = {t_max})"
-    for i, t_star in enumerate(t_stars):
-        if t_star > t_max:
-            raise UsageError(f"purification round {i + 1} noises to t* = {t_star}, but {where}; "
-                             f"use t* <= {t_max} or a full-range model (e.g. cifar10-ddpm-small)")
-    if reference_t is not None and reference_t >= t_max:
-        raise UsageError(f"the denoised reference re-noises to reference_t = {reference_t}, but {where}; "
-                         f"use reference_t <= {t_max - 1}")

@@ -16,7 +16,7 @@ from freqpure.data import load_cifar10
 from freqpure.models.bundled import ARCHITECTURES
 from freqpure.runtime import autocast
 from freqpure.training.augment import augment_batch
-from freqpure.training.config import ClassifierTrainConfig
+from freqpure.training.config import ClassifierTrainConfig, precision_of_amp
 from freqpure.training.export import export_classifier
 from freqpure.training.init_weights import load_initial_weights
 from freqpure.training.loop import LoopContext, run_training
@@ -24,21 +24,23 @@ from freqpure.training.loop import LoopContext, run_training
 __all__ = ["ClassifierTask", "train_classifier", "evaluate_classifier", "classifier_lr"]
 
 
-def _precision(amp: str) -> str:
-    return "bf16" if amp == "bf16" else "fp32"
-
-
 @torch.no_grad()
 def evaluate_classifier(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500, tta: bool = True, amp: str = "none"
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500, tta: bool = True, precision: str = "fp32", *,
+    amp: str | None = None,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``x [N,3,H,W]`` in [0,1]; ``tta`` averages logits with the flip."""
+    """Top-1 accuracy of ``model`` on ``x [N,3,H,W]`` in [0,1]; ``tta`` averages logits with the flip.
+
+    ``precision``: ``fp32`` or ``bf16`` (autocast); ``amp`` is its deprecated spelling (``none`` = ``fp32``).
+    """
+    if amp is not None:
+        precision = precision_of_amp(amp)
     model.eval()
     dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(dev)
-        with autocast(_precision(amp), dev):
+        with autocast(precision, dev):
             logits = model(xb).float()
             if tta:
                 logits = logits + model(xb.flip(3)).float()
@@ -125,7 +127,7 @@ class ClassifierTask:
         lr = classifier_lr(c, step, self.total_steps())
         for group in self.opt.param_groups:
             group["lr"] = lr
-        with autocast(_precision(c.amp), dev):
+        with autocast(c.precision, dev):
             logits = self.model(xb)
         loss = F.cross_entropy(logits.float(), self.labels[idx].to(dev), label_smoothing=c.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
@@ -139,7 +141,7 @@ class ClassifierTask:
     def after_step(self, step: int, ctx: LoopContext) -> None:
         if step % self.per_epoch == 0 and self.config.eval_every_epoch:
             c = self.config
-            acc = evaluate_classifier(self.model, self.x_test, self.y_test, tta=c.tta, amp=c.amp)
+            acc = evaluate_classifier(self.model, self.x_test, self.y_test, tta=c.tta, precision=c.precision)
             ctx.metrics.write(step=step, epoch=step // self.per_epoch, test_acc=acc, tta=c.tta)
             ctx.bar.write(f"epoch {step // self.per_epoch}: test accuracy {acc:.4f}")
             self.model.train()
@@ -153,8 +155,8 @@ class ClassifierTask:
         c = self.config
         if step < self.total_steps():
             return
-        acc32 = evaluate_classifier(self.model, self.x_test, self.y_test, tta=c.tta, amp="none")
-        acc_plain = evaluate_classifier(self.model, self.x_test, self.y_test, tta=False, amp="none")
+        acc32 = evaluate_classifier(self.model, self.x_test, self.y_test, tta=c.tta, precision="fp32")
+        acc_plain = evaluate_classifier(self.model, self.x_test, self.y_test, tta=False, precision="fp32")
         ctx.metrics.write(step=step, final_test_acc=acc32, final_test_acc_no_tta=acc_plain, tta=c.tta)
         extra: dict[str, Any] = {"test_accuracy_no_tta": round(acc_plain, 4),
                                  "test_accuracy_flip_tta": round(acc32, 4)}

@@ -1,26 +1,51 @@
 """Settings of the two training tasks (dataclasses, loaded strictly by :mod:`freqpure.config`).
 
 The field names are part of the checkpoint format: ``<run_dir>/config.json`` and the checkpoint's
-``config`` entry are ``dataclasses.asdict`` of these classes, and a resume compares them field by field.
+``config`` entry are ``dataclasses.asdict`` of these classes, and a resume compares them field by field (a
+checkpoint written before ``amp`` became ``precision`` is read through :func:`freqpure.config.upgrade_keys`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar
 
 from freqpure.errors import UsageError
+from freqpure.runtime import PRECISIONS
 
-__all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "AMP_CHOICES", "LR_SCHEDULES"]
+__all__ = ["DiffusionTrainConfig", "ClassifierTrainConfig", "PRECISION_CHOICES", "AMP_CHOICES", "LR_SCHEDULES",
+           "precision_of_amp"]
 
-AMP_CHOICES = ("bf16", "none")
+# The arithmetic of a training run: the library's precision names (freqpure.runtime.PRECISIONS) less "auto", whose
+# meaning depends on the machine, while a run must keep one arithmetic over its resumes.
+PRECISION_CHOICES = tuple(p for p in PRECISIONS if p != "auto")
+AMP_CHOICES = ("bf16", "none")  # the deprecated key amp: bf16 -> precision bf16, none -> precision fp32
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def _check_common(cfg: Any) -> None:
-    if cfg.amp not in AMP_CHOICES:
-        raise UsageError(f"amp must be 'bf16' or 'none', got {cfg.amp!r}")
+def precision_of_amp(amp: object) -> str:
+    """The ``precision`` the deprecated ``amp`` value means (``bf16`` → ``bf16``, ``none`` → ``fp32``)."""
+    if amp not in AMP_CHOICES:
+        raise UsageError(f"amp must be 'bf16' or 'none', got {amp!r}")
+    return "bf16" if amp == "bf16" else "fp32"
+
+
+def _amp_alias(value: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Read the deprecated key ``amp`` as ``precision`` (for :func:`freqpure.config.from_dict`)."""
+    return {"precision": precision_of_amp(value)}
+
+
+def _check_common(cfg: Any, amp: str | None) -> None:
+    if amp is not None:  # the deprecated keyword: amp="none" is precision="fp32"
+        precision = precision_of_amp(amp)
+        if cfg.precision not in (precision, "bf16"):
+            raise UsageError(f"amp={amp!r} (the old spelling of precision) and precision={cfg.precision!r} disagree; "
+                             "give precision only")
+        cfg.precision = precision
+    if cfg.precision not in PRECISION_CHOICES:
+        raise UsageError(f"precision must be {' or '.join(PRECISION_CHOICES)} (a training run keeps one arithmetic: "
+                         f"no auto), got {cfg.precision!r}")
     for key in ("batch_size", "log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise UsageError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -65,16 +90,19 @@ class DiffusionTrainConfig:
     lr_min: float = 0.0
     init_from: str | None = None
     hflip: bool = True
-    amp: str = "bf16"  # "bf16" autocast or "none"
+    precision: str = "bf16"  # bf16 autocast or fp32 (PRECISION_CHOICES)
     seed: int = 0
     log_every: int = 25
     ckpt_every: int = 250
     export_every: int = 1000
     eval_images: int = 256
     data_dir: str | None = None
+    amp: InitVar[str | None] = None  # deprecated: precision (bf16 -> bf16, none -> fp32)
 
-    def __post_init__(self) -> None:
-        _check_common(self)
+    ALIASES: ClassVar[dict[str, Any]] = {"amp": _amp_alias}
+
+    def __post_init__(self, amp: str | None) -> None:
+        _check_common(self, amp)
         if self.lr_schedule not in LR_SCHEDULES:
             raise UsageError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 1 <= self.t_max <= 1000:
@@ -113,7 +141,7 @@ class ClassifierTrainConfig:
     warmup_frac: float = 0.2
     label_smoothing: float = 0.2
     translate: int = 2
-    amp: str = "bf16"
+    precision: str = "bf16"  # bf16 autocast or fp32 (PRECISION_CHOICES)
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 50
@@ -123,9 +151,12 @@ class ClassifierTrainConfig:
     init_from: str | None = None
     purified_data: str | None = None
     purified_frac: float = 0.5
+    amp: InitVar[str | None] = None  # deprecated: precision (bf16 -> bf16, none -> fp32)
 
-    def __post_init__(self) -> None:
-        _check_common(self)
+    ALIASES: ClassVar[dict[str, Any]] = {"amp": _amp_alias}
+
+    def __post_init__(self, amp: str | None) -> None:
+        _check_common(self, amp)
         if self.epochs < 1:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         for key, low, high in (("momentum", 0.0, 1.0), ("warmup_frac", 0.0, 1.0), ("label_smoothing", 0.0, 1.0)):

@@ -113,7 +113,7 @@ class DiffusionTask:
         lr = diffusion_lr(c, step)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        with autocast("bf16" if c.amp == "bf16" else "fp32", dev):
+        with autocast(c.precision, dev):
             pred = self.model(xt, t.float())
         loss = F.mse_loss(pred.float(), noise)
         self.opt.zero_grad(set_to_none=True)

@@ -34,6 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from freqpure._fileio import atomic_path
+from freqpure.config import upgrade_keys
 from freqpure.errors import CheckpointError, NotFoundError, UsageError
 
 __all__ = [
@@ -188,7 +189,7 @@ def _prepare_run_dir(run_dir: Path, config: Any, resume: bool | None) -> dict[st
     cfg_path = run_dir / "config.json"
     if ckpt_path.exists() and resume is not False:
         ckpt = load_checkpoint(ckpt_path)
-        old = ckpt["config"]
+        old = upgrade_keys(type(config), dict(ckpt["config"]))  # older spellings (amp) in today's form
         diff = {k: (old.get(k), v) for k, v in cfg.items() if k not in RESUME_MAY_CHANGE and old.get(k) != v}
         if diff:
             raise UsageError(f"{run_dir} holds a run with a different config {diff}; use a new --out dir")
