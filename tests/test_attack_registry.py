@@ -123,10 +123,11 @@ def test_matched_surrogate_keeps_repeats() -> None:
     assert matched_surrogate("20:5*5,50:5*5") == "20:1*5,50:1*5"
     assert matched_surrogate("100:5") == "100:1"
     assert matched_surrogate("20:5,20:5,50:5") == "20:1*2,50:1"
+    from freqpure.config import from_dict  # the flat keys rounds/radius: read as purifier.*
     from freqpure.evaluation.demo import DemoSettings, demo_configs
 
-    settings = DemoSettings(gradient="surrogate", rounds="20:5*5,50:5*5", eps=EPS, attack_steps=2, eot=1, seed=0,
-                            batch_size=2, n=2, radius=3, ensemble=1, sweep=False)
+    settings = from_dict(DemoSettings, dict(gradient="surrogate", rounds="20:5*5,50:5*5", eps=EPS, attack_steps=2,
+                                            eot=1, seed=0, batch_size=2, n=2, radius=3, ensemble=1, sweep=False))
     cfgs = demo_configs(settings)
     assert cfgs["freqpure"].attacks[0].surrogate_rounds == "20:1*5,50:1*5"
 

@@ -81,8 +81,7 @@ def test_library_classes_config_and_purify_share_one_set_of_defaults() -> None:
     from freqpure.evaluation.analyze import AnalyzeSettings
 
     analyze = AnalyzeSettings()
-    assert (analyze.rounds, analyze.amp_radius, analyze.phase_radius, analyze.delta) == (
-        cfg.rounds, cfg.amp_radius, cfg.phase_radius, cfg.delta)
+    assert to_dict(analyze.purifier) == to_dict(cfg)
     from freqpure.cli.purify import _settings
 
     args = build_parser().parse_args(["purify", "x.png", "--out", "o"])
