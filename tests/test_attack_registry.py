@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,12 @@ from freqpure.attacks.pgd import pgd
 from freqpure.attacks.registry import (
     _REGISTRY,
     AttackContext,
-    AttackOutcome,
+    AttackResult,
     attack_names,
     get_attack,
     register_attack,
 )
+from freqpure.attacks.settings import AttackSettings
 from freqpure.data import eval_subset
 from freqpure.errors import UnknownNameError, UsageError
 from freqpure.evaluation import AttackConfig, evaluate, load_eval_config
@@ -67,6 +69,46 @@ def test_each_attack_validates_its_own_keys() -> None:
     assert AttackConfig(name="bpda").gradient == "bpda"
     with pytest.raises(UsageError, match="unknown AutoAttack version 'plus'"):
         AttackConfig(name="autoattack", version="plus")
+
+
+def test_each_attack_has_typed_settings_and_refuses_foreign_keys() -> None:
+    from freqpure.attacks.autoattack import AutoAttackSettings
+    from freqpure.attacks.band import BandPGDSettings
+    from freqpure.attacks.pgd import BPDASettings, PGDSettings
+    from freqpure.config import from_dict, to_dict
+
+    kinds = {"pgd": PGDSettings, "bpda": BPDASettings, "band-pgd": BandPGDSettings, "autoattack": AutoAttackSettings}
+    for name, kind in kinds.items():
+        extra = {"band_max_radius": 3} if name == "band-pgd" else {}
+        cfg = AttackConfig(name=name, **extra)
+        assert type(cfg) is kind and isinstance(cfg, AttackConfig) and get_attack(name).settings_type is kind
+    assert not hasattr(AttackConfig(name="autoattack"), "steps") and not hasattr(AttackConfig(), "version")
+    with pytest.raises(UsageError, match=r"attack 'autoattack' takes no 'steps': steps applies to .*pgd.* only"):
+        AttackConfig(name="autoattack", steps=5)
+    with pytest.raises(UsageError, match=r"config.attacks\[0\]: attack 'pgd' has no setting 'stepz' \(did you mean"):
+        from_dict(type(load_eval_config()), {"attacks": [{"name": "pgd", "stepz": 3}]})
+    with pytest.raises(UsageError, match="attack 'pgd' takes no 'version'.*use name: autoattack"):
+        load_eval_config(None, ["attacks.0.version=standard"])
+    # the saved form keeps the flat layout of every key (config.yaml and fingerprints unchanged) and reads back
+    cfg = load_eval_config(None, ["attacks.0.name=band-pgd", "attacks.0.band_max_radius=3"])
+    saved = to_dict(cfg)["attacks"][0]
+    assert list(saved)[:4] == ["name", "norm", "eps", "steps"] and saved["version"] == "rand"
+    assert saved["band_max_radius"] == 3.0 and saved["autoattack_iters"] is None
+    assert from_dict(type(cfg), to_dict(cfg)) == cfg
+
+
+def test_validation_returns_a_normalised_copy() -> None:
+    from freqpure.attacks.band import BandPGDSettings
+    from freqpure.attacks.pgd import BPDASettings
+
+    raw = BPDASettings(gradient="full")
+    normalised = get_attack("bpda").validate(raw)
+    assert normalised.gradient == "bpda" and raw.gradient == "full" and normalised is not raw
+    band = BandPGDSettings(band_max_radius="3")
+    checked = get_attack("band-pgd").validate(band)
+    assert checked.band_max_radius == 3.0 and band.band_max_radius == "3"
+    pgd_cfg = AttackConfig()
+    assert get_attack("pgd").validate(pgd_cfg) == pgd_cfg
 
 
 def test_labels_protocol_texts_and_settings_keys() -> None:
@@ -132,14 +174,24 @@ def test_matched_surrogate_keeps_repeats() -> None:
     assert cfgs["freqpure"].attacks[0].surrogate_rounds == "20:1*5,50:1*5"
 
 
+@dataclass
+class _FgsmSettings(AttackSettings):
+    """The test attack's typed settings: the shared ones and its own ``steps`` (only 1 makes sense)."""
+
+    name: str = "fgsm-test"
+    steps: int = 1
+
+
 class _Fgsm:
     """A new attack for the test: one signed-gradient step of size eps (FGSM), registered from this file only."""
 
     name = "fgsm-test"
+    settings_type = _FgsmSettings
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg: _FgsmSettings) -> _FgsmSettings:
         if cfg.steps != 1:
             raise UsageError("fgsm-test takes steps: 1")
+        return cfg
 
     def label(self, cfg) -> str:
         return f"fgsm-test-{cfg.norm}"
@@ -153,18 +205,21 @@ class _Fgsm:
     def build_model(self, defence, cfg):
         return defence.attack_model(cfg)
 
-    def run(self, model, cfg, ctx: AttackContext) -> AttackOutcome:
+    def run(self, model, cfg, ctx: AttackContext) -> AttackResult:
         oracle = EOTGradient(model, loss=cfg.loss, seed=ctx.noise)
         loss, grad = oracle(ctx.x, ctx.y)
         x_adv = (ctx.x + cfg.eps * grad.sign()).clamp(0, 1)
-        return AttackOutcome(x_adv, loss, grad.flatten(1).norm(dim=1))
+        return AttackResult(x_adv, loss, grad.flatten(1).norm(dim=1))
 
 
 def test_a_new_attack_plugs_in_through_one_registration(tmp_path: Path, classifier) -> None:
     register_attack(_Fgsm())
     try:
         with pytest.raises(UsageError, match="steps: 1"):
-            AttackConfig(name="fgsm-test")
+            AttackConfig(name="fgsm-test", steps=2)
+        with pytest.raises(UsageError, match="attack 'fgsm-test' takes no 'restarts'"):
+            AttackConfig(name="fgsm-test", restarts=2)
+        assert AttackConfig(name="fgsm-test").saved_dict()["steps"] == 1
         cfg = load_eval_config(None, ["data.n=4", "batch_size=4", "purifier.method=none", "attacks.0.name=fgsm-test",
                                       "attacks.0.steps=1", "sanity.enabled=false",
                                       f"classifier.name={model_name('cifar10-resnet-small')}"])

@@ -48,8 +48,10 @@ def tiny_overrides(cfg: EvalConfig) -> list[str]:
     if cfg.purifier.method != "none":
         sets.append(f"purifier.rounds={one_step(cfg.purifier.rounds)}")
     for i, attack in enumerate(cfg.attacks):
-        sets += [f"attacks.{i}.steps=1", f"attacks.{i}.eot=1", f"attacks.{i}.restarts=1"]
-        if attack.name == "autoattack":  # AutoAttack ignores steps: its own 100 iterations unless told
+        sets.append(f"attacks.{i}.eot=1")
+        if hasattr(attack, "steps"):  # PGD and its variants
+            sets += [f"attacks.{i}.steps=1", f"attacks.{i}.restarts=1"]
+        if attack.name == "autoattack":  # AutoAttack has no steps: its own 100 iterations unless told
             sets.append(f"attacks.{i}.autoattack_iters=1")
         if attack.surrogate_rounds:
             sets.append(f"attacks.{i}.surrogate_rounds={one_step(attack.surrogate_rounds)}")

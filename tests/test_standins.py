@@ -41,5 +41,5 @@ def test_standin_loads_through_the_registry_with_a_warning(tmp_path: Path, monke
 def test_autoattack_iters_is_for_autoattack_only_and_labelled() -> None:
     smoke = AttackConfig(name="autoattack", autoattack_iters=1)
     assert smoke.display().endswith("-iters1") and not AttackConfig(name="autoattack").display().endswith("iters1")
-    with pytest.raises(UsageError, match="autoattack_iters applies to AutoAttack only"):
+    with pytest.raises(UsageError, match="autoattack_iters applies to autoattack only"):
         AttackConfig(name="pgd", autoattack_iters=1)

@@ -16,16 +16,19 @@ from freqpure.attacks.eot import DrawNoise, EOTGradient, NoiseSource, Stochastic
 from freqpure.attacks.gradients import AttackModel, BPDAPurifier, SeededModel, attack_purifier, matched_surrogate
 from freqpure.attacks.losses import attack_loss, margin
 from freqpure.attacks.pgd import PGDResult, default_step_size, pgd, project, random_start
-from freqpure.attacks.registry import Attack, AttackContext, AttackOutcome, attack_names, get_attack, register_attack
+from freqpure.attacks.registry import Attack, AttackContext, AttackResult, attack_names, get_attack, register_attack
+from freqpure.attacks.settings import AttackSettings, attack_settings
 from freqpure.attacks.types import GradientMode, Loss, Norm, parse_enum
 
 __all__ = [
     "Attack",
     "AttackContext",
-    "AttackOutcome",
+    "AttackResult",
+    "AttackSettings",
     "NoiseSource",
     "StochasticModel",
     "attack_names",
+    "attack_settings",
     "band_constrain",
     "band_project",
     "get_attack",

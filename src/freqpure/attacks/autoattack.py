@@ -33,7 +33,7 @@ pyautoattack's internals driven here (the ``apgd``, ``apgd_targeted``, ``fab``, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -41,17 +41,16 @@ from torch import Tensor, nn
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import SeededModel
 from freqpure.attacks.pgd import gradient_sentence, gradient_text, surrogate_settings
-from freqpure.attacks.registry import AttackContext, AttackOutcome, register_attack
+from freqpure.attacks.registry import AttackContext, AttackResult, Judge, register_attack
+from freqpure.attacks.settings import AttackSettings
 from freqpure.attacks.types import Norm, eps_text, parse_enum
 from freqpure.errors import DependencyError, UsageError
 
-__all__ = ["run_autoattack", "AutoAttackAttack", "AUTOATTACK_VERSIONS", "PYAUTOATTACK_VERSION"]
+__all__ = ["run_autoattack", "AutoAttackAttack", "AutoAttackSettings", "AUTOATTACK_VERSIONS", "PYAUTOATTACK_VERSION"]
 
 AUTOATTACK_VERSIONS = ("standard", "rand")
 # The pyautoattack release whose internals this module drives (pinned in pyproject.toml).
 PYAUTOATTACK_VERSION = "0.2.0"
-
-Judge = Callable[[Tensor, Tensor, int], Tensor]  # (x_adv [k,C,H,W], y [k], stage) -> correct [k] bool
 
 
 def _import():
@@ -155,16 +154,30 @@ def _judged(adversary, x: Tensor, y: Tensor, judge: Judge) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # The attack (see freqpure.attacks.registry)
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class AutoAttackSettings(AttackSettings):
+    """AutoAttack's settings: the shared ones (``eot``: draws averaged per forward), the ``version`` (``standard``
+    or ``rand``) and ``autoattack_iters``: iterations per attack instead of AutoAttack's own 100 (smoke runs)."""
+
+    name: str = "autoattack"
+    version: str = "rand"
+    autoattack_iters: int | None = None
+
+
 class AutoAttackAttack:
     """AutoAttack ``standard`` or ``rand`` against the defence (see the module docstring for what APGD sees)."""
 
     name = "autoattack"
+    settings_type: type = AutoAttackSettings
+    # pyautoattack draws each attack's random start for the whole batch from torch's global generator, and the
 
-    def validate(self, cfg) -> None:
+    def validate(self, cfg: AutoAttackSettings) -> AutoAttackSettings:
+        """``cfg`` itself once its version and iteration count are checked."""
         if cfg.version not in AUTOATTACK_VERSIONS:
             raise UsageError(f"unknown AutoAttack version {cfg.version!r}; valid: {', '.join(AUTOATTACK_VERSIONS)}")
-        if cfg.band_max_radius is not None:
-            raise UsageError("attack 'autoattack' takes no band_max_radius; use name: band-pgd")
+        if cfg.autoattack_iters is not None and cfg.autoattack_iters < 1:
+            raise UsageError(f"autoattack_iters must be >= 1, got {cfg.autoattack_iters}")
+        return cfg
 
     def label(self, cfg) -> str:
         iters = f"-iters{cfg.autoattack_iters}" if cfg.autoattack_iters else ""  # not standard AutoAttack
@@ -187,7 +200,7 @@ class AutoAttackAttack:
             return defence.model, None
         return defence.mean_softmax_model(cfg, draws=cfg.eot), defence.attack_model(cfg)
 
-    def run(self, model, cfg, ctx: AttackContext) -> AttackOutcome:
+    def run(self, model, cfg, ctx: AttackContext) -> AttackResult:
         aa_model, probe = model
         nan = torch.full((ctx.x.shape[0],), float("nan"), device=ctx.x.device)
         grad_norm = nan
@@ -198,7 +211,7 @@ class AutoAttackAttack:
         x_adv = run_autoattack(target, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, version=cfg.version,
                                seed=ctx.start.int_seed(31), eot_iter=1 if cfg.version == "rand" else None,
                                judge=ctx.judge if probe is not None else None, n_iter=cfg.autoattack_iters)
-        return AttackOutcome(x_adv, nan, grad_norm)
+        return AttackResult(x_adv, nan, grad_norm)
 
 
 register_attack(AutoAttackAttack())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,12 +21,13 @@ from torch import Tensor
 
 from freqpure._checks import check_images, trusted_images
 from freqpure.attacks.eot import EOTGradient, is_stochastic
-from freqpure.attacks.registry import AttackContext, AttackOutcome, register_attack
-from freqpure.attacks.types import GradientMode, Norm, eps_text, parse_enum
+from freqpure.attacks.registry import AttackContext, AttackResult, register_attack
+from freqpure.attacks.settings import AttackSettings
+from freqpure.attacks.types import GradientMode, Norm, eps_text, parse_enum, parse_number
 from freqpure.errors import UsageError
 
-__all__ = ["LossAndGrad", "PGDResult", "PGDAttack", "BPDAAttack", "pgd", "project", "random_start",
-           "default_step_size"]
+__all__ = ["LossAndGrad", "PGDResult", "PGDAttack", "PGDSettings", "BPDAAttack", "BPDASettings", "pgd", "project",
+           "random_start", "default_step_size"]
 
 LossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -219,16 +220,57 @@ def surrogate_settings(cfg) -> dict:
             "surrogate_match": bool(cfg.surrogate_match) if surrogate else None}
 
 
+@dataclass
+class PGDSettings(AttackSettings):
+    """PGD-EOT's settings: the shared ones, ``steps`` iterations of ``step_size`` (``None``: 2.5 eps / steps, at
+    least eps / 10; fractions accepted), a ``random_start`` in the ball, ``restarts`` kept by loss, ``keep`` the
+    ``best`` iterate by the EOT loss or the ``last``, and ``eot_batch``: at most this many images per purifier
+    call while attacking (``None``: all)."""
+
+    name: str = "pgd"
+    steps: int = 20
+    step_size: float | str | None = None
+    random_start: bool = True
+    restarts: int = 1
+    keep: str = "best"
+    eot_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.step_size is not None:
+            self.step_size = parse_number(self.step_size, "attack step_size")
+            if not (self.step_size > 0 and math.isfinite(self.step_size)):
+                raise UsageError(f"attack step_size must be finite and > 0, got {self.step_size}")
+        for key in ("steps", "restarts"):
+            if getattr(self, key) < 1:
+                raise UsageError(f"attack {key} must be >= 1, got {getattr(self, key)}")
+        if self.keep not in ("best", "last"):
+            raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
+        if self.eot_batch is not None and self.eot_batch < 1:
+            raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
+
+
+@dataclass
+class BPDASettings(PGDSettings):
+    """BPDA-PGD's settings: PGD's, with ``gradient: bpda`` (``full`` is read as ``bpda``)."""
+
+    name: str = "bpda"
+    gradient: str = "bpda"
+
+
 class PGDAttack:
     """PGD with EOT (Madry et al.; Athalye et al.): :func:`pgd` on an :class:`EOTGradient` oracle over the
     defence's purifier in the attack's gradient mode. Per-sample best iterate or last, restarts kept by loss."""
 
     name = "pgd"
+    settings_type: type = PGDSettings
+    # Every row's numbers depend on its own image and noise only (per-sample steps, projections, best iterate;
+    # EOT draws and random starts from the row's streams under noise_addressing image-v1).
+    per_image = True
 
-    def validate(self, cfg) -> None:
-        if cfg.band_max_radius is not None:
-            raise UsageError(f"attack {cfg.name!r} takes no band_max_radius; use name: band-pgd for a "
-                             "frequency-band-limited PGD")
+    def validate(self, cfg: PGDSettings) -> PGDSettings:
+        """Nothing beyond what :class:`PGDSettings` checks: ``cfg`` itself."""
+        return cfg
 
     def band(self, cfg) -> float | None:
         return None
@@ -260,7 +302,7 @@ class PGDAttack:
     def build_model(self, defence, cfg):
         return defence.attack_model(cfg)
 
-    def run(self, model, cfg, ctx: AttackContext) -> AttackOutcome:
+    def run(self, model, cfg, ctx: AttackContext) -> AttackResult:
         eot = cfg.eot if is_stochastic(model) else 1  # a deterministic defence has nothing to average
         oracle = EOTGradient(model, eot=eot, loss=cfg.loss, seed=ctx.noise, max_batch=cfg.eot_batch)
         gen = ctx.start.rng()
@@ -273,19 +315,20 @@ class PGDAttack:
                 continue
             better = torch.nan_to_num(res.loss, nan=-math.inf) > torch.nan_to_num(best.loss, nan=-math.inf)
             best.x_adv, best.loss = _keep_better(better, res.x_adv, res.loss, best.x_adv, best.loss)
-        return AttackOutcome(best.x_adv, best.loss, best.first_grad_norm)
+        return AttackResult(best.x_adv, best.loss, best.first_grad_norm)
 
 
 class BPDAAttack(PGDAttack):
     """PGD-EOT with ``gradient: bpda`` (the purifier's output forward, identity backward)."""
 
     name = "bpda"
+    settings_type: type = BPDASettings
 
-    def validate(self, cfg) -> None:
-        super().validate(cfg)
+    def validate(self, cfg: BPDASettings) -> BPDASettings:
+        """``cfg`` with ``gradient: bpda`` (a copy when it said ``full``); any other gradient mode is refused."""
         if cfg.gradient not in (GradientMode.BPDA.value, GradientMode.FULL.value):
             raise UsageError(f"attack 'bpda' uses gradient 'bpda', got gradient={cfg.gradient!r}")
-        cfg.gradient = GradientMode.BPDA.value
+        return cfg if cfg.gradient == GradientMode.BPDA.value else replace(cfg, gradient=GradientMode.BPDA.value)
 
     def describe(self, cfg) -> str:
         return "BPDA-PGD"

@@ -2,16 +2,18 @@
 
 An attack is an object following :class:`Attack` (the torchattacks idea, as a protocol): it owns
 
-* ``validate(cfg)``: its own checks and normalisation of an attack config (after the shared checks of
-  :class:`~freqpure.evaluation.config.AttackConfig`: norm, eps, steps, ...), raising
-  :class:`~freqpure.errors.UsageError`;
+* ``settings_type``: its typed settings, a dataclass derived from
+  :class:`~freqpure.attacks.settings.AttackSettings` (the shared norm, eps, eot, loss, gradient, label)
+  with the attack's own fields; a key it does not have is refused when a config is read;
+* ``validate(cfg)``: its own checks of its settings, returning a normalised copy (never changing ``cfg``),
+  raising :class:`~freqpure.errors.UsageError`;
 * ``label(cfg)``: the display label (the key of the attack's column and records);
 * ``protocol_text(cfg)``: one sentence for results files saying exactly what was run;
 * ``settings(cfg)``: the settings that change its strength (for ``AttackConfig.settings_key()``);
 * ``build_model(defence, cfg)``: what it attacks, built once per run from the defence;
-* ``run(model, cfg, ctx)``: the attack on one batch → :class:`AttackOutcome`.
+* ``run(model, cfg, ctx)``: the attack on one batch → :class:`AttackResult`.
 
-``cfg`` is duck-typed (any object with the fields of ``AttackConfig``), so this package does not depend
+``cfg`` is the attack's settings (an instance of its ``settings_type``), so this package does not depend
 on :mod:`freqpure.evaluation`. An attack module registers its attack at import with
 :func:`register_attack`; the registry imports every module of :mod:`freqpure.attacks` on first use, so
 adding an attack touches one file (plus its test).
@@ -34,7 +36,7 @@ from freqpure.samplers import StepNoise
 __all__ = [
     "Attack",
     "AttackContext",
-    "AttackOutcome",
+    "AttackResult",
     "Judge",
     "attack_names",
     "get_attack",
@@ -64,7 +66,7 @@ class AttackContext:
 
 
 @dataclass
-class AttackOutcome:
+class AttackResult:
     """``x_adv`` ``[B, C, H, W]`` in [0, 1]; ``loss`` ``[B]`` the attack's own loss at ``x_adv`` (NaN when it
     does not measure one); ``grad_norm`` ``[B]`` the first gradient's L2 norm (NaN when not measured)."""
 
@@ -78,8 +80,9 @@ class Attack(Protocol):
     """The interface every registered attack follows (see the module docstring)."""
 
     name: str
+    settings_type: type  # a dataclass derived from freqpure.attacks.settings.AttackSettings
 
-    def validate(self, cfg: Any) -> None: ...
+    def validate(self, cfg: Any) -> Any: ...
 
     def label(self, cfg: Any) -> str: ...
 
@@ -89,7 +92,7 @@ class Attack(Protocol):
 
     def build_model(self, defence: Any, cfg: Any) -> Any: ...
 
-    def run(self, model: Any, cfg: Any, ctx: AttackContext) -> AttackOutcome: ...
+    def run(self, model: Any, cfg: Any, ctx: AttackContext) -> AttackResult: ...
 
 
 _REGISTRY: dict[str, Attack] = {}
@@ -98,8 +101,8 @@ _DISCOVERED = False
 
 def register_attack(attack: Attack) -> Attack:
     """Add ``attack`` under ``attack.name`` (a second attack with the same name is a bug: ValueError)."""
-    missing = [m for m in ("name", "validate", "label", "protocol_text", "settings", "build_model", "run")
-               if not hasattr(attack, m)]
+    members = ("name", "settings_type", "validate", "label", "protocol_text", "settings", "build_model", "run")
+    missing = [m for m in members if not hasattr(attack, m)]
     if missing:
         raise TypeError(f"{type(attack).__name__} is not an Attack: missing {', '.join(missing)}")
     if attack.name in _REGISTRY and _REGISTRY[attack.name] is not attack:

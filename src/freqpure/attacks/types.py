@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from freqpure.errors import UsageError
 
-__all__ = ["Norm", "GradientMode", "Loss", "parse_enum", "eps_text"]
+__all__ = ["Norm", "GradientMode", "Loss", "parse_enum", "parse_number", "eps_text"]
 
 E = TypeVar("E", bound=Enum)
 
@@ -65,6 +65,18 @@ def parse_enum(cls: type[E], value: str | E, what: str) -> E:
                 return member
     valid = ", ".join(m.value for m in cls)
     raise UsageError(f"unknown {what} {value!r}; valid: {valid}")
+
+
+def parse_number(value: float | int | str, where: str) -> float:
+    """``0.031``, ``8/255`` or ``"8/255"`` → float; clear error otherwise."""
+    if isinstance(value, bool):
+        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(Fraction(str(value).replace(" ", "")))
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}") from None
 
 
 def eps_text(eps: float) -> str:

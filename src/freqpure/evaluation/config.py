@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
-from freqpure.attacks.registry import get_attack, settings_key
-from freqpure.attacks.types import GradientMode, Loss, Norm, eps_text, parse_enum
+from freqpure.attacks.settings import EPS_LIMITS, AttackSettings, attack_settings
+from freqpure.attacks.types import GradientMode, eps_text, parse_number
 from freqpure.config import PurifierConfig, apply_overrides, load_yaml
 from freqpure.errors import UsageError
 from freqpure.evaluation.distributed import check_device_name
@@ -31,21 +31,7 @@ __all__ = [
     "EPS_LIMITS",
 ]
 
-# Radii above these are not adversarial robustness any more (pixel units of [0, 1] images).
-EPS_LIMITS = {Norm.LINF: 0.5, Norm.L2: 50.0}
 SEED_MAX = 2**63 - 1  # = freqpure.purifiers.SEED_MAX: seeds purify accepts are the seeds evaluate accepts
-
-
-def parse_number(value: float | int | str, where: str) -> float:
-    """``0.031``, ``8/255`` or ``"8/255"`` → float; clear error otherwise."""
-    if isinstance(value, bool):
-        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return float(Fraction(str(value).replace(" ", "")))
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{where} must be a number or a fraction like 8/255, got {value!r}") from None
 
 
 @dataclass
@@ -115,100 +101,40 @@ class DefenceConfig:
             raise UsageError(f"defence.max_batch must be >= 1 or null (no chunking), got {self.max_batch}")
 
 
-@dataclass
-class AttackConfig:
-    """One attack. ``name``: a registered attack (:func:`freqpure.attacks.registry.attack_names`):
-    ``pgd`` (PGD-EOT), ``bpda`` (PGD-EOT with ``gradient: bpda``), ``band-pgd`` (PGD-EOT with the
-    perturbation restricted to the spectrum disc of radius ``band_max_radius``) or ``autoattack``
-    (``version``: ``standard`` or ``rand``). Each attack validates its own keys, labels itself and
+class _AttackSettingsType(type):
+    """``isinstance(x, AttackConfig)``: whether ``x`` is an attack's settings."""
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        return isinstance(obj, AttackSettings)
+
+
+class AttackConfig(metaclass=_AttackSettingsType):
+    """One attack: ``AttackConfig(name=..., **settings)`` builds the typed settings of the registered attack
+    ``name`` names (:func:`freqpure.attacks.registry.attack_names`; default ``pgd``) and validates them
+    (:func:`freqpure.attacks.settings.attack_settings`): ``pgd`` (PGD-EOT, :class:`~freqpure.attacks.pgd.PGDSettings`),
+    ``bpda`` (PGD-EOT with ``gradient: bpda``), ``band-pgd`` (PGD-EOT with the perturbation restricted to the
+    spectrum disc of radius ``band_max_radius``, :class:`~freqpure.attacks.band.BandPGDSettings`) or
+    ``autoattack`` (``version``: ``standard`` or ``rand``, :class:`~freqpure.attacks.autoattack.AutoAttackSettings`).
+    A key the attack does not have is an error naming the attack and the key. Each attack labels itself and
     states its protocol (:mod:`freqpure.attacks.registry`).
 
-    ``eps`` and ``step_size`` accept fractions (``8/255``). ``gradient``: ``full``, ``surrogate``
-    (differentiate ``surrogate_rounds``), ``adjoint`` (VP-SDE sampler) or ``bpda``. The surrogate must
-    keep the defence's noise levels unless ``surrogate_match: false``: then any plan is allowed and
-    the attack is labelled and recorded as a *mismatched* surrogate (the official v2 evaluation:
-    ``gradient: surrogate, surrogate_rounds: "50:1", surrogate_match: false, random_start: false,
-    keep: last, step_size: 0.007, steps: 200, eot: 20`` against ``20:5*5,50:5*5``). ``eot``: draws
-    per gradient (PGD; AutoAttack averages the defence's softmax over ``eot`` draws per forward).
-    ``eot_batch``: at most this many images per purifier call while attacking. ``keep``: ``best``
-    iterate by the EOT loss, or ``last``. ``band_max_radius``: ``band-pgd`` only, in frequency-index
-    units of the centred spectrum.
+    Shared by every attack (:class:`~freqpure.attacks.settings.AttackSettings`): ``norm``, ``eps`` (fractions
+    such as ``8/255``), ``eot`` (draws per gradient; AutoAttack averages the defence's softmax over ``eot``
+    draws per forward), ``loss``, ``gradient`` (``full``, ``surrogate`` differentiating ``surrogate_rounds``,
+    ``adjoint`` for the VP-SDE sampler, or ``bpda``) and ``label``. The surrogate must keep the defence's noise
+    levels unless ``surrogate_match: false``: then any plan is allowed and the attack is labelled and recorded
+    as a *mismatched* surrogate (the official v2 evaluation: ``gradient: surrogate, surrogate_rounds: "50:1",
+    surrogate_match: false, random_start: false, keep: last, step_size: 0.007, steps: 200, eot: 20`` against
+    ``20:5*5,50:5*5``).
     """
 
-    name: str = "pgd"
-    norm: str = "linf"
-    eps: float | str = 8 / 255
-    steps: int = 20
-    step_size: float | str | None = None
-    eot: int = 1
-    random_start: bool = True
-    restarts: int = 1
-    loss: str = "ce"
-    keep: str = "best"
-    gradient: str = "full"
-    surrogate_rounds: str | None = None
-    surrogate_match: bool = True
-    band_max_radius: float | None = None
-    version: str = "rand"
-    eot_batch: int | None = None
-    label: str | None = None
-    autoattack_iters: int | None = None  # AutoAttack only: iterations per attack (None: its own 100); smoke runs
+    def __new__(cls, **settings: Any) -> AttackSettings:  # type: ignore[misc]
+        return attack_settings(settings)
 
-    def __post_init__(self) -> None:
-        spec = get_attack(self.name)  # UnknownNameError listing the registered attacks
-        norm = parse_enum(Norm, self.norm, "norm (attacks.norm)")
-        self.norm = norm.value
-        self.eps = parse_number(self.eps, "attack eps")
-        limit = EPS_LIMITS[norm]
-        if not (0 < self.eps <= limit and math.isfinite(self.eps)):
-            raise UsageError(f"attack eps={self.eps:g} is out of range for {norm.value}: need 0 < eps <= {limit:g} "
-                             "(pixel units of [0, 1] images; e.g. 8/255 for L-inf, 0.5 for L2)")
-        if self.step_size is not None:
-            self.step_size = parse_number(self.step_size, "attack step_size")
-            if not (self.step_size > 0 and math.isfinite(self.step_size)):
-                raise UsageError(f"attack step_size must be finite and > 0, got {self.step_size}")
-        for key in ("steps", "eot", "restarts"):
-            if getattr(self, key) < 1:
-                raise UsageError(f"attack {key} must be >= 1, got {getattr(self, key)}")
-        self.loss = parse_enum(Loss, self.loss, "loss (attacks.loss)").value
-        self.gradient = parse_enum(GradientMode, self.gradient, "gradient mode (attacks.gradient)").value
-        if self.keep not in ("best", "last"):
-            raise UsageError(f"attack keep must be 'best' or 'last', got {self.keep!r}")
-        if self.autoattack_iters is not None and (self.name != "autoattack" or self.autoattack_iters < 1):
-            raise UsageError("autoattack_iters applies to AutoAttack only and must be >= 1, "
-                             f"got {self.autoattack_iters}")
-        if self.eot_batch is not None and self.eot_batch < 1:
-            raise UsageError(f"attack eot_batch must be >= 1, got {self.eot_batch}")
-        if self.version not in ("standard", "rand"):  # a field of every attack: no typo passes silently
-            raise UsageError(f"unknown AutoAttack version {self.version!r}; valid: standard, rand")
-        if self.band_max_radius is not None:
-            self.band_max_radius = parse_number(self.band_max_radius, "attack band_max_radius")
-        spec.validate(self)
-        if self.gradient == GradientMode.SURROGATE.value and not self.surrogate_rounds:
-            raise UsageError("gradient 'surrogate' needs surrogate_rounds (e.g. '100:1': same t*, 1 step)")
-
-    @property
-    def norm_enum(self) -> Norm:
-        return Norm(self.norm)
-
-    @property
-    def spec(self):
-        """The registered attack (:class:`freqpure.attacks.registry.Attack`) that runs this config."""
-        return get_attack(self.name)
-
-    def display(self) -> str:
-        """A readable label, e.g. ``pgd-linf-8/255-full-eot20`` (``label`` when given)."""
-        return self.label or self.spec.label(self)
-
-    def protocol_text(self) -> str:
-        """One sentence for results files: exactly what this attack runs."""
-        return self.spec.protocol_text(self)
-
-    def settings_key(self) -> str:
-        """A stable string of every setting that changes the attack's strength (norm, eps, steps, step
-        size, EOT, loss, gradient, surrogate plan and match, band, restarts, random start, keep, ...),
-        without the label; equal keys = the same attack (``table`` refuses to merge different ones)."""
-        return settings_key(self)
+    @staticmethod
+    def from_config(data: dict[str, Any] | None, where: str = "") -> AttackSettings:
+        """``from_dict(AttackConfig, data)``: :func:`~freqpure.attacks.settings.attack_settings`."""
+        return attack_settings(data, where)
 
 
 @dataclass
@@ -258,7 +184,7 @@ class EvalConfig:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     purifier: PurifierConfig = field(default_factory=PurifierConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
-    attacks: list[AttackConfig] = field(default_factory=lambda: [AttackConfig()])
+    attacks: list[AttackSettings] = field(default_factory=lambda: [AttackConfig()])
     sanity: SanityConfig = field(default_factory=SanityConfig)
     # The noise scheme (freqpure.noise.NOISE_SCHEMES); null = freqpure.samplers.NOISE_SCHEME. Left out of the
     # saved config while null, so configs and record fingerprints written before the key existed still match.
@@ -276,6 +202,7 @@ class EvalConfig:
         check_device_name(self.device, "device")
         if not self.attacks:
             raise UsageError("attacks is empty: give at least one attack")
+        self.attacks = [a.spec.validate(a) for a in self.attacks]  # each attack's checks; a normalised copy
         labels = [a.display() for a in self.attacks]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:

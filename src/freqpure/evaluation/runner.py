@@ -32,7 +32,7 @@ from freqpure._fileio import atomic_path, write_text_atomic
 from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
-from freqpure.attacks.registry import AttackContext, AttackOutcome
+from freqpure.attacks.registry import AttackContext, AttackResult
 from freqpure.config import to_dict, with_resolved_precision
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
@@ -129,7 +129,7 @@ class BatchRunner:
         return self.attack_models[i]
 
     def attack(self, i: int, attack: AttackConfig, x: Tensor, y: Tensor, batch: int,
-               sweep: int | None = None) -> AttackOutcome:
+               sweep: int | None = None) -> AttackResult:
         """Attack ``x`` with attack number ``i``; randomness from ``(seed, batch, i)`` (and ``sweep``) only."""
         seed = self.cfg.seed
 
