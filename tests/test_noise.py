@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from freqpure.attacks.eot import EOTGradient
-from freqpure.evaluation.runner import Purpose, Scope, batch_stream
-from freqpure.noise import NOISE_SCHEME, DrawNoise, StepNoise, _encode, derive_key
+from freqpure.noise import NOISE_SCHEME, DrawNoise, Purpose, Scope, StepNoise, _encode, batch_stream, derive_key
 
 
 def test_the_default_scheme_is_the_one_the_committed_records_were_drawn_with() -> None:
@@ -126,3 +125,50 @@ def test_draw_noise_rows_address_each_image() -> None:
     per_row = DrawNoise(rows)
     whole = per_row(0, like)
     assert torch.equal(whole[2:5], DrawNoise(rows[2:5])(0, like[2:5]))  # any chunk: the same rows
+
+
+def test_named_derivations_give_the_streams_of_the_inline_ones() -> None:
+    """The named children in freqpure.noise (EOT draws, model calls, ensemble rows, the study's streams) are the
+    paths the attacks, purifiers and study derived inline before: same paths, same draws."""
+    from freqpure.noise import (
+        VOTE_STREAM_OFFSET,
+        call_stream,
+        clean_batch_stream,
+        ensemble_streams,
+        eot_draws,
+        vote_batch_stream,
+    )
+
+    root = batch_stream(3, 2, Purpose.ATTACK, 1)
+    assert eot_draws(root, 5, 3).streams == [root.child(5).child(k) for k in range(3)]
+    assert call_stream(root, 4) == root.child(4)
+    assert ensemble_streams(root, 2, 3) == [s.child(e) for e in range(3) for s in root.rows(2)]
+    assert clean_batch_stream(9, 4) == StepNoise(9).child(4)
+    assert vote_batch_stream(9, 4) == StepNoise(9).child(VOTE_STREAM_OFFSET + 4) == StepNoise(9).child(10_004)
+    with pytest.raises(ValueError, match="collide"):
+        vote_batch_stream(9, VOTE_STREAM_OFFSET)
+    class Model(torch.nn.Module):
+        stochastic = True
+
+        def forward(self, x, noise=None):
+            return x
+
+    oracle = EOTGradient(Model(), eot=2, seed=root)  # the oracle's draws are eot_draws'
+    assert oracle.noise_at(7).streams == eot_draws(root, 7, 2).streams
+
+
+def test_image_streams_are_addressed_by_image_not_batch() -> None:
+    """image-v1: row r's stream is (seed, Scope.IMAGE, image, purpose, index) whatever the batch; its paths
+    never meet batch-v1's (another scope)."""
+    from freqpure.noise import COUNTER_SCHEME, CounterNoise, image_streams, run_stream
+
+    roots = image_streams(5, [40, 7, 1234], Purpose.JUDGE, 2)
+    assert roots.leaves == [CounterNoise(5, (int(Scope.IMAGE), i, int(Purpose.JUDGE), 2)) for i in (40, 7, 1234)]
+    assert image_streams(5, [7], Purpose.JUDGE, 2).leaves[0] == roots.leaves[1]
+    sweep = image_streams(5, [7], Purpose.JUDGE, 2, sweep=0).leaves[0]
+    assert sweep.full_path == (5, int(Scope.IMAGE_SWEEP), 0, 7, int(Purpose.JUDGE), 2) and sweep != roots.leaves[1]
+    assert run_stream("image-v1", 5, 99, [7], Purpose.JUDGE, 2).leaves == [roots.leaves[1]]
+    assert run_stream(None, 5, 99, [7], Purpose.JUDGE, 2) == batch_stream(5, 99, Purpose.JUDGE, 2)
+    assert run_stream("batch-v1", 5, 99, [7], Purpose.JUDGE, 2, scheme=COUNTER_SCHEME) == \
+        batch_stream(5, 99, Purpose.JUDGE, 2, scheme=COUNTER_SCHEME)
+    assert {s.full_path[1] for s in roots.leaves}.isdisjoint({int(Scope.BATCH), int(Scope.SWEEP)})

@@ -227,7 +227,7 @@ def test_purifier_draws_its_own_noise_in_its_scheme() -> None:
 def test_eval_config_keeps_old_dicts_and_records_a_chosen_scheme() -> None:
     from freqpure.config import to_dict
     from freqpure.evaluation import load_eval_config
-    from freqpure.evaluation.runner import Purpose, batch_stream
+    from freqpure.noise import Purpose, batch_stream
 
     assert "noise_scheme" not in to_dict(load_eval_config(None))  # old configs and fingerprints unchanged
     cfg = load_eval_config(None, [f"noise_scheme={COUNTER_SCHEME}"])
@@ -263,3 +263,77 @@ def test_an_evaluation_with_the_counter_scheme_records_it_and_resumes_only_with_
     check_noise_scheme(records, tmp_path, COUNTER_SCHEME)  # the run's own scheme: accepted
     with pytest.raises(RunFolderError, match="noise scheme counter-v1; this run draws with blake2b-philox-v2"):
         check_noise_scheme(records, tmp_path, NOISE_SCHEME)
+
+
+def test_draws_of_per_image_draws_are_one_flat_batched_call_with_each_rows_numbers() -> None:
+    """A DrawNoise whose draws are DrawNoises of one stream per image (EOT over image-v1 streams) gives every
+    row its own stream's numbers, the same as asking each draw, and rows that do not depend on the batch."""
+    from freqpure.noise import Purpose, eot_draws, image_streams
+
+    like = torch.empty(3 * 4, 3, 8, 8)
+    root = image_streams(1, [10, 11, 12, 13], Purpose.ATTACK)
+    nested = eot_draws(root, 2, 3)
+    assert len(nested.leaves) == 12 and nested._kind == "counter"
+    got = nested(5, like)
+    per_draw = torch.cat([d(5, like[:4]) for d in nested.streams])
+    assert torch.equal(got, per_draw)
+    per_row = torch.cat([s(5, like[:1]) for s in nested.leaves])
+    assert torch.equal(got, per_row)
+    small = eot_draws(image_streams(1, [12, 13], Purpose.ATTACK), 2, 3)(5, like[:6])  # images 12, 13 alone
+    assert torch.equal(small.view(3, 2, 3, 8, 8), got.view(3, 4, 3, 8, 8)[:, 2:])
+    assert torch.equal(nested.select(1, 3)(5, like[:8]), got[4:])  # EOT chunks stay whole draws
+    assert nested.rows(12) == [r for s in nested.leaves for r in s.rows(1)]
+
+
+def test_row_random_gives_each_row_its_own_uniforms_and_normals() -> None:
+    from freqpure.noise import Purpose, RowRandom, counter_uniforms, image_streams, start_generator
+
+    like = torch.empty(1)
+    a = start_generator(image_streams(2, [3, 4, 5], Purpose.START))
+    b = start_generator(image_streams(2, [5], Purpose.START))
+    assert isinstance(a, RowRandom)
+    ua, ub = a.random((3, 7), like), b.random((1, 7), like)
+    za, zb = a.standard_normal((3, 2, 5), like), b.standard_normal((1, 2, 5), like)
+    assert torch.equal(ua[2:], ub) and torch.equal(za[2:], zb)  # row 5's numbers whatever its batch
+    assert 0 < float(ua.min()) and float(ua.max()) < 1 and not torch.equal(ua[0], ua[1])
+    assert not torch.equal(a.random((3, 7), like), ua)  # the next call draws the next key
+    u = counter_uniforms(identity_words([CounterNoise(0).identity]), 0, 200_000)
+    assert abs(float(u.mean()) - 0.5) < 3e-3 and abs(float(u.var()) - 1 / 12) < 1e-3
+    with pytest.raises(UsageError, match="rows"):
+        a.random((2, 7), like)
+    with pytest.raises(UsageError, match="counter-v1"):
+        RowRandom(DrawNoise(StepNoise(0).rows(2)))
+    assert isinstance(start_generator(StepNoise(0)), np.random.Generator)  # batch-v1: unchanged
+
+
+def test_image_addressing_and_auto_batch_size_are_checked_and_omitted_while_unset() -> None:
+    from freqpure.config import to_dict
+    from freqpure.evaluation import load_eval_config
+
+    assert "noise_addressing" not in to_dict(load_eval_config(None))  # old configs and fingerprints unchanged
+    image = [f"noise_scheme={COUNTER_SCHEME}", "noise_addressing=image-v1"]
+    cfg = load_eval_config(None, [*image, "batch_size=auto"])
+    assert to_dict(cfg)["noise_addressing"] == "image-v1" and cfg.batch_size == "auto"
+    with pytest.raises(UsageError, match="batch_size: auto needs noise_addressing: image-v1"):
+        load_eval_config(None, ["batch_size=auto"])
+    with pytest.raises(UsageError, match="set noise_scheme: counter-v1"):
+        load_eval_config(None, ["noise_addressing=image-v1"])
+    with pytest.raises(UsageError, match="noise_addressing must be one of"):
+        load_eval_config(None, ["noise_addressing=row-v1"])
+    with pytest.raises(UsageError, match="integer >= 1 or auto"):
+        load_eval_config(None, ["batch_size=0"])
+    for attack in ("attacks.0.name=autoattack", "attacks.0.name=band-pgd"):
+        overrides = [*image, attack] + (["attacks.0.band_max_radius=3"] if "band" in attack else [])
+        with pytest.raises(UsageError, match="rows do not depend on their batch"):
+            load_eval_config(None, overrides)
+    assert load_eval_config(None, [*image, "attacks.0.name=bpda", "attacks.0.gradient=bpda"]).noise_addressing
+
+
+def test_fit_batch_divides_free_memory_by_the_measured_peak() -> None:
+    from freqpure.evaluation.batching import fit_batch
+
+    assert fit_batch(2**20, 100 * 2**20, 1024) == 80  # 80 % of 100 MiB at 1 MiB per image
+    assert fit_batch(2**20, 13 * 2**20, 1024) == 8  # 10 images fit: a multiple of 8 from 8 up
+    assert fit_batch(2**20, 5 * 2**20, 1024) == 4  # fewer than 8: as many as fit
+    assert fit_batch(2**30, 2**20, 1024) == 1  # never below one image
+    assert fit_batch(1, 2**40, 100) == 100  # never above the limit (the subset's size)

@@ -170,6 +170,8 @@ class AutoAttackAttack:
     name = "autoattack"
     settings_type: type = AutoAttackSettings
     # pyautoattack draws each attack's random start for the whole batch from torch's global generator, and the
+    # pool between attacks is judged per batch: not offered under noise_addressing image-v1.
+    per_image = False
 
     def validate(self, cfg: AutoAttackSettings) -> AutoAttackSettings:
         """``cfg`` itself once its version and iteration count are checked."""

@@ -34,6 +34,8 @@ class BandPGDAttack(PGDAttack):
 
     name = "band-pgd"
     # band_constrain's alternating projections stop when the whole batch has converged, so a row's
+    # perturbation depends (within tol) on its batch: not offered under noise_addressing image-v1.
+    per_image = False
     settings_type: type = BandPGDSettings
 
     def validate(self, cfg: BandPGDSettings) -> BandPGDSettings:

@@ -16,24 +16,9 @@ from torch import Tensor, nn
 from freqpure.attacks.losses import attack_loss
 from freqpure.attacks.types import Loss, parse_enum
 from freqpure.errors import UsageError
-from freqpure.noise import CounterNoise
-from freqpure.samplers import DrawNoise, StepNoise
+from freqpure.noise import DrawNoise, NoiseSource, StepNoise, eot_draws
 
 __all__ = ["DrawNoise", "EOTGradient", "NoiseSource", "StochasticModel", "is_stochastic"]
-
-
-@runtime_checkable
-class NoiseSource(Protocol):
-    """What a stochastic model takes as ``noise``: ``noise(key, like) -> Tensor`` (standard normal,
-    shaped like ``like``, the same for the same key), ``child(salt)`` (an independent source) and
-    ``rows(n)`` (one :class:`~freqpure.samplers.StepNoise` per row of an ``n``-row batch).
-    :class:`~freqpure.samplers.StepNoise` and :class:`DrawNoise` are noise sources."""
-
-    def __call__(self, key: int, like: Tensor) -> Tensor: ...
-
-    def child(self, salt: int) -> NoiseSource: ...
-
-    def rows(self, n: int) -> list[StepNoise]: ...
 
 
 @runtime_checkable
@@ -73,15 +58,16 @@ class EOTGradient:
             noise inside, not replayable).
         eot: number of independent draws per call.
         loss: ``"ce"`` or ``"margin"`` (:class:`~freqpure.attacks.types.Loss`).
-        seed: an int or a :class:`~freqpure.samplers.StepNoise` root; call ``i`` uses the draws of
-            :meth:`noise_at` ``(i)`` (stream ``root.child(i).child(k)`` for draw ``k``), so the whole
-            attack is replayable.
+        seed: an int or a noise root (a :class:`~freqpure.noise.NoiseSource`: a stream, or an ``image-v1``
+            :class:`~freqpure.noise.DrawNoise` of one stream per image); call ``i`` uses the draws of
+            :meth:`noise_at` ``(i)`` (:func:`~freqpure.noise.eot_draws`: ``root.child(i).child(k)`` for draw
+            ``k``), so the whole attack is replayable.
         max_batch: at most this many images per model call (whole draws per chunk; ``None``: one call).
             On an out-of-memory error the draws per call are halved and the call is redone; chunking
             never changes the numbers.
     """
 
-    def __init__(self, model: nn.Module, *, eot: int = 1, loss: Loss | str = Loss.CE, seed: int | StepNoise = 0,
+    def __init__(self, model: nn.Module, *, eot: int = 1, loss: Loss | str = Loss.CE, seed: int | NoiseSource = 0,
                  max_batch: int | None = None) -> None:
         if eot < 1:
             raise UsageError(f"eot must be >= 1, got {eot}")
@@ -97,20 +83,20 @@ class EOTGradient:
                 "and PurifiedClassifier do this), or use eot=1 for a deterministic model")
         self.eot = eot
         self.loss_name = parse_enum(Loss, loss, "loss")
-        self.root = seed if isinstance(seed, StepNoise | CounterNoise) else StepNoise(int(seed))
+        self.root = seed if isinstance(seed, NoiseSource) else StepNoise(int(seed))
         self.max_batch = max_batch
         self.calls = 0
 
     @property
-    def seed(self) -> int:
-        return self.root.seed
+    def seed(self) -> int | None:
+        """The root's seed (``None`` for a root of several streams)."""
+        return getattr(self.root, "seed", None)
 
     def noise_at(self, call: int) -> DrawNoise | None:
         """The draws used by call number ``call`` (``None`` for a deterministic model)."""
         if not self.stochastic:
             return None
-        base = self.root.child(call)
-        return DrawNoise([base.child(k) for k in range(self.eot)])
+        return eot_draws(self.root, call, self.eot)
 
     def _chunks(self, batch: int) -> list[tuple[int, int]]:
         per = self.eot if self.max_batch is None else max(1, self.max_batch // batch)

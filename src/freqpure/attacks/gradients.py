@@ -17,8 +17,7 @@ from torch import Tensor, nn
 from freqpure.attacks.types import GradientMode, parse_enum
 from freqpure.checkpointing import RunCheckpoint
 from freqpure.errors import UsageError
-from freqpure.noise import CounterNoise
-from freqpure.samplers import StepNoise
+from freqpure.noise import NoiseSource, StepNoise, call_stream
 
 __all__ = ["AttackModel", "BPDAPurifier", "SeededModel", "attack_purifier", "matched_surrogate"]
 
@@ -145,13 +144,13 @@ class SeededModel(nn.Module):
     ``model`` the noise stream ``root.child(i)`` (``root``: a :class:`~freqpure.samplers.StepNoise` or
     an int seed), so a whole attack run is replayable and every call gets fresh draws."""
 
-    def __init__(self, model: nn.Module, seed: int | StepNoise) -> None:
+    def __init__(self, model: nn.Module, seed: int | NoiseSource) -> None:
         super().__init__()
         self.model = model
-        self.root = seed if isinstance(seed, StepNoise | CounterNoise) else StepNoise(int(seed))
+        self.root = seed if isinstance(seed, NoiseSource) else StepNoise(int(seed))
         self.calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        noise = self.root.child(self.calls)
+        noise = call_stream(self.root, self.calls)
         self.calls += 1
         return self.model(x, noise)

@@ -25,6 +25,7 @@ from freqpure.attacks.registry import AttackContext, AttackResult, register_atta
 from freqpure.attacks.settings import AttackSettings
 from freqpure.attacks.types import GradientMode, Norm, eps_text, parse_enum, parse_number
 from freqpure.errors import UsageError
+from freqpure.noise import RowRandom, start_generator
 
 __all__ = ["LossAndGrad", "PGDResult", "PGDAttack", "PGDSettings", "BPDAAttack", "BPDASettings", "pgd", "project",
            "random_start", "default_step_size"]
@@ -54,10 +55,12 @@ def project(delta: Tensor, norm: Norm | str, eps: float) -> Tensor:
     return delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
 
 
-Generator = torch.Generator | np.random.Generator
+Generator = torch.Generator | np.random.Generator | RowRandom
 
 
 def _uniform(shape, generator: Generator | None, like: Tensor) -> Tensor:
+    if isinstance(generator, RowRandom):  # one counter stream per row, drawn on like's device (image-v1)
+        return generator.random(shape, like)
     if isinstance(generator, np.random.Generator):
         host = torch.from_numpy(generator.random(tuple(shape))).to(like.dtype)
         return host.to(like.device, non_blocking=True)  # host draws: a copy without a sync
@@ -65,6 +68,8 @@ def _uniform(shape, generator: Generator | None, like: Tensor) -> Tensor:
 
 
 def _normal(shape, generator: Generator | None, like: Tensor) -> Tensor:
+    if isinstance(generator, RowRandom):
+        return generator.standard_normal(shape, like)
     if isinstance(generator, np.random.Generator):
         host = torch.from_numpy(generator.standard_normal(tuple(shape))).to(like.dtype)
         return host.to(like.device, non_blocking=True)
@@ -74,8 +79,9 @@ def _normal(shape, generator: Generator | None, like: Tensor) -> Tensor:
 def random_start(x: Tensor, norm: Norm | str, eps: float, generator: Generator | None = None) -> Tensor:
     """A uniform draw from the ``eps``-ball around ``x`` (clipped to [0, 1]).
 
-    ``generator``: a ``torch.Generator`` or a ``numpy.random.Generator`` (e.g.
-    :meth:`freqpure.samplers.StepNoise.rng`, whose 128-bit keys do not collide across a run).
+    ``generator``: a ``torch.Generator``, a ``numpy.random.Generator`` (e.g.
+    :meth:`freqpure.samplers.StepNoise.rng`, whose 128-bit keys do not collide across a run) or a
+    :class:`~freqpure.noise.RowRandom` (one stream per row: each row's start independent of its batch).
     """
     norm = parse_enum(Norm, norm, "norm")
     if norm is Norm.LINF:
@@ -305,7 +311,7 @@ class PGDAttack:
     def run(self, model, cfg, ctx: AttackContext) -> AttackResult:
         eot = cfg.eot if is_stochastic(model) else 1  # a deterministic defence has nothing to average
         oracle = EOTGradient(model, eot=eot, loss=cfg.loss, seed=ctx.noise, max_batch=cfg.eot_batch)
-        gen = ctx.start.rng()
+        gen = start_generator(ctx.start)  # batch-v1: start.rng(); image-v1: one stream per row
         best = None
         for _ in range(cfg.restarts):
             res = pgd(oracle, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,

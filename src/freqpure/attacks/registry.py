@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 from torch import Tensor
 
 from freqpure.errors import UnknownNameError
-from freqpure.samplers import StepNoise
+from freqpure.noise import NoiseSource
 
 __all__ = [
     "Attack",
@@ -52,15 +52,17 @@ class AttackContext:
     """What the runner gives an attack for one batch.
 
     ``x`` ``[B, C, H, W]`` in [0, 1] and ``y`` ``[B]``; ``noise``: the root of the attack's own noise
-    (EOT draws, the attacked model's noise), ``start``: the root of its random starts; both depend on
-    ``(seed, batch, attack index)`` only. ``judge``: the defence's verdict with fresh noise per stage
-    (``None`` for a deterministic defence). ``check_gradients``: measure the first gradient's norm.
+    (EOT draws, the attacked model's noise), ``start``: the root of its random starts (draw them through
+    :func:`freqpure.noise.start_generator`); both depend on ``(seed, batch, attack index)`` only, or under
+    ``noise_addressing: image-v1`` on ``(seed, image, attack index)`` per row (a
+    :class:`~freqpure.noise.DrawNoise` of one stream per image). ``judge``: the defence's verdict with fresh
+    noise per stage (``None`` for a deterministic defence). ``check_gradients``: measure the first gradient's norm.
     """
 
     x: Tensor
     y: Tensor
-    noise: StepNoise
-    start: StepNoise
+    noise: NoiseSource
+    start: NoiseSource
     judge: Judge | None = None
     check_gradients: bool = True
 

@@ -174,11 +174,13 @@ class SanityConfig:
 @dataclass
 class EvalConfig:
     """A whole evaluation. ``seed`` fixes every random draw: batch ``b`` uses noise derived from
-    ``(seed, b)`` only, so results do not depend on the number of processes or on resuming."""
+    ``(seed, b)`` only (``noise_addressing: image-v1``: image ``i`` from ``(seed, i)``), so results do not
+    depend on the number of processes or on resuming. ``batch_size``: images per batch, or ``auto``
+    (``image-v1`` only: chosen per invocation, :mod:`freqpure.evaluation.batching`)."""
 
     name: str = "eval"
     seed: int = 0
-    batch_size: int = 8
+    batch_size: int | str = 8
     device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -189,20 +191,22 @@ class EvalConfig:
     # The noise scheme (freqpure.noise.NOISE_SCHEMES); null = freqpure.samplers.NOISE_SCHEME. Left out of the
     # saved config while null, so configs and record fingerprints written before the key existed still match.
     noise_scheme: str | None = field(default=None, metadata={"omit_none": True})
+    # How the run's streams are addressed (freqpure.noise.NOISE_ADDRESSINGS): batch-v1 (null, the default of every
+    # recorded run: per batch) or image-v1 (per image: numbers independent of batch_size). Omitted while null.
+    noise_addressing: str | None = field(default=None, metadata={"omit_none": True})
 
     def __post_init__(self) -> None:
         if self.noise_scheme is not None:
             from freqpure.noise import check_noise_scheme
 
             self.noise_scheme = check_noise_scheme(self.noise_scheme)
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.seed <= SEED_MAX:  # the range purify and the purifiers accept
             raise UsageError(f"seed must be in 0..{SEED_MAX}, got {self.seed}")
         check_device_name(self.device, "device")
         if not self.attacks:
             raise UsageError("attacks is empty: give at least one attack")
         self.attacks = [a.spec.validate(a) for a in self.attacks]  # each attack's checks; a normalised copy
+        _check_batching(self)
         labels = [a.display() for a in self.attacks]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
@@ -221,6 +225,28 @@ class EvalConfig:
                 if a.gradient == GradientMode.ADJOINT.value and self.purifier.sampler != "sde":
                     raise UsageError(f"attack {a.display()}: gradient 'adjoint' needs purifier.sampler=sde, "
                                      f"got {self.purifier.sampler!r}")
+
+
+def _check_batching(cfg: EvalConfig) -> None:
+    """``batch_size`` (an integer >= 1, or ``auto`` under ``image-v1``) and ``noise_addressing`` (with its scheme
+    and attacks whose rows do not depend on their batch); normalises ``noise_addressing``."""
+    from freqpure.noise import BATCH_ADDRESSING, IMAGE_ADDRESSING, NOISE_SCHEME, check_noise_addressing
+
+    addressing = check_noise_addressing(cfg.noise_addressing, cfg.noise_scheme or NOISE_SCHEME)
+    cfg.noise_addressing = None if cfg.noise_addressing is None else addressing
+    size = cfg.batch_size
+    if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UsageError(f"batch_size must be an integer >= 1 or auto, got {size!r}")
+    if size == "auto" and addressing == BATCH_ADDRESSING:
+        raise UsageError(f"batch_size: auto needs noise_addressing: {IMAGE_ADDRESSING} (with noise_scheme: "
+                         f"counter-v1): under {BATCH_ADDRESSING} a batch's noise depends on its size, so the numbers "
+                         "would depend on the size chosen")
+    if addressing == IMAGE_ADDRESSING:
+        for a in cfg.attacks:
+            if not getattr(a.spec, "per_image", False):
+                raise UsageError(f"attack {a.display()}: noise_addressing {IMAGE_ADDRESSING} needs attacks whose "
+                                 f"rows do not depend on their batch, and {a.spec.name!r} does not (docs/usage.md, "
+                                 "noise addressing); use pgd or bpda, or batch-v1")
 
 
 def _rounds(spec: str | None, where: str):

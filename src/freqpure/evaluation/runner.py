@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from freqpure.attacks.pgd import pgd
 from freqpure.attacks.registry import AttackContext, AttackResult
 from freqpure.config import to_dict, with_resolved_precision
 from freqpure.errors import RunFolderError
+from freqpure.evaluation.batching import AUTO, choose_batch_size
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
 from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
@@ -53,43 +53,10 @@ from freqpure.evaluation.results import (
 )
 from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir, run_store, saved_config
 from freqpure.evaluation.store import SampleStore
-from freqpure.noise import make_noise
-from freqpure.samplers import NOISE_SCHEME, StepNoise
+from freqpure.noise import IMAGE_ADDRESSING, NoiseSource, Purpose, run_stream, start_generator
+from freqpure.samplers import NOISE_SCHEME
 
-__all__ = ["evaluate", "prepare_run_dir", "batch_stream", "Purpose", "Scope"]
-
-
-class Purpose(IntEnum):
-    """What a per-batch noise stream is for: ``batch_stream(seed, b, Purpose.X, index)``."""
-
-    CLEAN = 1  # the defence's judgement of the clean images
-    EXAMPLE = 2  # the purification shown in examples.npz
-    ATTACK = 3  # index = attack: its EOT draws / the attacked model's noise
-    START = 4  # index = attack: its random starts (and AutoAttack's seed)
-    JUDGE = 5  # index = attack: the defence's judgement of its final images
-    UNDEFENDED = 6  # index = sanity check: random start of PGD on the bare classifier
-    POOL = 7  # index = attack: the defence's verdicts between AutoAttack's attacks (child = stage)
-
-
-class Scope(IntEnum):
-    """Which batches a stream belongs to: the run's batches, or the eps sweep's (per multiplier)."""
-
-    BATCH = 0
-    SWEEP = 1
-
-
-def batch_stream(seed: int, batch: int, purpose: Purpose, index: int = 0, *, sweep: int | None = None,
-                 scheme: str | None = None) -> StepNoise:
-    """The noise stream of ``(seed, batch, purpose, index)`` — never of the process rank.
-
-    Its path is ``(seed, Scope.BATCH, batch, purpose, index)``, or ``(seed, Scope.SWEEP, sweep, batch,
-    purpose, index)`` for batch ``batch`` of the eps sweep's multiplier number ``sweep``; below it the
-    attacks and the defence derive children (EOT call and draw, image, ensemble draw, round). Paths are
-    hashed injectively (:class:`~freqpure.samplers.StepNoise`, scheme :data:`NOISE_SCHEME`), so
-    different paths never share draws.
-    """
-    scope = (Scope.BATCH, batch) if sweep is None else (Scope.SWEEP, sweep, batch)
-    return make_noise(seed, (*scope, int(purpose), int(index)), scheme)  # scheme None: NOISE_SCHEME
+__all__ = ["evaluate", "prepare_run_dir"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,13 +82,23 @@ class BatchRunner:
     """Runs the attacks of ``cfg`` on one batch and judges them with ``defence``.
 
     Attacks are dispatched through the registry (:mod:`freqpure.attacks.registry`): attack ``i``'s
-    model is built once by its ``build_model`` and each batch runs its ``run``.
+    model is built once by its ``build_model`` and each batch runs its ``run``. ``batch_size``: the images
+    per batch this invocation runs (``cfg.batch_size``, or what ``auto`` chose: ``batch_choice`` says why).
     """
 
     cfg: EvalConfig
     defence: Defence
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     attack_models: dict[int, Any] = field(default_factory=dict)
+    batch_size: int = 0
+    batch_choice: str | None = None
+
+    def stream(self, batch: int, images: list[int] | None, purpose: Purpose, index: int = 0,
+               sweep: int | None = None) -> NoiseSource:
+        """The root of ``purpose``'s draws for batch ``batch`` holding data-set images ``images``, under the run's
+        ``noise_addressing`` (:func:`freqpure.noise.run_stream`): never of the process rank."""
+        return run_stream(self.cfg.noise_addressing, self.cfg.seed, batch, images or [], purpose, index, sweep=sweep,
+                          scheme=self.cfg.noise_scheme)
 
     def _model_for(self, i: int, attack: AttackConfig) -> Any:
         if i not in self.attack_models:
@@ -129,12 +106,12 @@ class BatchRunner:
         return self.attack_models[i]
 
     def attack(self, i: int, attack: AttackConfig, x: Tensor, y: Tensor, batch: int,
-               sweep: int | None = None) -> AttackResult:
-        """Attack ``x`` with attack number ``i``; randomness from ``(seed, batch, i)`` (and ``sweep``) only."""
-        seed = self.cfg.seed
+               sweep: int | None = None, images: list[int] | None = None) -> AttackResult:
+        """Attack ``x`` with attack number ``i``; randomness from ``(seed, batch, i)`` (``image-v1``: ``(seed,
+        image, i)`` per row of ``images``) and ``sweep`` only."""
 
-        def stream(purpose: Purpose) -> StepNoise:
-            return batch_stream(seed, batch, purpose, i, sweep=sweep, scheme=self.cfg.noise_scheme)
+        def stream(purpose: Purpose) -> NoiseSource:
+            return self.stream(batch, images, purpose, i, sweep)
 
         judge = None
         if self.defence.purifier is not None:  # randomised: the defence decides who leaves a pool
@@ -147,12 +124,13 @@ class BatchRunner:
                             check_gradients=self.cfg.sanity.enabled and self.cfg.sanity.gradients)
         return attack.spec.run(self._model_for(i, attack), attack, ctx)
 
-    def undefended(self, j: int, norm: str, eps: float, x: Tensor, y: Tensor, batch: int) -> Tensor:
+    def undefended(self, j: int, norm: str, eps: float, x: Tensor, y: Tensor, batch: int,
+                   images: list[int] | None = None) -> Tensor:
         """Sanity: PGD on the bare classifier; returns correctness ``[B]`` (should be ~all False)."""
         steps = self.cfg.sanity.undefended_steps
         bare = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)
         oracle = EOTGradient(bare, loss="ce")
-        gen = batch_stream(self.cfg.seed, batch, Purpose.UNDEFENDED, j, scheme=self.cfg.noise_scheme).rng()
+        gen = start_generator(self.stream(batch, images, Purpose.UNDEFENDED, j))
         res = pgd(oracle, x, y, norm=norm, eps=eps, steps=steps, random_init=True, generator=gen)
         with torch.no_grad():
             return bare(res.x_adv).argmax(1) == y
@@ -160,18 +138,18 @@ class BatchRunner:
     def run(self, x: Tensor, y: Tensor, batch: int, positions: list[int], indices: list[int],
             undefended_keys: list[tuple[str, str, float]]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
         """Records for the batch, and its example images when it holds one of the first samples."""
-        cfg, seed = self.cfg, self.cfg.seed
+        cfg, images = self.cfg, [int(i) for i in indices]
         t0 = time.perf_counter()
-        pred_clean = self.defence.predict(x, batch_stream(seed, batch, Purpose.CLEAN, scheme=cfg.noise_scheme))
+        pred_clean = self.defence.predict(x, self.stream(batch, images, Purpose.CLEAN))
         t_judge = time.perf_counter() - t0
         per_attack: list[dict[str, Any]] = []
         advs, preds = [], []
         t_attack = 0.0
         for i, attack in enumerate(cfg.attacks):
             t1 = time.perf_counter()
-            out = self.attack(i, attack, x, y, batch)
+            out = self.attack(i, attack, x, y, batch, images=images)
             t2 = time.perf_counter()
-            pred = self.defence.predict(out.x_adv, batch_stream(seed, batch, Purpose.JUDGE, i, scheme=cfg.noise_scheme))
+            pred = self.defence.predict(out.x_adv, self.stream(batch, images, Purpose.JUDGE, i))
             t_attack += t2 - t1
             t_judge += time.perf_counter() - t2
             linf, l2 = _norms(out.x_adv, x)
@@ -183,7 +161,7 @@ class BatchRunner:
         t3 = time.perf_counter()
         if cfg.sanity.enabled and cfg.sanity.undefended:
             for j, (key, norm, eps) in enumerate(undefended_keys):
-                undefended[key] = self.undefended(j, norm, eps, x, y, batch).tolist()
+                undefended[key] = self.undefended(j, norm, eps, x, y, batch, images).tolist()
         t_sanity = time.perf_counter() - t3
         seconds = time.perf_counter() - t0
         records = []
@@ -207,10 +185,10 @@ class BatchRunner:
                 "seconds": {"attack": t_attack / len(labels), "judge": t_judge / len(labels),
                             "sanity": t_sanity / len(labels), "total": seconds / len(labels)},
             })
-        examples = self._examples(x, y, batch, positions, pred_clean, advs, preds)
+        examples = self._examples(x, y, batch, positions, pred_clean, advs, preds, images)
         return records, examples
 
-    def _examples(self, x, y, batch, positions, pred_clean, advs, preds) -> dict[str, np.ndarray] | None:
+    def _examples(self, x, y, batch, positions, pred_clean, advs, preds, images) -> dict[str, np.ndarray] | None:
         keep = [s for s, p in enumerate(positions) if p < EXAMPLES_MAX]
         if not keep:
             return None
@@ -221,7 +199,7 @@ class BatchRunner:
             take = (~fooled) & (p_a != y)
             chosen_x[take], chosen_pred[take] = x_a[take], p_a[take]
             fooled |= take
-        noise = batch_stream(self.cfg.seed, batch, Purpose.EXAMPLE, scheme=self.cfg.noise_scheme)
+        noise = self.stream(batch, [images[s] for s in keep], Purpose.EXAMPLE)
         purified = self.defence.purify_once(chosen_x[keep], noise)
         with torch.no_grad():  # the bare classifier on this one purification (the grid's caption under it)
             pred_purified = AttackModel(self.defence.classifier, None, postprocess=self.defence.post)(purified)
@@ -279,12 +257,15 @@ def evaluate(
         classifier, eps_model = models if models is not None else load_models(cfg, ctx.device)
         defence = build_defence(cfg, classifier, eps_model)
         runner = BatchRunner(cfg, defence, ctx.device)
+        choice = choose_batch_size(cfg, runner, data, ctx)  # batch_size: auto decided once per invocation
+        runner.batch_size, runner.batch_choice = choice.size, choice.text() if cfg.batch_size == AUTO else None
         existing = store.load()
         check_noise_scheme(existing, out, run_noise_scheme(cfg))
         done = set(existing)
         resumed = resume and bool(done)  # a real resume: this invocation continues finished work
         n = len(data.indices)
-        batches = [list(range(s, min(s + cfg.batch_size, n))) for s in range(0, n, cfg.batch_size)]
+        size = runner.batch_size
+        batches = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
         todo = [b for b in ctx.shard(list(range(len(batches))))
                 if not all(int(data.indices[p]) in done for p in batches[b])]
         keys = undefended_keys(cfg)
@@ -446,6 +427,8 @@ def runtime_decisions(cfg: EvalConfig, runner: BatchRunner | None) -> dict[str, 
     from freqpure.precision import decisions
 
     out: dict[str, Any] = {}
+    if runner is not None and runner.batch_choice:  # batch_size: auto
+        out["batch_size"] = runner.batch_choice
     found = run_decisions(runner.attack_models) if runner is not None else {}  # None: written from records alone
     if found:
         out["gradient_memory"] = {cfg.attacks[i].display(): d.text() for i, d in sorted(found.items())}
@@ -459,9 +442,11 @@ def runtime_decisions(cfg: EvalConfig, runner: BatchRunner | None) -> dict[str, 
 def protocol(cfg: EvalConfig) -> dict[str, Any]:
     """The decisions that change robustness numbers, stated explicitly (field notes §5)."""
     d = cfg.defence
-    return {
+    per_image = cfg.noise_addressing == IMAGE_ADDRESSING
+    unit = "image" if per_image else "batch"
+    out = {
         "judgement": "one-shot: each attack's final adversarial image is judged once by the defence with its own "
-                     "randomness (noise seeded by (seed, batch), independent of the attack's draws); success at an "
+                     f"randomness (noise seeded by (seed, {unit}), independent of the attack's draws); success at an "
                      "intermediate iteration does not count",
         "vote": f"{d.vote} over {d.ensemble} purification(s) per image" if cfg.purifier.method != "none"
         else "deterministic classifier",
@@ -473,12 +458,17 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
                       for a in cfg.attacks},
         "settings": {a.display(): a.settings_key() for a in cfg.attacks},
         "eot": {a.display(): a.eot for a in cfg.attacks},
-        "noise": "independent diffusion noise per EOT draw and per batch, derived from (seed, batch index, purpose) "
-                 "— never from the process rank",
+        "noise": f"independent diffusion noise per EOT draw and per {unit}, derived from (seed, {unit} index, "
+                 "purpose) — never from the process rank" + ("; every image draws from its own streams (data-set "
+                                                             "index), so the batch size changes no number"
+                                                             if per_image else ""),
         "noise_scheme": run_noise_scheme(cfg),
         "classifier_mode": "eval mode, parameters frozen; no clamp, rounding or no_grad on the gradient path "
                            "(except BPDA's identity backward, by design)",
     }
+    if cfg.noise_addressing is not None:  # absent: batch-v1 (every run recorded before the key)
+        out["noise_addressing"] = cfg.noise_addressing
+    return out
 
 
 def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[str, Accuracy],
@@ -532,12 +522,13 @@ def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, da
         scaled = replace(attack, eps=min(attack.eps * mult, 0.5 if attack.norm == "linf" else 50.0), label="sweep",
                          step_size=None if attack.step_size is None else attack.step_size * mult)
         correct = 0
-        for b, start in enumerate(range(0, k, cfg.batch_size)):
-            pos = list(range(start, min(start + cfg.batch_size, k)))
+        for b, start in enumerate(range(0, k, runner.batch_size)):
+            pos = list(range(start, min(start + runner.batch_size, k)))
+            images = [int(data.indices[p]) for p in pos]
             x, y = data.images(pos).to(device), data.labels[pos].to(device)
-            out = runner.attack(0, scaled, x, y, b, sweep=m_i)  # streams of their own: (Scope.SWEEP, m_i, b)
-            pred = runner.defence.predict(out.x_adv, batch_stream(cfg.seed, b, Purpose.JUDGE, 0, sweep=m_i,
-                                                                  scheme=cfg.noise_scheme))
+            # streams of their own: (Scope.SWEEP, m_i, b), or (Scope.IMAGE_SWEEP, m_i, image) per row
+            out = runner.attack(0, scaled, x, y, b, sweep=m_i, images=images)
+            pred = runner.defence.predict(out.x_adv, runner.stream(b, images, Purpose.JUDGE, 0, sweep=m_i))
             correct += int((pred == y).sum())
         eps_list.append(scaled.eps)
         accs.append(correct / k)

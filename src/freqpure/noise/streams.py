@@ -1,28 +1,23 @@
-"""The noise streams of freqpure: addressed by path, replayable, one module for both schemes.
+"""The noise streams of freqpure: addressed by path, replayable, both schemes.
 
 * ``blake2b-philox-v2`` (:data:`NOISE_SCHEME`, the default; every recorded run so far): :class:`StepNoise`
   and :class:`DrawNoise`, numpy Philox-4x64 keyed by the BLAKE2b hash of the stream's path (end of file).
-* ``counter-v1``: counter-based Gaussian noise made where the tensor lives, described below.
+* ``counter-v1`` (:data:`~freqpure.noise.counter.COUNTER_SCHEME`): :class:`CounterNoise`, counter-based
+  Gaussian noise made where the tensor lives (:mod:`freqpure.noise.counter`).
 
-:class:`CounterNoise` has :class:`StepNoise`'s interface and addressing (a stream is
-its path ``(seed, salt1, salt2, ...)``, a draw is ``noise(key, like)``; ``child``, ``rows``, ``rng``,
-``int_seed``), but its numbers come from Philox-4x32-10 (Salmon et al., SC 2011, "Parallel random
-numbers: as easy as 1, 2, 3") written in torch integer ops, so a draw is made on ``like``'s device in
-one batched call and is the same on every device up to float rounding (Box–Muller's log/cos/sin).
+:class:`CounterNoise` has :class:`StepNoise`'s interface and addressing (a stream is its path ``(seed, salt1,
+salt2, ...)``, a draw is ``noise(key, like)``; ``child``, ``rows``, ``rng``, ``int_seed``). Its *identity* is
+the 128-bit BLAKE2b hash of the prefix-free encoding of its path (the same injective encoding as
+``blake2b-philox-v2``, another domain tag), split into four 32-bit words ``(k0, k1, h2, h3)``. Element ``e``
+of draw ``key`` (``0 <= key < 2**32``) is normal number ``e mod 4`` of the Philox block with key ``(k0, k1)``
+and counter ``(e // 4, key, h2, h3)``; the four 32-bit outputs of a block give two Box–Muller pairs. Within a
+stream every (key, block) is a distinct counter, so a distinct Philox output (the cipher is a bijection for a
+fixed key); two streams share a block only if all 128 identity bits agree (a BLAKE2b-128 collision). A draw's
+element ``e`` does not depend on the draw's shape beyond ``e``: the rows of a batch drawn with one stream per
+row (:func:`~freqpure.noise.counter.counter_normals` with one identity per row) do not depend on the batch size.
 
-Derivation, per stream: its *identity* is the 128-bit BLAKE2b hash of the prefix-free encoding of its
-path (the same injective encoding as ``blake2b-philox-v2``, another domain tag), split into four 32-bit
-words ``(k0, k1, h2, h3)``. Element ``e`` of draw ``key`` (``0 <= key < 2**32``) is normal number
-``e mod 4`` of the Philox block with key ``(k0, k1)`` and counter ``(e // 4, key, h2, h3)``; the four
-32-bit outputs of a block give two Box–Muller pairs. Within a stream every (key, block) is a distinct
-counter, so a distinct Philox output (the cipher is a bijection for a fixed key); two streams share a
-block only if all 128 identity bits agree (a BLAKE2b-128 collision). A draw's element ``e`` does not
-depend on the draw's shape beyond ``e``: the rows of a batch drawn with one stream per row
-(:func:`counter_normals` with one identity per row) do not depend on the batch size.
-
-:data:`COUNTER_SCHEME` names it in results files. The default scheme stays
-:data:`NOISE_SCHEME` (``blake2b-philox-v2``); :func:`make_noise` builds the root
-stream of either scheme.
+:func:`make_noise` builds the root stream of either scheme; :class:`NoiseSource` is what every consumer
+(samplers, purifiers, attacks) takes.
 """
 
 from __future__ import annotations
@@ -31,16 +26,17 @@ import hashlib
 import math
 import threading
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from freqpure.errors import UsageError
+from freqpure.noise.counter import COUNTER_SCHEME, counter_normals, identity_words
 
-__all__ = ["NOISE_SCHEME", "StepNoise", "DrawNoise", "derive_key", "path_rng",
-           "COUNTER_SCHEME", "NOISE_SCHEMES", "CounterNoise", "make_noise", "noise_scheme_of", "check_noise_scheme",
-           "philox4x32", "counter_normals", "identity_words"]
+__all__ = ["NOISE_SCHEME", "StepNoise", "DrawNoise", "derive_key", "path_rng", "NoiseSource",
+           "NOISE_SCHEMES", "CounterNoise", "make_noise", "noise_scheme_of", "check_noise_scheme"]
 
 # Name of the scheme that derives noise streams from seeds (StepNoise paths and draws, the evaluation's
 # per-batch streams). Written into every results file; change it whenever the derivation changes, so
@@ -48,15 +44,24 @@ __all__ = ["NOISE_SCHEME", "StepNoise", "DrawNoise", "derive_key", "path_rng",
 # collided, e.g. StepNoise(0).child(31) == StepNoise(17).child(0)).
 NOISE_SCHEME = "blake2b-philox-v2"
 
-COUNTER_SCHEME = "counter-v1"
 _DOMAIN = b"freqpure/noise/counter-v1\x00"
-_MASK = 0xFFFFFFFF
-_M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox-4x32 multipliers (Salmon et al. 2011)
-_W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments (golden ratio, sqrt(3) - 1)
-_KEY_LIMIT = 2**32
 
 
 NOISE_SCHEMES = ("blake2b-philox-v2", COUNTER_SCHEME)  # the schemes this freqpure draws with
+
+
+@runtime_checkable
+class NoiseSource(Protocol):
+    """What a stochastic model takes as ``noise``: ``noise(key, like) -> Tensor`` (standard normal, shaped like
+    ``like``, the same for the same key), ``child(salt)`` (an independent source) and ``rows(n)`` (one stream
+    per row of an ``n``-row batch). :class:`StepNoise`, :class:`CounterNoise` and :class:`DrawNoise` are noise
+    sources."""
+
+    def __call__(self, key: int, like: Tensor) -> Tensor: ...
+
+    def child(self, salt: int) -> NoiseSource: ...
+
+    def rows(self, n: int) -> list: ...
 
 
 def check_noise_scheme(scheme: object) -> str:
@@ -64,69 +69,6 @@ def check_noise_scheme(scheme: object) -> str:
     if scheme not in NOISE_SCHEMES:
         raise UsageError(f"noise_scheme must be one of {', '.join(NOISE_SCHEMES)}, got {scheme!r}")
     return str(scheme)
-
-
-# ---------------------------------------------------------------------------------------------
-# Philox-4x32-10 and Box–Muller in torch integer ops (int64 tensors holding uint32 words)
-# ---------------------------------------------------------------------------------------------
-def philox4x32(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor, k1: Tensor,
-               rounds: int = 10) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Philox-4x32 with ``rounds`` rounds on broadcastable int64 tensors of uint32 words → four word tensors.
-
-    Round: ``(hi0, lo0) = M0·c0``, ``(hi1, lo1) = M1·c2``, ``c ← (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)``, then
-    the key is bumped by the Weyl constants. In-place where it can (half the time of fresh temporaries on a CPU).
-    """
-    shape = torch.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape, k0.shape, k1.shape)
-    c0, c1, c2, c3 = (c.expand(shape) for c in (c0, c1, c2, c3))  # views: only new tensors are written
-    for r in range(rounds):
-        if r:
-            k0 = (k0 + _W0) & _MASK
-            k1 = (k1 + _W1) & _MASK
-        p0, p1 = c0 * _M0, c2 * _M1  # < 2**64: wraps in int64; hi/lo are recovered by shift and mask
-        n0 = (p1 >> 32).bitwise_and_(_MASK).bitwise_xor_(c1).bitwise_xor_(k0)
-        n2 = (p0 >> 32).bitwise_and_(_MASK).bitwise_xor_(c3).bitwise_xor_(k1)
-        c0, c1, c2, c3 = n0, p1.bitwise_and_(_MASK), n2, p0.bitwise_and_(_MASK)
-    return c0, c1, c2, c3
-
-
-def _box_muller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Two standard normals (float32) from two uint32 word tensors: 24-bit uniforms in (0, 1) and [0, 1)."""
-    u1 = ((a >> 8).to(torch.float32) + 0.5) * (2.0**-24)
-    u2 = (b >> 8).to(torch.float32) * (2.0**-24)
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    theta = (2.0 * math.pi) * u2
-    return radius * torch.cos(theta), radius * torch.sin(theta)
-
-
-def counter_normals(identity: Tensor, key: int, count: int) -> Tensor:
-    """Standard normals ``[R, count]`` (float32, on ``identity``'s device): row ``r`` is draw ``key`` of the
-    stream with identity words ``identity[r]`` (``[R, 4]`` int64 uint32 words, see :func:`identity_words`)."""
-    key = int(key)
-    if not 0 <= key < _KEY_LIMIT:
-        raise UsageError(f"noise scheme {COUNTER_SCHEME} takes draw keys in 0..2**32-1, got {key}")
-    blocks = (count + 3) // 4
-    if blocks > _KEY_LIMIT:
-        raise UsageError(f"a {COUNTER_SCHEME} draw holds at most 2**34 numbers, asked for {count}")
-    device = identity.device
-    c0 = torch.arange(blocks, device=device, dtype=torch.int64)[None, :]
-    ident = identity.to(torch.int64)
-    k0, k1, h2, h3 = (ident[:, i : i + 1] for i in range(4))
-    c1 = torch.full_like(c0, key)
-    w0, w1, w2, w3 = philox4x32(c0, c1, h2.expand(-1, blocks), h3.expand(-1, blocks), k0, k1)
-    z0, z1 = _box_muller(w0, w1)
-    z2, z3 = _box_muller(w2, w3)
-    out = torch.stack((z0, z1, z2, z3), dim=-1).reshape(identity.shape[0], blocks * 4)
-    return out[:, :count]
-
-
-def identity_words(identities: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-    """``[R, 4]`` int64 tensor of the 32-bit words (little-endian) of 128-bit stream identities, on ``device``."""
-    words = np.array([[(v >> (32 * i)) & _MASK for i in range(4)] for v in identities], dtype=np.int64)
-    host = torch.from_numpy(words.reshape(len(identities), 4))
-    device = torch.device(device)
-    if device.type == "cuda":
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,15 +293,22 @@ class StepNoise(_PathStream):
 class DrawNoise:
     """Noise for a draw-major batch ``[K·B, ...]``: draw ``k`` takes its slice from its own stream.
 
-    A :class:`~freqpure.attacks.eot.NoiseSource` (``noise(key, like)``, ``child(salt)``, ``rows(n)``), so any purifier
+    A :class:`NoiseSource` (``noise(key, like)``, ``child(salt)``, ``rows(n)``), so any purifier
     accepts it. With one stream per row (``DrawNoise(noise.rows(n))``) every row has its own draws,
-    so splitting the batch into chunks of any size never changes them.
+    so splitting the batch into chunks of any size never changes them. A draw may itself be a
+    :class:`DrawNoise` (e.g. EOT draws of per-image streams, :func:`~freqpure.noise.image_streams`): when every
+    draw holds equally many streams, their rows are drawn together as one flat list (the same numbers as
+    asking each draw, in one call).
     """
 
-    def __init__(self, streams: Sequence[StepNoise]) -> None:
+    def __init__(self, streams: Sequence[NoiseSource]) -> None:
         if not streams:
             raise UsageError("DrawNoise needs at least one stream")
         self.streams = list(streams)
+        inner = {len(s.leaves) if isinstance(s, DrawNoise) else -1 for s in self.streams}
+        nested = len(inner) == 1 and inner != {-1}
+        # the single streams behind the draws (draw-major): a draw's share splits the same way nested or flat
+        self.leaves = [leaf for s in self.streams for leaf in s.leaves] if nested else self.streams
 
     @classmethod
     def from_seed(cls, seed: int, draws: int, scheme: str | None = None) -> DrawNoise:
@@ -375,7 +324,7 @@ class DrawNoise:
         """All streams' draws ``key`` in one call: ``[K·m, ...]`` shaped like ``like`` (stream ``k`` fills rows
         ``k·m .. (k+1)·m − 1``). Counter streams draw on ``like``'s device in one batched call; Philox streams
         fill one host buffer (pinned for a GPU) moved in one copy; the numbers are each stream's own."""
-        k = len(self.streams)
+        k = len(self.leaves)
         if like.shape[0] % k:
             raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
         part_shape = (like.shape[0] // k, *like.shape[1:])
@@ -385,15 +334,15 @@ class DrawNoise:
         if self._kind == "philox":
             buf = _host_buffer((k, *part_shape), like.device)
             arr = buf.numpy()
-            for i, s in enumerate(self.streams):
+            for i, s in enumerate(self.leaves):
                 _philox_normals(s.key(key), arr[i])
             return _to_like(buf.view(like.shape), like)
         part = like[: like.shape[0] // k]
-        return torch.cat([s(key, part) for s in self.streams]) if k > 1 else self.streams[0](key, part)
+        return torch.cat([s(key, part) for s in self.leaves]) if k > 1 else self.leaves[0](key, part)
 
     @property
     def _kind(self) -> str:
-        kinds = {type(s) for s in self.streams}
+        kinds = {type(s) for s in self.leaves}
         if kinds == {StepNoise}:
             return "philox"
         if kinds == {CounterNoise}:
@@ -405,7 +354,7 @@ class DrawNoise:
         cache = self.__dict__.setdefault("_words", {})
         words = cache.get(device)
         if words is None:
-            words = cache[device] = identity_words([s.identity for s in self.streams], device)
+            words = cache[device] = identity_words([s.identity for s in self.leaves], device)
         return words
 
     def child(self, salt: int) -> DrawNoise:
