@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from freqpure._checks import as_compute_dtype, check_int, compute_dtype
 from freqpure.errors import UsageError
+from freqpure.noise import DrawNoise, StepNoise, ensemble_streams
 from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
-from freqpure.samplers import DrawNoise, StepNoise
 
 __all__ = ["PurifiedClassifier", "combine_draws", "Vote", "VOTES"]
 
@@ -101,8 +101,7 @@ class PurifiedClassifier(nn.Module):
             if not hasattr(noise, "rows"):
                 raise UsageError(f"PurifiedClassifier needs a noise source with rows(n) (StepNoise or DrawNoise), "
                                  f"got {type(noise).__name__}")
-            per_image = noise.rows(n)
-            streams = [s.child(e) for e in range(self.ensemble) for s in per_image]  # row e·B + b
+            streams = ensemble_streams(noise, n, self.ensemble)  # row e·B + b: noise.rows(B)[b].child(e)
         chunk = self.max_batch or batch.shape[0]
         outs = []
         for start in range(0, batch.shape[0], chunk):
