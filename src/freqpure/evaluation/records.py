@@ -133,6 +133,7 @@ class SampleRecord:
     schema_version: int = SCHEMA_VERSION
     device: str | None = None  # the device type that computed this record's batch ("cpu", "cuda"); None: older
     precision: str | None = None  # the purifier precision it ran at ("fp32", "bf16"); None: older record
+    noise_scheme: str | None = None  # the noise scheme it drew with; None: a record from before the field
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "sample") -> SampleRecord:
@@ -145,10 +146,17 @@ class SampleRecord:
                    {str(k): bool(v) for k, v in (d.get("undefended") or {}).items()},
                    {str(k): float(v) for k, v in (d.get("seconds") or {}).items()},
                    device=None if d.get("device") is None else str(d["device"]),
-                   precision=None if d.get("precision") is None else str(d["precision"]))
+                   precision=None if d.get("precision") is None else str(d["precision"]),
+                   noise_scheme=None if d.get("noise_scheme") is None else str(d["noise_scheme"]))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The stored line (``samples.jsonl``; the store adds the fingerprints): every field, except ``device``,
+        ``precision`` and ``noise_scheme`` while unknown (records from before them never had the keys)."""
+        out = asdict(self)
+        for key in ("device", "precision", "noise_scheme"):
+            if out[key] is None:
+                del out[key]
+        return out
 
     def outcomes(self) -> dict[str, bool]:
         """Correctness per metric: ``clean``, each attack label, and ``worst case`` (= ``robust``)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from freqpure._fileio import write_text_atomic
-from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, to_dict
+from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, spelled_before, to_dict
 from freqpure.errors import NotFoundError, RunFolderError, UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
@@ -126,18 +126,25 @@ def saved_config(out: Path) -> dict[str, Any] | None:
 def run_store(out: Path, cfg: EvalConfig) -> SampleStore:
     """The ``samples.jsonl`` store of run folder ``out`` for ``cfg``: it stamps ``cfg``'s fingerprints on
     new records and accepts records of the same numbers from any device or precision, including those
-    written before records named their own (their ``config_sha256`` is that of the saved config.yaml)."""
+    written before records named their own (their ``config_sha256`` is that of the saved config.yaml), and
+    records written when the config was spelled otherwise (``mode: reference``;
+    :func:`~freqpure.config.spelled_before`): their fingerprints are those of the config as written then."""
     saved = saved_config(out)
-    legacy = frozenset() if saved is None else frozenset({config_fingerprint(saved)})
+    legacy = set()
+    if saved is not None:
+        legacy = {config_fingerprint(c) for c in (saved, spelled_before(saved)) if c is not None}
     d = to_dict(cfg)
+    old = spelled_before(d)
     return SampleStore(out / "samples.jsonl", fingerprint=config_fingerprint(d), numbers=numbers_fingerprint(d),
-                       legacy=legacy)
+                       legacy=frozenset(legacy),
+                       legacy_numbers=frozenset() if old is None else frozenset({numbers_fingerprint(old)}))
 
 
 def _check_run_dir(out: Path, cfg: EvalConfig, *, resume: bool) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.exists():
         found = [name for name in RESULT_FILES if (out / name).exists()]
+        found += sorted(p.name for p in out.glob("sweep-*.jsonl"))  # the eps sweep's records (sanity.py)
         if any((out / "parts").iterdir()):
             found.append("parts/")
         if found:

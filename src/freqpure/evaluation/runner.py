@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +40,8 @@ from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
 from freqpure.evaluation.distributed import DistContext, init_distributed
 from freqpure.evaluation.results import (
     EXAMPLES_MAX,
-    SCHEMA_VERSION,
     Accuracy,
+    AttackOutcome,
     Results,
     SampleRecord,
     Timings,
@@ -52,6 +52,7 @@ from freqpure.evaluation.results import (
     write_results,
 )
 from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir, run_store, saved_config
+from freqpure.evaluation.sanity import run_sweep, sanity_report
 from freqpure.evaluation.store import SampleStore
 from freqpure.noise import IMAGE_ADDRESSING, NoiseSource, Purpose, run_stream, start_generator
 from freqpure.samplers import NOISE_SCHEME
@@ -136,8 +137,9 @@ class BatchRunner:
             return bare(res.x_adv).argmax(1) == y
 
     def run(self, x: Tensor, y: Tensor, batch: int, positions: list[int], indices: list[int],
-            undefended_keys: list[tuple[str, str, float]]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-        """Records for the batch, and its example images when it holds one of the first samples."""
+            undefended_keys: list[tuple[str, str, float]]) -> tuple[list[SampleRecord], dict[str, np.ndarray] | None]:
+        """Records for the batch (naming the device and precision that computed them), and its example images
+        when it holds one of the first samples."""
         cfg, images = self.cfg, [int(i) for i in indices]
         t0 = time.perf_counter()
         pred_clean = self.defence.predict(x, self.stream(batch, images, Purpose.CLEAN))
@@ -167,24 +169,19 @@ class BatchRunner:
         records = []
         labels = y.tolist()
         for s in range(x.shape[0]):
-            attacks = {}
-            for a, info in zip(cfg.attacks, per_attack):
-                attacks[a.display()] = {
-                    "pred": int(info["pred"][s]), "correct": bool(info["pred"][s] == labels[s]),
-                    "linf": info["linf"][s], "l2": info["l2"][s], "loss": _finite(info["loss"][s]),
-                    "grad_norm": _finite(info["grad_norm"][s]), "seconds": info["seconds"],
-                }
+            attacks = {a.display(): AttackOutcome(
+                pred=int(info["pred"][s]), correct=bool(info["pred"][s] == labels[s]), linf=info["linf"][s],
+                l2=info["l2"][s], loss=_finite(info["loss"][s]), grad_norm=_finite(info["grad_norm"][s]),
+                seconds=info["seconds"]) for a, info in zip(cfg.attacks, per_attack)}
             clean_ok = bool(pred_clean[s].item() == labels[s])
-            records.append({
-                "schema_version": SCHEMA_VERSION,
-                "index": int(indices[s]), "position": int(positions[s]), "batch": batch, "label": labels[s],
-                "noise_scheme": run_noise_scheme(cfg),
-                "clean_pred": int(pred_clean[s]), "clean_correct": clean_ok, "attacks": attacks,
-                "robust": clean_ok and all(v["correct"] for v in attacks.values()),
-                "undefended": {k: bool(v[s]) for k, v in undefended.items()},
-                "seconds": {"attack": t_attack / len(labels), "judge": t_judge / len(labels),
-                            "sanity": t_sanity / len(labels), "total": seconds / len(labels)},
-            })
+            records.append(SampleRecord(
+                index=int(indices[s]), position=int(positions[s]), batch=batch, label=labels[s],
+                clean_pred=int(pred_clean[s]), clean_correct=clean_ok, attacks=attacks,
+                robust=clean_ok and all(v.correct for v in attacks.values()),
+                undefended={k: bool(v[s]) for k, v in undefended.items()},
+                seconds={"attack": t_attack / len(labels), "judge": t_judge / len(labels),
+                         "sanity": t_sanity / len(labels), "total": seconds / len(labels)},
+                device=self.device.type, precision=cfg.purifier.precision, noise_scheme=run_noise_scheme(cfg)))
         examples = self._examples(x, y, batch, positions, pred_clean, advs, preds, images)
         return records, examples
 
@@ -271,6 +268,7 @@ def evaluate(
         keys = undefended_keys(cfg)
         _run_batches(runner, data, batches, todo, keys, store, out, ctx, progress, done)
         ctx.barrier()
+        run_sweep(runner, data, out, ctx, progress)  # the eps sweep: a resumable stage of its own (sanity.py)
         if not ctx.is_main:
             return None
         return finalize(cfg, out, data, runner, keys, wall=time.perf_counter() - t_start, world_size=ctx.world_size,
@@ -315,19 +313,17 @@ def _run_batches(runner: BatchRunner, data: EvalData, batches: list[list[int]], 
         for b in todo:
             pos = batches[b]
             x, y = data.images(pos).to(device), data.labels[pos].to(device)
+            # records name where and how precisely this batch was computed (a run may continue on another device)
             records, examples = runner.run(x, y, b, pos, [int(data.indices[p]) for p in pos], keys)
-            # where and how precisely this batch was computed (a run may continue on another device)
-            environment = {"device": device.type, "precision": runner.cfg.purifier.precision}
-            records = [{**r, **environment} for r in records]
             if examples is not None:  # images first: a batch with records always has its images
                 with atomic_path(out / "parts" / f"examples-b{b:06d}.npz") as tmp, open(tmp, "wb") as f:
                     np.savez_compressed(f, **examples)
             # A batch cut short by a torn write is re-run whole (its noise depends on the whole batch); the
             # records that did reach the file are not written twice (the re-run reproduces them exactly).
-            store.append([r for r in records if r["index"] not in done])
+            store.append_records([r for r in records if r.index not in done])
             n_seen += len(records)
-            n_clean += sum(r["clean_correct"] for r in records)
-            n_robust += sum(r["robust"] for r in records)
+            n_clean += sum(r.clean_correct for r in records)
+            n_robust += sum(r.robust for r in records)
             bar.update(len(records))
             bar.set_postfix(clean=f"{n_clean / n_seen:.0%}", robust=f"{n_robust / n_seen:.0%}")
     finally:
@@ -375,7 +371,7 @@ def finalize(cfg: EvalConfig, out: Path, data: EvalData, runner: BatchRunner | N
     per_attack = {k: Accuracy.of([r.attacks[k].correct for r in recs]) for k in labels}
     undefended = ({k: Accuracy.of([r.undefended[k] for r in recs]) for k, _, _ in keys}
                   if cfg.sanity.enabled and cfg.sanity.undefended else {})
-    sanity = sanity_report(cfg, recs, undefended, runner, data, warnings)
+    sanity = sanity_report(cfg, recs, undefended, out, data, warnings, computed=runner is not None)
     sec = [r.seconds for r in recs]
     total = sum(s["total"] for s in sec)
     timings = Timings(
@@ -469,77 +465,3 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.noise_addressing is not None:  # absent: batch-v1 (every run recorded before the key)
         out["noise_addressing"] = cfg.noise_addressing
     return out
-
-
-def sanity_report(cfg: EvalConfig, recs: list[SampleRecord], undefended: dict[str, Accuracy],
-                  runner: BatchRunner | None, data: EvalData, warnings: list[str]) -> dict[str, Any]:
-    """Undefended accuracy, gradient checks and the eps sweep (not run without a ``runner``); appends to
-    ``warnings``."""
-    s = cfg.sanity
-    report: dict[str, Any] = {"enabled": s.enabled}
-    if not s.enabled:
-        return report
-    if s.undefended:
-        worst = max((v.accuracy for v in undefended.values()), default=0.0)
-        ok = worst <= s.undefended_max_accuracy
-        report["undefended_falls"] = {"ok": ok, "max_accuracy": worst, "threshold": s.undefended_max_accuracy}
-        if not ok:
-            warnings.append(f"the undefended classifier keeps {worst:.0%} accuracy under PGD "
-                            f"(> {s.undefended_max_accuracy:.0%}): the attack is too weak to trust the robust numbers")
-    if s.gradients and cfg.purifier.method != "none":
-        grads = {}
-        for a in cfg.attacks:
-            norms = [r.attacks[a.display()].grad_norm for r in recs]
-            bad = sum(1 for g in norms if g is None or not g > 0)
-            grads[a.display()] = {"ok": bad == 0, "samples_with_zero_or_nonfinite_gradient": bad,
-                                  "median_norm": float(np.median([g for g in norms if g is not None] or [math.nan]))}
-            if bad:
-                warnings.append(f"{a.display()}: {bad} sample(s) got a zero or non-finite first gradient through "
-                                "the purifier (gradient masking or a broken gradient path)")
-        report["gradients_finite_nonzero"] = grads
-    if s.eps_sweep and runner is None:  # results written from the records alone: nothing is attacked anew
-        report["eps_sweep"] = {"attack": cfg.attacks[0].display(), "samples": 0, "eps": [], "accuracy": [],
-                               "falls": None, "verdict": "not run (results.json written from the records alone)"}
-    elif s.eps_sweep:
-        report["eps_sweep"] = eps_sweep(cfg, recs, runner, data, warnings)
-    return report
-
-
-def eps_sweep(cfg: EvalConfig, recs: list[SampleRecord], runner: BatchRunner, data: EvalData,
-              warnings: list[str]) -> dict[str, Any]:
-    """Accuracy under the first attack at eps × each multiplier, on the first ``sweep_samples`` samples.
-
-    ``falls``: ``True`` when accuracy never rises with eps and ends below the base accuracy, ``False``
-    otherwise (a warning: gradient masking or a too-weak attack), ``None`` when the base accuracy is
-    already 0 — then the sweep cannot fall and says nothing (``verdict``: ``"not informative"``).
-    """
-    s, attack = cfg.sanity, cfg.attacks[0]
-    k = min(s.sweep_samples, len(recs))
-    base = [r.attacks[attack.display()].correct for r in recs[:k]]
-    eps_list, accs = [attack.eps], [sum(base) / k]
-    device = runner.device
-    for m_i, mult in enumerate(sorted(s.eps_sweep)):
-        scaled = replace(attack, eps=min(attack.eps * mult, 0.5 if attack.norm == "linf" else 50.0), label="sweep",
-                         step_size=None if attack.step_size is None else attack.step_size * mult)
-        correct = 0
-        for b, start in enumerate(range(0, k, runner.batch_size)):
-            pos = list(range(start, min(start + runner.batch_size, k)))
-            images = [int(data.indices[p]) for p in pos]
-            x, y = data.images(pos).to(device), data.labels[pos].to(device)
-            # streams of their own: (Scope.SWEEP, m_i, b), or (Scope.IMAGE_SWEEP, m_i, image) per row
-            out = runner.attack(0, scaled, x, y, b, sweep=m_i, images=images)
-            pred = runner.defence.predict(out.x_adv, runner.stream(b, images, Purpose.JUDGE, 0, sweep=m_i))
-            correct += int((pred == y).sum())
-        eps_list.append(scaled.eps)
-        accs.append(correct / k)
-    if accs[0] == 0:
-        falls, verdict = None, "not informative (accuracy is already 0 at the base eps)"
-    else:
-        falls = all(b <= a for a, b in zip(accs, accs[1:])) and accs[-1] < accs[0]
-        verdict = "falls" if falls else "does not fall"
-    if falls is False:
-        warnings.append(f"accuracy under {attack.display()} does not fall as eps grows "
-                        f"({', '.join(f'{e:.4g}: {a:.0%}' for e, a in zip(eps_list, accs))} on {k} samples): "
-                        "a sign of gradient masking or a too-weak attack")
-    return {"attack": attack.display(), "samples": k, "eps": eps_list, "accuracy": accs, "falls": falls,
-            "verdict": verdict}

@@ -17,7 +17,9 @@ A run may continue on another device or precision (a GPU run finished on a CPU):
 record therefore also carries ``numbers_sha256`` (:func:`numbers_fingerprint`: the config without them)
 and its own ``device`` and ``precision``; a store given ``numbers`` accepts any record with that mark.
 Records written before the mark existed carry only ``config_sha256`` of the config they ran under:
-``legacy`` names the fingerprints accepted for them (the run folder's config.yaml).
+``legacy`` names the fingerprints accepted for them (the run folder's config.yaml). ``legacy_numbers`` names
+further ``numbers_sha256`` marks of the same numbers: those of the config as it was spelled before a value was
+renamed (:func:`freqpure.config.spelled_before`).
 """
 
 from __future__ import annotations
@@ -79,21 +81,24 @@ class SampleStore:
 
     ``fingerprint``: stamped on appended records as ``config_sha256``; ``numbers``: stamped as
     ``numbers_sha256`` and, when given, the mark a record carrying it must match; ``legacy``: further
-    ``config_sha256`` values accepted from records without ``numbers_sha256``.
+    ``config_sha256`` values accepted from records without ``numbers_sha256``; ``legacy_numbers``: further
+    ``numbers_sha256`` values accepted (the same numbers under an older spelling of the config).
     """
 
     def __init__(self, path: str | Path, fingerprint: str | None = None, *, numbers: str | None = None,
-                 legacy: frozenset[str] = frozenset()) -> None:
+                 legacy: frozenset[str] = frozenset(), legacy_numbers: frozenset[str] = frozenset()) -> None:
         self.path = Path(path)
         self.fingerprint = fingerprint
         self.numbers = numbers
         self.legacy = frozenset(legacy)
+        self.legacy_numbers = frozenset(legacy_numbers)
 
     def _accepts(self, rec: dict[str, Any]) -> tuple[bool, str | None]:
         """Whether a record belongs to this store's configuration, and its foreign mark if not."""
         if self.numbers is not None and NUMBERS_KEY in rec:
             mark = rec[NUMBERS_KEY]
-            return mark == self.numbers, None if mark == self.numbers else f"numbers {mark}"
+            ok = mark == self.numbers or mark in self.legacy_numbers
+            return ok, None if ok else f"numbers {mark}"
         mark = rec.get(FINGERPRINT_KEY)
         if self.fingerprint is None or mark is None or mark == self.fingerprint or mark in self.legacy:
             return True, None
@@ -150,6 +155,11 @@ class SampleStore:
                 "choose another --out"
             )
         return records
+
+    def append_records(self, records: Iterable[Any]) -> None:
+        """Append typed records, each serialised by its ``to_dict()`` (the one way a writer turns a
+        :class:`~freqpure.evaluation.records.SampleRecord` or a sweep record into a line), as :meth:`append`."""
+        self.append([r.to_dict() for r in records])
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records as one write, under an exclusive lock, then flush and fsync."""
