@@ -40,7 +40,7 @@ SWEEP_ROWS = {
     "FreqPure r=3, t*=100, 20 steps": PurifierConfig(rounds="100:20", amp_radius=3, phase_radius=3),
     "FreqPure r=6, t*=100, 20 steps": PurifierConfig(rounds="100:20", amp_radius=6, phase_radius=6),
     "FreqPure r=10, t*=200, 20 steps": PurifierConfig(rounds="200:20"),
-    "FreqPure r=10, reference mode, denoised ref": PurifierConfig(rounds="100:20", mode="reference",
+    "FreqPure r=10, official mode, denoised ref": PurifierConfig(rounds="100:20", mode="official",
                                                                   reference="denoised"),
     "FreqPure r=3, v2 plan 20:5*5,50:5*5": PurifierConfig(rounds="20:5*5,50:5*5", amp_radius=3, phase_radius=3),
 }

@@ -100,7 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cifar10-ddpm-small")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--t-start", type=int, default=1000, help="cifar10.sh: from t = 1000")
+    parser.add_argument("--t-star", "--t-start", dest="t_star", type=int, default=1000,
+                        help="cifar10.sh: from t = 1000 (--t-start: the old spelling)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--radius", type=float, default=10)
     parser.add_argument("--delta", type=float, default=0.3)
@@ -113,15 +114,15 @@ def main() -> None:
     size = eps_model.image_size
     x = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     r, d = args.radius, args.delta
-    ours = freqpure.FreqPure(eps_model, r, r, d, t_start=args.t_start, steps=args.steps)
-    ours_official_cost = freqpure.FreqPure(eps_model, r, r, d, t_start=args.t_start, steps=args.steps,
-                                           reference="denoised", recompute_reference=True, mode="reference")
+    ours = freqpure.FreqPure(eps_model, r, r, d, t_star=args.t_star, steps=args.steps)
+    ours_official_cost = freqpure.FreqPure(eps_model, r, r, d, t_star=args.t_star, steps=args.steps,
+                                           reference="denoised", recompute_reference=True, mode="official")
     baseline = OfficialStructure(eps_model, r, r, d)
 
     with torch.no_grad():
         rows = {
             "official structure (loops, re-denoised reference)": timed(
-                lambda: baseline(x, args.t_start, args.steps, StepNoise(0)), args.repeats),
+                lambda: baseline(x, args.t_star, args.steps, StepNoise(0)), args.repeats),
             "freqpure, reference recomputed every step": timed(
                 lambda: ours_official_cost(x, StepNoise(0)), args.repeats),
             "freqpure, reference once per run (default)": timed(lambda: ours(x, StepNoise(0)), args.repeats),
@@ -132,7 +133,7 @@ def main() -> None:
         fft_ours = timed(lambda: freq_exchange(x_diff, x_diff.flip(0), r, r, d), 20 * args.repeats)
         fft_loop = timed(lambda: baseline._exchange(x_diff, x_diff.flip(0)), 5 * args.repeats)
 
-    print(f"model {args.model}, batch {args.batch}, t* {args.t_start}, {args.steps} steps, r {r}, delta {d}, "
+    print(f"model {args.model}, batch {args.batch}, t* {args.t_star}, {args.steps} steps, r {r}, delta {d}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| purification | s / image | speed-up vs official structure |")
     print("|---|---|---|")

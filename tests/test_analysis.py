@@ -274,7 +274,7 @@ def _measure_real(shared_dir: Path):
     nn.init.normal_(unet.out_conv.weight, std=0.02)  # a non-trivial (untrained) ε-model
     eps_model = EpsModel(unet.eval().requires_grad_(False), image_size=32, name="tiny-untrained")
     purifiers = {"diffpure": DiffPure(eps_model, t_star=100, steps=5, seed=0),
-                 "freqpure": FreqPure(eps_model, 10, 10, 0.3, t_start=100, steps=5, seed=0)}
+                 "freqpure": FreqPure(eps_model, 10, 10, 0.3, t_star=100, steps=5, seed=0)}
     x, y = to_float(images[test_idx]), torch.from_numpy(labels[test_idx].copy())
     attack = pgd_attack(classifier, eps=8 / 255, steps=10, step_size=2 / 255, seed=0)
     return measure(x, y, classifier, purifiers, attack, batch_size=8, seed=0)
@@ -312,7 +312,7 @@ def test_analysis_outputs_and_report(real_measurement, tmp_path):
     result = write_analysis(tmp_path, real_measurement, settings={"n": 16, "note": "<tiny models>"},
                             low_radius={"amplitude": 10, "phase": 10}, ci={"n_boot": 300, "seed": 0})
     saved = json.loads((tmp_path / "analysis.json").read_text())
-    assert saved["format"] == "freqpure-analysis/1"
+    assert saved["format"] == "freqpure-analysis/2"  # 2: settings.all nests the purifier
     assert set(saved["summary"]["cases"]) == {"adversarial", "diffpure", "freqpure"}
     assert saved["targets"]["adversarial_amplitude_spearman"]["pass"] is True
     assert saved["summary"]["ratios"]["freqpure/diffpure"]["amplitude"]["bands"] == list(range(11))

@@ -174,7 +174,7 @@ def test_draw_noise_streams_do_not_depend_on_chunking() -> None:
 @pytest.mark.slow
 def test_full_mode_gradient_equals_plain_backprop(classifier, eps_model, images) -> None:
     x, y = images[0][:2], images[1][:2]
-    purifier = FreqPure(eps_model, 3, 3, 0.3, rounds="40:3", mode="reference")
+    purifier = FreqPure(eps_model, 3, 3, 0.3, rounds="40:3", mode="official")
     full = attack_purifier(purifier, "full")
     assert full.checkpoint == "auto" and not purifier.checkpoint  # the defence itself is untouched
     grads = []
@@ -238,7 +238,7 @@ def test_adjoint_matches_the_full_gradient_of_the_sde_sampler(method: str) -> No
     if method == "diffpure":
         purifier = DiffPure(eps, t_star=100, steps=20, sampler="sde")
     else:
-        purifier = FreqPure(eps, 3, 3, 0.3, t_start=100, steps=20, sampler="sde")
+        purifier = FreqPure(eps, 3, 3, 0.3, t_star=100, steps=20, sampler="sde")
     adjoint = attack_purifier(purifier, "adjoint")
     assert isinstance(adjoint, AdjointSDEPurifier)
     x = torch.rand(2, 3, 16, 16)

@@ -73,6 +73,8 @@ def test_clean_runs_write_the_records_the_code_before_the_redesign_wrote(tmp_pat
         assert summary.pop("schema_version") == 1
         # the purifier is now summarised as it ran (precision resolved, as in config.yaml), not as asked
         assert (summary["purifier"].pop("precision"), before["purifier"].pop("precision")) == ("fp32", "auto")
+        if (before.get("effective") or {}).get("mode") == "reference":  # the official arithmetic's old name
+            before["effective"]["mode"] = "official"
         if exact:
             assert summary == before, name
         else:
@@ -151,3 +153,49 @@ def test_clean_and_vote_streams_have_fixed_distinct_addresses():
                                                                     for b in range(50)}) == 100
     with pytest.raises(UsageError, match="collide"):
         vote_batch_stream(0, 10_000)
+
+
+def test_a_clean_run_written_with_mode_reference_still_resumes(tmp_path):
+    """A pilot clean run rewritten as if its setting had said ``mode: reference`` (the old spelling of
+    ``official``), its records stamped with fingerprints of the config as written then: the folder is accepted
+    for the same setting spelled either way and all its records load; another setting is refused."""
+    import copy
+    import shutil
+
+    import yaml
+
+    from freqpure.evaluation import clean
+    from freqpure.evaluation.store import numbers_fingerprint
+
+    folder = tmp_path / "run"
+    shutil.copytree(PILOT / "stage1-clean" / "freqpure-paper-100-5", folder)
+    raw = yaml.safe_load((folder / "config.yaml").read_text())
+    raw["setting"]["purifier"]["mode"] = "reference"
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = from_dict(CleanRunConfig, {**raw, "passthrough_noise": "batch-shared-v1"})
+    assert cfg.purifier.mode == "official"
+    then = copy.deepcopy(cfg.as_dict())
+    then["setting"]["purifier"]["mode"] = "reference"  # what the code before the rename saved and fingerprinted
+    marks = {"config_sha256": clean.config_fingerprint({**then, "device": "cpu"}), "device": "cpu",
+             "numbers_sha256": numbers_fingerprint(then, clean.CLEAN_ENVIRONMENT_KEYS), "precision": "fp32"}
+    assert marks["numbers_sha256"] != numbers_fingerprint(cfg.as_dict(), clean.CLEAN_ENVIRONMENT_KEYS)
+    for file in ("samples.jsonl", "vote.jsonl"):
+        lines = (folder / file).read_text().splitlines()
+        (folder / file).write_text("".join(json.dumps({**json.loads(x), **marks}) + "\n" for x in lines))
+    for spelling in ("reference", "official"):
+        asked = from_dict(CleanRunConfig, {**raw, "passthrough_noise": "batch-shared-v1",
+                                           "setting": {**raw["setting"], "purifier": {
+                                               **raw["setting"]["purifier"], "mode": spelling}}})
+        check_clean_dir(folder, asked, write=False)
+        assert len(clean._store(folder, "samples.jsonl", asked, device="cpu").load()) == 64
+        assert len(clean._store(folder, "vote.jsonl", asked, device="cpu").load()) == 32
+    # a summary written before the rename (effective mode "reference") reads in today's spelling
+    official = PILOT / "stage1-clean" / "freqpure-official-100-5"
+    assert json.loads((official / "summary.json").read_text())["effective"]["mode"] == "reference"
+    assert read_clean_summary(official).effective["mode"] == "official"
+    other = from_dict(CleanRunConfig, {**raw, "passthrough_noise": "batch-shared-v1", "setting": {
+        **raw["setting"], "purifier": {**raw["setting"]["purifier"], "mode": "paper"}}})
+    with pytest.raises(UsageError, match="different setting"):
+        check_clean_dir(folder, other, write=False)
+    with pytest.raises(RunFolderError, match="another configuration"):
+        clean._store(folder, "samples.jsonl", other, device="cpu").load()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from freqpure.cli.main import main
 
-FAST = ["--t-start", "20", "--steps", "2", "--device", "cpu"]
+FAST = ["--t-star", "20", "--steps", "2", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +73,14 @@ def test_diffpure_and_config_file(image_dir, tmp_path):
     [
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--method", "magic"], "purifier.method must be"),
-        (["--t-start", "20"], "--t-start needs --steps too"),
+        (["--t-star", "20"], "--t-star needs --steps too"),
         (["--amp-radius", "40"], "amp_radius=40.0 is larger than the 32x32 spectrum"),
     ],
 )
 def test_bad_settings_give_one_clear_line(image_dir, tmp_path, capsys, extra, match):
     args = ["purify", str(image_dir / "a.png"), "--out", str(tmp_path / "o"), "--device", "cpu", *extra]
-    if "--t-start" not in extra:
-        args += ["--t-start", "20", "--steps", "2"]
+    if "--t-star" not in extra:
+        args += ["--t-star", "20", "--steps", "2"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
@@ -256,8 +256,8 @@ def test_shared_vocabulary_config_sections_and_conflicts(inputs, tmp_path, capsy
     cases = [
         (["--config", str(train)], "has no purifier settings"),
         (["--config", str(dup)], "duplicate key 'delta'"),
-        (["--rounds", "20:2"], "--t-start/--steps and --rounds both set the purification plan"),
-        (["--set", "rounds=20:2"], "--t-start/--steps and --rounds both set the purification plan"),
+        (["--rounds", "20:2"], "--t-star/--steps and --rounds both set the purification plan"),
+        (["--set", "rounds=20:2"], "--t-star/--steps and --rounds both set the purification plan"),
         (["--set", "delta=0.1", "--delta", "0.2"], "delta given both by --set and by its own flag"),
     ]
     for extra, match in cases:

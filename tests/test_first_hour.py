@@ -72,7 +72,7 @@ def test_library_classes_config_and_purify_share_one_set_of_defaults() -> None:
         DEFAULTS["phase_radius"], DEFAULTS["delta"], DEFAULTS["variant"])
     fp = inspect.signature(FreqPure).parameters
     dp = inspect.signature(DiffPure).parameters
-    assert f"{fp['t_start'].default}:{fp['steps'].default}" == cfg.rounds
+    assert f"{fp['t_star'].default}:{fp['steps'].default}" == cfg.rounds
     assert f"{dp['t_star'].default}:{dp['steps'].default}" == cfg.rounds
     assert (fp["amp_radius"].default, fp["phase_radius"].default, fp["delta"].default) == (
         cfg.amp_radius, cfg.phase_radius, cfg.delta)
@@ -137,9 +137,10 @@ def test_purify_flags_presets_radius_and_the_plan_message() -> None:
     assert (cfg.method, cfg.rounds) == ("diffpure", "100:5")  # flags change the preset
     cfg = _purify_settings("--radius", "4")
     assert cfg.amp_radius == cfg.phase_radius == 4.0
-    assert _purify_settings("--t-start", "50", "--steps", "5").rounds == "50:5"
-    for argv, message in ((["--rounds", "100:5", "--t-start", "100"], "both set the purification plan; give --rounds"),
-                          (["--steps", "5"], "--steps needs --t-start too"),
+    assert _purify_settings("--t-star", "50", "--steps", "5").rounds == "50:5"
+    assert _purify_settings("--t-start", "50", "--steps", "5").rounds == "50:5"  # the deprecated spelling
+    for argv, message in ((["--rounds", "100:5", "--t-star", "100"], "both set the purification plan; give --rounds"),
+                          (["--steps", "5"], "--steps needs --t-star too"),
                           (["--radius", "3", "--amp-radius", "2"], "--radius sets both radii"),
                           (["--preset", "paper", "--config", "p.yaml"], "--preset and --config")):
         with pytest.raises(UsageError, match=message):
@@ -335,5 +336,6 @@ def test_freqpure_takes_t_star_like_diffpure() -> None:
     plan = FreqPure(_toy_eps, 2, 2, t_star=20, steps=2).rounds
     assert [(r.t_star, r.steps) for r in plan] == [(20, 2)]
     assert [(r.t_star, r.steps) for r in DiffPure(_toy_eps, t_star=20, steps=2).rounds] == [(20, 2)]
-    with pytest.raises(UsageError, match="name the same setting"):
-        FreqPure(_toy_eps, 2, 2, 0.3, 30, t_star=20)
+    assert [(r.t_star, r.steps) for r in FreqPure(_toy_eps, 2, 2, t_start=20, steps=2).rounds] == [(20, 2)]  # old
+    with pytest.raises(UsageError, match="t_start=20 is the old name of t_star=30"):
+        FreqPure(_toy_eps, 2, 2, 0.3, 30, t_start=20)

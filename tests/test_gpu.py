@@ -36,7 +36,7 @@ def test_purify_on_cuda_equals_cpu(real_images):
     for device in ("cpu", "cuda"):
         eps, _ = _models(device)
         with torch.no_grad():
-            out[device] = FreqPure(eps, 3, 3, t_start=100, steps=5)(x.to(device), CpuNoise(3)).cpu()
+            out[device] = FreqPure(eps, 3, 3, t_star=100, steps=5)(x.to(device), CpuNoise(3)).cpu()
     # TF32 may be on for CUDA convolutions: allow its rounding, nothing more
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=0, atol=2e-2)
     assert float((out["cuda"] - out["cpu"]).abs().mean()) < 2e-3
@@ -101,7 +101,7 @@ def test_purification_and_an_attack_iteration_do_not_sync(real_images, scheme):
 
     eps, clf = _models("cuda")
     x, y = real_images[:4].cuda(), torch.arange(4, device="cuda")
-    purifiers = [FreqPure(eps, 3, 3, t_start=100, steps=3), FreqPure(eps, 3, 3, rounds="20:2*2", variant="official"),
+    purifiers = [FreqPure(eps, 3, 3, t_star=100, steps=3), FreqPure(eps, 3, 3, rounds="20:2*2", variant="official"),
                  DiffPure(eps, 100, 3), DiffPure(eps, 100, 3, sampler="sde")]
     for p in purifiers:
         with torch.no_grad():

@@ -264,7 +264,7 @@ def test_each_official_option_changes_the_output_alone(images):
     with torch.no_grad():
         base = FreqPure(model, 3, 3, 0.3, rounds="20:5,50:5")(images, noise=StepNoise(2))
         for key, value in [("step_rule", "official"), ("grid", "official"), ("reference", "round-denoised"),
-                           ("mode", "reference")]:
+                           ("mode", "official")]:
             other = FreqPure(model, 3, 3, 0.3, rounds="20:5,50:5", **{key: value})(images, noise=StepNoise(2))
             assert (other - base).abs().max() > 1e-4, key
 
@@ -284,7 +284,7 @@ def test_surrogate_keeps_the_variant(images):
     purifier = FreqPure(model, 3, 3, 0.3, rounds="20:5*2,50:5*2", variant="official")
     surrogate = purifier.with_rounds("50:1")
     assert (surrogate.step_rule, surrogate.grid, surrogate.reference, surrogate.mode) == \
-        ("official", "official", "round-denoised", "reference")
+        ("official", "official", "round-denoised", "official")
     official = OfficialLoop(model, "50", "1", 3, 3, 0.3, "ddpm", StepNoise(9))
     with torch.no_grad():
         assert_same(surrogate(images, noise=StepNoise(9)).clamp(0, 1), official.forward(images))
@@ -294,10 +294,15 @@ def test_variant_precedence_and_canonical_config():
     assert resolve_variant("official", step_rule=None, grid="respaced") == {"step_rule": "official",
                                                                              "grid": "respaced"}
     # explicit keys override the preset and are kept; keys equal to the preset are stored as null
-    cfg = PurifierConfig(variant="official", mode="reference", step_rule="posterior")
+    cfg = PurifierConfig(variant="official", mode="official", step_rule="posterior")
     assert cfg.mode is None and cfg.step_rule == "posterior"
-    assert cfg.effective() == {"mode": "reference", "reference": "round-denoised", "step_rule": "posterior",
+    assert cfg.effective() == {"mode": "official", "reference": "round-denoised", "step_rule": "posterior",
                                "grid": "official", "variance": "fixed"}
+    # mode: reference is the old spelling of mode: official (reference: is the reference image)
+    assert PurifierConfig(variant="official", mode="reference", step_rule="posterior") == cfg
+    ablation = from_dict(PurifierConfig, {"variant": "paper", "mode": "reference"})
+    assert ablation.mode == "official" and to_dict(ablation)["mode"] == "official"
+    assert resolve_variant("paper", mode="reference") == {"mode": "official"}
     # an old saved config (mode: paper, reference: input, no variant) reads back as today's default
     old = from_dict(PurifierConfig, {"mode": "paper", "reference": "input", "rounds": "100:5"})
     assert to_dict(old) == to_dict(PurifierConfig(rounds="100:5"))

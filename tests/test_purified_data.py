@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
+from freqpure.config import PurifierConfig, from_dict, load_settings, to_dict
 from freqpure.data import CIFAR10_CLASSES, load_cifar10
 from freqpure.models.bundled import build_from_file
+from freqpure.models.checkpoint import read_safetensors
 from freqpure.models.small import FastResNet, SmallUNet
 from freqpure.purified_data import PurifySplitConfig, load_purified, purify_split
 from freqpure.purifiers import DiffPure
@@ -46,7 +48,38 @@ def tiny_diffusion(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(weights: Path) -> PurifySplitConfig:
-    return PurifySplitConfig(diffusion=str(weights), t_star=50, steps=2, chunk=16, amp="none")
+    purifier = PurifierConfig(method="diffpure", diffusion=str(weights), rounds="50:2", precision="fp32")
+    return PurifySplitConfig(purifier=purifier, chunk=16)
+
+
+def _old_record(weights: Path) -> dict:
+    """The ``config`` metadata the flat PurifySplitConfig (before the purifier was nested) wrote for ``_config``."""
+    return {"split": "train", "diffusion": str(weights), "t_star": 50, "steps": 2, "sampler": "ddpm", "seed": 0,
+            "chunk": 16, "amp": "none"}
+
+
+def test_the_old_flat_settings_read_as_the_nested_purifier_and_record_as_before(tmp_path: Path) -> None:
+    weights = Path("w.safetensors")
+    old = _old_record(weights)
+    cfg = from_dict(PurifySplitConfig, old)  # an old YAML's keys
+    assert cfg == _config(weights) and cfg.record() == old  # written as files have always recorded it
+    assert PurifySplitConfig().record() == {"split": "train", "diffusion": "cifar10-ddpm-small", "t_star": 100,
+                                            "steps": 5, "sampler": "ddpm", "seed": 0, "chunk": 256, "amp": "bf16"}
+    # old keys one at a time (flags, --set) change one half of the plan or the precision
+    one = load_settings(PurifySplitConfig, None, ["steps=3"], {"t_star": 40, "amp": "none", "diffusion": "x"})
+    assert (one.purifier.rounds, one.purifier.precision, one.purifier.diffusion) == ("40:3", "fp32", "x")
+    assert load_settings(PurifySplitConfig, None, ["precision=fp32"]).purifier.precision == "fp32"
+    assert from_dict(PurifySplitConfig, {"purifier": {"rounds": "50:2"}}).purifier.method == "diffpure"  # on default
+    with pytest.raises(ValueError, match="give purifier.rounds only"):
+        from_dict(PurifySplitConfig, {"purifier": {"rounds": "20:5*2"}, "t_star": 10})
+    with pytest.raises(ValueError, match="amp .* must be bf16 or none"):
+        from_dict(PurifySplitConfig, {"amp": "fp16"})
+    with pytest.raises(ValueError, match="needs a purifier"):
+        from_dict(PurifySplitConfig, {"purifier": {"method": "none"}})
+    # anything a flat record cannot say is recorded nested, and reads back
+    freq = from_dict(PurifySplitConfig, {"purifier": {"method": "freqpure", "rounds": "20:2*2", "precision": "fp32"}})
+    assert freq.record()["purifier"] == to_dict(freq.purifier)
+    assert from_dict(PurifySplitConfig, freq.record()) == freq
 
 
 def test_purify_split_is_reproducible_and_resumes(
@@ -76,10 +109,16 @@ def test_purify_split_is_reproducible_and_resumes(
         purify_split(cfg, out, data_dir=str(small_cifar), progress=False, save_every=1)
     monkeypatch.setattr(DiffPure, "forward", forward)
     assert not out.exists() and (tmp_path / "resumed.safetensors.partial").exists()
+    # the partial file records the settings exactly as the flat config did: outputs of older versions resume
+    meta = read_safetensors(tmp_path / "resumed.safetensors.partial")[1]
+    assert meta["config"] == json.dumps(_old_record(tiny_diffusion), sort_keys=True)
     with pytest.raises(ValueError, match="incomplete"):
         load_purified(tmp_path / "resumed.safetensors.partial")
     with pytest.raises(ValueError, match="other settings"):
         purify_split(replace(cfg, seed=1), out, data_dir=str(small_cifar), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        purify_split(replace(cfg, purifier=replace(cfg.purifier, precision="bf16")), out, data_dir=str(small_cifar),
+                     progress=False)
     purify_split(cfg, out, data_dir=str(small_cifar), progress=False)
     assert np.array_equal(load_purified(out)[0], images)
     assert not (tmp_path / "resumed.safetensors.partial").exists()

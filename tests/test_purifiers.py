@@ -39,12 +39,12 @@ def images(real_images) -> torch.Tensor:
 
 
 def test_freqpure_whole_spectrum_zero_delta_returns_the_input(eps_model, images):
-    purifier = FreqPure(eps_model, amp_radius=23, phase_radius=23, delta=0.0, t_start=100, steps=5)
+    purifier = FreqPure(eps_model, amp_radius=23, phase_radius=23, delta=0.0, t_star=100, steps=5)
     torch.testing.assert_close(purifier(images), images, rtol=0, atol=1e-5)
 
 
 def test_freqpure_whole_spectrum_with_denoised_reference_returns_that_reference(eps_model, images):
-    purifier = FreqPure(eps_model, 23, 23, 0.0, t_start=100, steps=5, reference="denoised", reference_t=20)
+    purifier = FreqPure(eps_model, 23, 23, 0.0, t_star=100, steps=5, reference="denoised", reference_t=20)
     noise = StepNoise(3)
     out = purifier(images, noise)
     ref = purifier.denoised_reference(images * 2 - 1, noise.child(0)(50_000, images))
@@ -52,9 +52,9 @@ def test_freqpure_whole_spectrum_with_denoised_reference_returns_that_reference(
 
 
 def test_purification_is_reproducible_from_the_seed(eps_model, images):
-    a = FreqPure(eps_model, t_start=100, steps=5, seed=7)
-    b = FreqPure(eps_model, t_start=100, steps=5, seed=7)
-    c = FreqPure(eps_model, t_start=100, steps=5, seed=8)
+    a = FreqPure(eps_model, t_star=100, steps=5, seed=7)
+    b = FreqPure(eps_model, t_star=100, steps=5, seed=7)
+    c = FreqPure(eps_model, t_star=100, steps=5, seed=8)
     with torch.no_grad():
         out_a, out_b, out_c = a(images), b(images), c(images)
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
@@ -65,13 +65,13 @@ def test_purification_is_reproducible_from_the_seed(eps_model, images):
 
 def test_model_calls_match_the_plan(eps_model, images):
     net = eps_model.net
-    FreqPure(eps_model, t_start=100, steps=10)(images)
+    FreqPure(eps_model, t_star=100, steps=10)(images)
     assert net.calls == 10
     net.calls = 0
-    FreqPure(eps_model, reference="denoised", t_start=100, steps=10)(images)
+    FreqPure(eps_model, reference="denoised", t_star=100, steps=10)(images)
     assert net.calls == 11, "reference computed once per run"
     net.calls = 0
-    FreqPure(eps_model, reference="denoised", recompute_reference=True, t_start=100, steps=10)(images)
+    FreqPure(eps_model, reference="denoised", recompute_reference=True, t_star=100, steps=10)(images)
     assert net.calls == 20, "the official code's cost: two model calls per step"
     net.calls = 0
     FreqPure(eps_model, rounds="20:5*5,50:5*5", reference="denoised")(images)
@@ -84,14 +84,14 @@ def test_model_calls_match_the_plan(eps_model, images):
 def test_learned_variance_models_are_purified(images):
     model = EpsModel(TinyEpsNet(out_channels=6), image_size=32, learn_sigma=True)
     for sampler in ("ddpm", "ddim", "sde"):
-        out = FreqPure(model, t_start=50, steps=5, sampler=sampler)(images)
+        out = FreqPure(model, t_star=50, steps=5, sampler=sampler)(images)
         assert out.shape == images.shape and torch.isfinite(out).all()
 
 
 def test_gradients_flow_through_every_purifier(eps_model, images):
     for purifier in (
-        FreqPure(eps_model, t_start=100, steps=4),
-        FreqPure(eps_model, t_start=100, steps=4, mode="reference", reference="denoised", recompute_reference=True),
+        FreqPure(eps_model, t_star=100, steps=4),
+        FreqPure(eps_model, t_star=100, steps=4, mode="official", reference="denoised", recompute_reference=True),
         DiffPure(eps_model, t_star=100, steps=4),
         DiffPure(eps_model, t_star=100, steps=4, sampler="sde", checkpoint=True),
     ):
@@ -101,7 +101,7 @@ def test_gradients_flow_through_every_purifier(eps_model, images):
 
 
 def test_surrogate_copy_shares_the_model_and_changes_only_the_plan(eps_model, images):
-    defence = FreqPure(eps_model, t_start=100, steps=20, seed=1)
+    defence = FreqPure(eps_model, t_star=100, steps=20, seed=1)
     surrogate = defence.with_rounds("100:1")
     assert surrogate.eps_model is defence.eps_model and surrogate.delta == defence.delta
     assert [(r.t_star, r.steps) for r in surrogate.rounds] == [(100, 1)]
@@ -122,11 +122,11 @@ def test_surrogate_copy_shares_the_model_and_changes_only_the_plan(eps_model, im
 )
 def test_bad_images_are_refused(eps_model, images, make_input, match):
     with pytest.raises(ValueError, match=match):
-        FreqPure(eps_model, t_start=10, steps=2)(make_input(images))
+        FreqPure(eps_model, t_star=10, steps=2)(make_input(images))
 
 
 def test_out_of_range_input_can_be_clamped_on_request(eps_model, images):
-    out = FreqPure(eps_model, t_start=10, steps=2, clamp_input=True)(images * 1.2 - 0.1)
+    out = FreqPure(eps_model, t_star=10, steps=2, clamp_input=True)(images * 1.2 - 0.1)
     assert torch.isfinite(out).all()
 
 
@@ -136,10 +136,10 @@ def test_out_of_range_input_can_be_clamped_on_request(eps_model, images):
         (dict(amp_radius=-1), "amp_radius must be a finite number >= 0"),
         (dict(delta=float("nan")), "delta must be a finite number"),
         (dict(reference="clean"), "reference must be 'input' or 'denoised'"),
-        (dict(mode="fast"), "mode must be 'paper' or 'reference'"),
+        (dict(mode="fast"), "mode must be 'paper' or 'official'"),
         (dict(sampler="euler"), "sampler must be 'ddpm', 'ddim' or 'sde'"),
-        (dict(t_start=1200), "t_star must be in 1..1000"),
-        (dict(t_start=10, steps=20), "steps must be in 1..t_star"),
+        (dict(t_star=1200), "t_star must be in 1..1000"),
+        (dict(t_star=10, steps=20), "steps must be in 1..t_star"),
         (dict(rounds="20-5"), "cannot parse round"),
     ],
 )
@@ -150,7 +150,7 @@ def test_bad_settings_are_refused(eps_model, kwargs, match):
 
 def test_radius_too_large_for_the_image_is_refused(eps_model, images):
     with pytest.raises(ValueError, match="amp_radius=30 is larger than the 32x32 spectrum"):
-        FreqPure(eps_model, amp_radius=30, t_start=10, steps=2)(images)
+        FreqPure(eps_model, amp_radius=30, t_star=10, steps=2)(images)
 
 
 class LinearClassifier(nn.Module):
@@ -164,7 +164,7 @@ class LinearClassifier(nn.Module):
 
 
 def test_ensemble_is_batched_and_votes_are_counted(eps_model, images):
-    purifier = FreqPure(eps_model, t_start=100, steps=3, seed=0)
+    purifier = FreqPure(eps_model, t_star=100, steps=3, seed=0)
     defended = PurifiedClassifier(LinearClassifier(), purifier, ensemble=5)
     noise = StepNoise(11)
     per_draw = defended.logits_per_draw(images, noise)
@@ -179,7 +179,7 @@ def test_ensemble_is_batched_and_votes_are_counted(eps_model, images):
 
 
 def test_majority_vote_is_differentiable_straight_through(eps_model, images):
-    defended = PurifiedClassifier(LinearClassifier(), FreqPure(eps_model, t_start=50, steps=2), ensemble=3)
+    defended = PurifiedClassifier(LinearClassifier(), FreqPure(eps_model, t_star=50, steps=2), ensemble=3)
     x = images.clone().requires_grad_(True)
     scores = defended(x)
     torch.nn.functional.cross_entropy(scores, torch.zeros(len(images), dtype=torch.long)).backward()
@@ -188,7 +188,7 @@ def test_majority_vote_is_differentiable_straight_through(eps_model, images):
 
 @pytest.mark.parametrize("vote", ["logits", "softmax"])
 def test_other_votes(eps_model, images, vote):
-    defended = PurifiedClassifier(LinearClassifier(), FreqPure(eps_model, t_start=50, steps=2), ensemble=2, vote=vote)
+    defended = PurifiedClassifier(LinearClassifier(), FreqPure(eps_model, t_star=50, steps=2), ensemble=2, vote=vote)
     noise = StepNoise(5)
     logits = defended.logits_per_draw(images, noise)
     expected = logits.mean(0) if vote == "logits" else logits.softmax(-1).mean(0).log()
@@ -199,6 +199,15 @@ def test_pre_and_post_transforms(images):
     """ImageNet-style wiring: purify at a larger size, classify at the classifier's size."""
     big = EpsModel(TinyEpsNet(), image_size=64)
     defended = PurifiedClassifier(
-        LinearClassifier(), FreqPure(big, t_start=20, steps=2), preprocess=Resize(64), postprocess=Resize(32)
+        LinearClassifier(), FreqPure(big, t_star=20, steps=2), preprocess=Resize(64), postprocess=Resize(32)
     )
     assert defended(images).shape == (len(images), 10)
+
+
+def test_freqpure_t_start_is_the_old_keyword_of_t_star(eps_model, images):
+    """One name per concept: ``t_star`` (as DiffPure and the plan say); ``t_start`` still read."""
+    new = FreqPure(eps_model, t_star=30, steps=2)
+    old = FreqPure(eps_model, t_start=30, steps=2)
+    assert [(r.t_star, r.steps) for r in old.rounds] == [(r.t_star, r.steps) for r in new.rounds] == [(30, 2)]
+    with pytest.raises(ValueError, match="t_start=30 is the old name of t_star=40"):
+        FreqPure(eps_model, t_star=40, t_start=30, steps=2)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from freqpure.cli.main import main
 from freqpure.config import dump_yaml, to_dict
@@ -145,3 +146,56 @@ def test_lock_is_released_when_the_run_finishes(tmp_path: Path) -> None:
     lock.release()
     RunLock(tmp_path / "r").acquire().release()
     assert time.perf_counter() - t0 < 5
+
+
+COMMITTED_RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "study-cifar10" / \
+    "stage4-honest-protocol" / "freqpure-paper-v2"
+
+
+@pytest.mark.data
+def test_a_run_folder_written_with_mode_reference_still_resumes(tmp_path: Path) -> None:
+    """``mode: reference`` is the old spelling of ``mode: official``. A committed run folder, rewritten as if its
+    config had said ``mode: reference`` when it ran (config.yaml and the records' fingerprints computed the old
+    way, from the config as written then), still resumes and all its records load; another config is refused."""
+    import copy
+    import shutil
+
+    from freqpure.config import parse_yaml
+    from freqpure.evaluation.rundir import run_store, saved_config
+    from freqpure.evaluation.store import NUMBERS_KEY, numbers_fingerprint
+
+    run = tmp_path / "run"
+    shutil.copytree(COMMITTED_RUN, run)
+    raw = parse_yaml((run / "config.yaml").read_text())
+    assert raw["purifier"]["method"] == "freqpure" and raw["purifier"]["mode"] is None
+    raw["purifier"]["mode"] = "reference"  # the paper variant with the official code's arithmetic (an ablation)
+    (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    now = saved_config(run)
+    assert now["purifier"]["mode"] == "official"  # read in today's spelling
+    then = copy.deepcopy(now)
+    then["purifier"]["mode"] = "reference"  # the canonical dict the code before the rename saved and fingerprinted
+    old_config, old_numbers = config_fingerprint(then), numbers_fingerprint(then)
+    assert old_config != config_fingerprint(now) and old_numbers != numbers_fingerprint(now)
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):  # half as records before the numbers mark, half as records with it
+        rec = {**json.loads(line), FINGERPRINT_KEY: old_config}
+        if i % 2:
+            rec.update({NUMBERS_KEY: old_numbers, "device": "cuda", "precision": "fp32"})
+        records.append(rec)
+    (run / "samples.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    for spelling in ("reference", "official"):  # the config asked for either way
+        cfg = load_eval_config(run / "config.yaml", [f"purifier.mode={spelling}"])
+        lock = prepare_run_dir(run, cfg, resume=True, write=True)
+        lock.release()
+        assert len(run_store(run, cfg).load()) == len(lines) == 96
+    other = load_eval_config(run / "config.yaml", ["purifier.mode=paper"])
+    with pytest.raises(RunFolderError, match="different config"):
+        prepare_run_dir(run, other, resume=True, write=False)
+    # a record of really other numbers is still refused
+    foreign = {**records[1], "index": 99_999, NUMBERS_KEY: numbers_fingerprint(to_dict(other))}
+    with open(run / "samples.jsonl", "a") as f:
+        f.write(json.dumps(foreign) + "\n")
+    with pytest.raises(RunFolderError, match="another configuration"):
+        run_store(run, cfg).load()

@@ -66,8 +66,8 @@ def test_bf16_purification_is_close_to_fp32_and_stays_fp32(models, real_images) 
     eps, _ = models
     x = real_images[:4]
     with one_thread(), torch.no_grad():
-        ref = FreqPure(eps, 3, 3, t_start=100, steps=3)(x, StepNoise(1))
-        low = FreqPure(eps, 3, 3, t_start=100, steps=3, precision="bf16")(x, StepNoise(1))
+        ref = FreqPure(eps, 3, 3, t_star=100, steps=3)(x, StepNoise(1))
+        low = FreqPure(eps, 3, 3, t_star=100, steps=3, precision="bf16")(x, StepNoise(1))
     assert low.dtype == torch.float32
     err = (low - ref).abs()
     assert float(err.max()) < 0.1 and float(err.mean()) < 0.01  # bf16 rounding, not a different chain

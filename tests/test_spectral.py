@@ -95,9 +95,9 @@ def test_batched_equals_per_image(pair):
     batched = S.freq_exchange(est, ref, 10, 10, DELTA)
     single = torch.cat([S.freq_exchange(est[i : i + 1], ref[i : i + 1], 10, 10, DELTA) for i in range(len(est))])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-12)
-    ref_mode = S.freq_exchange(est, ref, 10, 10, DELTA, mode="reference")
+    ref_mode = S.freq_exchange(est, ref, 10, 10, DELTA, mode="official")
     ref_single = torch.cat(
-        [S.freq_exchange(est[i : i + 1], ref[i : i + 1], 10, 10, DELTA, mode="reference") for i in range(len(est))]
+        [S.freq_exchange(est[i : i + 1], ref[i : i + 1], 10, 10, DELTA, mode="official") for i in range(len(est))]
     )
     torch.testing.assert_close(ref_mode, ref_single, rtol=0, atol=1e-12)
 
@@ -113,7 +113,7 @@ def test_gradients_finite_and_nonzero(pair):
     est = est.float().clone().requires_grad_(True)
     ref = ref.float().clone().requires_grad_(True)
     weights = torch.randn(est.shape, generator=torch.Generator().manual_seed(2))
-    for mode in ("paper", "reference"):
+    for mode in ("paper", "official"):
         est.grad = ref.grad = None
         (S.freq_exchange(est, ref, 10, 10, DELTA, mode=mode) * weights).sum().backward()
         for g in (est.grad, ref.grad):
@@ -176,19 +176,19 @@ def _official_transcription(x, x0, amp_r, phase_r, delta):
 
 
 @pytest.mark.parametrize("radii", [(10, 10), (3, 3), (8, 4)])
-def test_reference_mode_equals_official_arithmetic(pair, radii):
+def test_official_mode_equals_official_arithmetic(pair, radii):
     est, ref = pair
-    ours = S.freq_exchange(est, ref, *radii, DELTA, mode="reference")
+    ours = S.freq_exchange(est, ref, *radii, DELTA, mode="official")
     theirs = _official_transcription(ref, est, *radii, DELTA)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-10)
 
 
-def test_reference_mode_with_equal_radii_is_a_low_pass_blend(pair):
+def test_official_mode_with_equal_radii_is_a_low_pass_blend(pair):
     """Field notes §1.2: δ has no effect; the step is IFFT(M·F(ref) + (1−M)·F(x0)) up to abs/clip."""
     est, ref = pair
     est = est.clamp(-1, 1)
-    a = S.freq_exchange(est, ref, 10, 10, 0.3, mode="reference")
-    b = S.freq_exchange(est, ref, 10, 10, 2.0, mode="reference")
+    a = S.freq_exchange(est, ref, 10, 10, 0.3, mode="official")
+    b = S.freq_exchange(est, ref, 10, 10, 2.0, mode="official")
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     mask = S.radial_mask(32, 32, 10)
     blend = torch.fft.ifft2(torch.fft.ifftshift(torch.where(mask, centred(ref), centred(est)), dim=(-2, -1))).real
@@ -197,11 +197,22 @@ def test_reference_mode_with_equal_radii_is_a_low_pass_blend(pair):
     assert float(differs[(blend > -1) & (blend < 1)].float().mean()) == 0.0
 
 
-def test_paper_and_reference_modes_differ(pair):
+def test_paper_and_official_modes_differ(pair):
     est, ref = pair
     paper = S.freq_exchange(est, ref, 10, 10, DELTA)
-    official = S.freq_exchange(est, ref, 10, 10, DELTA, mode="reference")
+    official = S.freq_exchange(est, ref, 10, 10, DELTA, mode="official")
     assert float((paper - official).abs().max()) > 0.05
+
+
+def test_the_old_name_reference_still_means_official(pair):
+    """``mode="reference"`` and ``grid="reference"`` were the old names of the official arithmetic and grid."""
+    est, ref = pair
+    torch.testing.assert_close(S.freq_exchange(est, ref, 8, 4, DELTA, mode="reference"),
+                               S.freq_exchange(est, ref, 8, 4, DELTA, mode="official"), rtol=0, atol=0)
+    assert S.radial_mask(31, 31, 5, grid="reference") is S.radial_mask(31, 31, 5, grid="official")
+    assert not torch.equal(S.radial_mask(31, 31, 5, grid="official"), S.radial_mask(31, 31, 5))  # odd sizes differ
+    with pytest.raises(ValueError, match="grid must be 'centred' or 'official'"):
+        S.radial_mask(32, 32, 5, grid="fast")
 
 
 def test_mask_is_cached_and_centred():
@@ -228,7 +239,7 @@ def test_relative_radius():
         (lambda e, r: S.freq_exchange(e[0], r[0], 10, 10, DELTA), "est must be 4-D"),
         (lambda e, r: S.freq_exchange(e, r[:, :2], 10, 10, DELTA), "ref must have est's shape"),
         (lambda e, r: S.freq_exchange(e, r, 10, 10, -0.1), "delta must be >= 0"),
-        (lambda e, r: S.freq_exchange(e, r, 10, 10, DELTA, mode="fast"), "mode must be 'paper' or 'reference'"),
+        (lambda e, r: S.freq_exchange(e, r, 10, 10, DELTA, mode="fast"), "mode must be 'paper' or 'official'"),
         (lambda e, r: S.freq_exchange(e.long(), r, 10, 10, DELTA), "floating point"),
     ],
 )

@@ -21,7 +21,16 @@ from typing import Any, TypeVar
 import yaml
 
 from freqpure.errors import NotFoundError, UsageError
-from freqpure.presets import DEFAULTS, METHODS, PRESETS, SAMPLERS, VARIANTS, resolve_variant
+from freqpure.presets import (
+    DEFAULTS,
+    METHODS,
+    PRESETS,
+    SAMPLERS,
+    VALUE_ALIASES,
+    VARIANTS,
+    current_value,
+    resolve_variant,
+)
 
 __all__ = [
     "PurifierConfig",
@@ -38,8 +47,10 @@ __all__ = [
     "Alias",
     "nested_alias",
     "upgrade_keys",
+    "rename_keys",
     "with_keys",
     "load_settings",
+    "spelled_before",
 ]
 
 T = TypeVar("T")
@@ -54,12 +65,14 @@ class PurifierConfig:
     frequency-index units of the centred spectrum (``null`` disables that edit).
 
     ``variant`` names a preset: ``paper`` (default; the method as the paper states it) or ``official``
-    (the official code's arithmetic: ``mode: reference``, ``reference: round-denoised``,
+    (the official code's arithmetic: ``mode: official``, ``reference: round-denoised``,
     ``step_rule: official``, ``grid: official``, ``variance: fixed``). The keys ``mode``, ``reference``,
     ``step_rule``, ``grid`` and ``variance`` are ``null`` by default, meaning "as the variant says"; a
     key given explicitly overrides the variant (an ablation, e.g. ``variant: official`` with
     ``step_rule: posterior``). A key equal to its variant's value is stored as ``null`` (one canonical
     form, so a saved config compares equal however it was written); :meth:`effective` gives the values.
+    ``mode`` is the exchange arithmetic (``paper`` or ``official``; ``reference`` is its old spelling, still
+    read), ``reference`` the reference image (``input``, ``denoised``, ``round-denoised``).
 
     The defaults are the library's (:data:`freqpure.presets.DEFAULTS`); :func:`preset` gives
     the named settings (``paper``, ``official-v2``, ``bundled-table``, ...).
@@ -113,6 +126,8 @@ class PurifierConfig:
             raise UsageError(f"purifier.precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.variant not in VARIANTS:
             raise UsageError(f"purifier.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        for key in _VARIANT_KEYS:  # old spellings (mode: reference) in the current one
+            setattr(self, key, current_value(key, getattr(self, key)))
         try:
             effective = self.effective()
         except UsageError as err:
@@ -136,6 +151,33 @@ class PurifierConfig:
 
 
 _VARIANT_KEYS = ("mode", "reference", "step_rule", "grid", "variance")
+
+
+def spelled_before(config: dict[str, Any], at: str = "purifier") -> dict[str, Any] | None:
+    """``config`` (a saved config dict) with the purifier at dotted path ``at`` spelled as before a value was
+    renamed (:data:`freqpure.presets.VALUE_ALIASES`: ``mode: official`` was written ``mode: reference``), or
+    ``None`` when no renamed value occurs in it.
+
+    Records written under the old spelling carry fingerprints of the config as it was written then; a run folder
+    accepts them through the fingerprints of this dict (:func:`freqpure.evaluation.rundir.run_store`)."""
+    *parents, leaf = at.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    purifier = node.get(leaf) if isinstance(node, dict) else None
+    if not isinstance(purifier, dict):
+        return None
+    old = {key: {new: was for was, new in spellings.items()} for key, spellings in VALUE_ALIASES.items()}
+    changed = {key: old[key][value] for key, value in purifier.items()
+               if key in old and isinstance(value, str) and value in old[key]}
+    if not changed:
+        return None
+    out = copy.deepcopy(config)
+    node = out
+    for part in parents:
+        node = node[part]
+    node[leaf] = {**purifier, **changed}
+    return out
 
 
 def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
@@ -277,7 +319,12 @@ def _merge(into: dict[str, Any], new: dict[str, Any], *, old_key: str | None = N
 
 def upgrade_keys(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with the old keys of ``cls`` (:func:`nested_alias` and the like) rewritten to the current form."""
-    aliases = _aliases(cls)
+    return rename_keys(_aliases(cls), data)
+
+
+def rename_keys(aliases: dict[str, Alias], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the old keys ``aliases`` names rewritten to the current form (a recorded settings dict read
+    at the edge, e.g. a demo's results.json; :func:`upgrade_keys` for a settings class)."""
     if not any(key in aliases for key in data):
         return data
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k not in aliases}
@@ -308,12 +355,19 @@ def coerce_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise, naming them and listing the valid ones.
 
-    Old keys listed in ``cls.ALIASES`` are read in their current form (see :func:`upgrade_keys`).
+    Old keys listed in ``cls.ALIASES`` are read in their current form (see :func:`upgrade_keys`). A section whose
+    field default is not its class's defaults (``DemoSettings.purifier``: preset ``bundled-table``) is read on top
+    of that default, as ``--set`` reads it (old flat keys change only what they name).
     """
     tagged = getattr(cls, "from_config", None)
     if tagged is not None:  # a tagged union (an attack's settings): the variant its data names reads it
         return tagged(data, where)
     data = upgrade_keys(cls, dict(data or {}))
+    for f in fields(cls):
+        if isinstance(data.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if is_dataclass(default) and default != type(default)():
+                data[f.name] = {**dataclasses.asdict(default), **data[f.name]}
     types_ = _field_types(cls)
     valid = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in valid]

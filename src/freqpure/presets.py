@@ -30,7 +30,7 @@ from typing import Any
 from freqpure.errors import UsageError
 
 __all__ = ["DEFAULTS", "PRESETS", "Preset", "preset_names", "SAMPLERS", "METHODS", "VARIANTS", "VARIANT_CHOICES",
-           "resolve_variant"]  # preset(): freqpure.config.preset
+           "VALUE_ALIASES", "resolve_variant", "current_value"]  # preset(): freqpure.config.preset
 
 # The library defaults. PurifierConfig's fields, FreqPure's and DiffPure's signatures read these.
 DEFAULTS: dict[str, Any] = {
@@ -97,11 +97,14 @@ SAMPLERS = ("ddpm", "ddim", "sde")
 VARIANTS: dict[str, dict[str, str]] = {
     "paper": {"mode": "paper", "reference": "input", "step_rule": "posterior", "grid": "respaced",
               "variance": "learned"},
-    "official": {"mode": "reference", "reference": "round-denoised", "step_rule": "official", "grid": "official",
+    "official": {"mode": "official", "reference": "round-denoised", "step_rule": "official", "grid": "official",
                  "variance": "fixed"},
 }
+# Old spellings of a variant key's values, still read (key -> {old: current}): ``mode: reference`` was the official
+# code's arithmetic (now ``official``, as ``step_rule``/``grid`` say it; ``reference:`` is the reference image).
+VALUE_ALIASES: dict[str, dict[str, str]] = {"mode": {"reference": "official"}}
 VARIANT_CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": ("paper", "reference"), "reference": ("input", "denoised", "round-denoised"),
+    "mode": ("paper", "official"), "reference": ("input", "denoised", "round-denoised"),
     "step_rule": ("posterior", "official"), "grid": ("respaced", "official"), "variance": ("learned", "fixed")}
 
 
@@ -110,13 +113,20 @@ def resolve_variant(variant: str, **keys: str | None) -> dict[str, str]:
 
     Precedence: an explicit key wins over the preset (a documented override, e.g. ``variant="official",
     step_rule="posterior"`` for an ablation); ``None`` means "as the variant says". Only the keys passed
-    are returned. Unknown variants or values raise :class:`UsageError`.
+    are returned, old spellings (:data:`VALUE_ALIASES`) in their current one. Unknown variants or values raise
+    :class:`UsageError`.
     """
     if variant not in VARIANTS:
         raise UsageError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     out = {}
     for key, value in keys.items():
+        value = current_value(key, value)
         if value is not None and value not in VARIANT_CHOICES[key]:
             raise UsageError(f"{key} must be {' or '.join(map(repr, VARIANT_CHOICES[key]))}, got {value!r}")
         out[key] = VARIANTS[variant][key] if value is None else value
     return out
+
+
+def current_value(key: str, value: Any) -> Any:
+    """``value`` of variant key ``key`` in its current spelling (``mode: reference`` → ``official``)."""
+    return VALUE_ALIASES.get(key, {}).get(value, value) if isinstance(value, str) else value

@@ -312,8 +312,8 @@ class FreqPure(Purifier):
         amp_radius: ASE radius (frequency-index units of the centred spectrum; ``None`` disables).
         phase_radius: PSP radius (``None`` disables).
         delta: PSP half-width in radians.
-        t_start: noise level t* in diffusion steps (1..1000) of a single-round plan (positional; the keyword
-            ``t_star`` says the same, as in :class:`DiffPure`).
+        t_star: noise level t* in diffusion steps (1..1000) of a single-round plan (as in :class:`DiffPure`;
+            ``t_start`` is its old keyword, still accepted).
         steps: denoising steps of a single-round plan.
         reference: ``"input"`` — the image being purified (the paper); ``"denoised"`` — the round's
             input (the previous round's output in multi-round plans) noised to ``reference_t`` and
@@ -323,9 +323,9 @@ class FreqPure(Purifier):
         reference_t: step index of the denoised references (official code: 50).
         recompute_reference: with ``reference="denoised"``, redraw it at every step (then equal to
             ``"round-denoised"``).
-        mode: ``"paper"`` or ``"reference"`` arithmetic (see :func:`freqpure.spectral.freq_exchange`);
-            ``None``: as the variant says.
-        rounds: multi-round plan, e.g. ``"20:5*5,50:5*5"``; overrides ``t_start``/``steps``.
+        mode: ``"paper"`` or ``"official"`` arithmetic (see :func:`freqpure.spectral.freq_exchange`;
+            ``"reference"`` is the old name of ``"official"``); ``None``: as the variant says.
+        rounds: multi-round plan, e.g. ``"20:5*5,50:5*5"``; overrides ``t_star``/``steps``.
         **kwargs: :class:`Purifier` options (``sampler``, ``seed``, ``checkpoint``, ...).
     """
 
@@ -335,24 +335,24 @@ class FreqPure(Purifier):
         amp_radius: float | None = DEFAULTS["amp_radius"],
         phase_radius: float | None = DEFAULTS["phase_radius"],
         delta: float = DEFAULTS["delta"],
-        t_start: int = DEFAULTS["t_star"],
+        t_star: int = DEFAULTS["t_star"],
         steps: int = DEFAULTS["steps"],
         *,
-        t_star: int | None = None,
+        t_start: int | None = None,
         reference: Reference | None = None,
         reference_t: int = DEFAULTS["reference_t"],
         recompute_reference: bool = False,
-        mode: Literal["paper", "reference"] | None = None,
+        mode: Literal["paper", "official"] | None = None,
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
-        if t_star is not None:  # DiffPure's name for the same setting
-            if t_start not in (t_star, DEFAULTS["t_star"]):
-                raise UsageError(f"t_star={t_star} and t_start={t_start} name the same setting; give one of them")
-            t_start = t_star
+        if t_start is not None:  # the old keyword of t_star (deprecated)
+            if t_star not in (t_start, DEFAULTS["t_star"]):
+                raise UsageError(f"t_start={t_start} is the old name of t_star={t_star}; give t_star only")
+            t_star = t_start
         if rounds is None:
-            t_start, steps = check_int(t_start, "t_start", 1), check_int(steps, "steps", 1)
-        super().__init__(eps_model, rounds or [PurificationRound(t_start, steps)], **kwargs)
+            t_star, steps = check_int(t_star, "t_star", 1), check_int(steps, "steps", 1)
+        super().__init__(eps_model, rounds or [PurificationRound(t_star, steps)], **kwargs)
         amp_radius = _check_number(amp_radius, "amp_radius", optional=True)
         phase_radius = _check_number(phase_radius, "phase_radius", optional=True)
         delta = _check_number(delta, "delta")

@@ -19,13 +19,14 @@ circle (wrap-aware), so the projected spectrum stays Hermitian and the inverse F
 rounding; self-conjugate bins (DC, Nyquist) keep a real phase (0 or π). The output is the real part
 of the inverse FFT; nothing is clamped, so gradients pass everywhere.
 
-``mode="reference"`` — the arithmetic of the official FreqPure code, for like-for-like comparison
+``mode="official"`` — the arithmetic of the official FreqPure code, for like-for-like comparison
 with published numbers: both images are clipped to the image range first, the phase is taken in
 [0, 2π] (``angle + π``), the low-frequency phase of ``est`` is first *replaced* by the reference's
 and then clipped to ±δ around it (so δ has no effect: the step is a Fourier low-pass blend when the
 two radii are equal), the image is rebuilt as the *magnitude* of the complex inverse FFT (negative
 pixels are reflected) and clipped to the image range. Its grid follows the official
-``arange(-N // 2, N // 2)`` frequency map, which differs from the centred one for odd sizes.
+``arange(-N // 2, N // 2)`` frequency map (``radial_mask(..., grid="official")``), which differs from the
+centred one for odd sizes. ``"reference"`` is the old name of this mode (and of that grid), still accepted.
 
 All functions take and return images in the diffusion range [-1, 1] (any real range works in
 ``"paper"`` mode) and work on any device and dtype (float32/float64).
@@ -55,7 +56,8 @@ __all__ = [
     "check_radius",
 ]
 
-Mode = Literal["paper", "reference"]
+Mode = Literal["paper", "official"]
+_OLD_NAMES = {"reference": "official"}  # mode="reference" / grid="reference": the old names, still accepted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,7 +65,7 @@ Mode = Literal["paper", "reference"]
 # ---------------------------------------------------------------------------------------------
 def _offsets(n: int, grid: str) -> Tensor:
     """Integer frequency offsets of the centred spectrum along one axis (float64 ``[n]``)."""
-    if grid == "reference":  # the official code's np.arange(-n // 2, n // 2)
+    if grid == "official":  # the official code's np.arange(-n // 2, n // 2)
         return torch.arange(-(n // 2) if n % 2 == 0 else -((n + 1) // 2), n // 2, dtype=torch.float64)
     return torch.arange(n, dtype=torch.float64) - (n // 2)  # DC at index n // 2, as fftshift puts it
 
@@ -90,8 +92,13 @@ def radial_mask(
     """Boolean low-frequency disc ``sqrt(u² + v²) ≤ radius`` of shape ``[H, W]``, cached per shape/device.
 
     ``centred=True`` gives it in the ``fftshift`` layout (DC at ``[H // 2, W // 2]``); ``centred=False``
-    in the natural ``fft2`` layout (DC at ``[0, 0]``), which saves two shifts per call.
+    in the natural ``fft2`` layout (DC at ``[0, 0]``), which saves two shifts per call. ``grid``: ``"centred"``
+    (offsets from the DC bin) or ``"official"`` (the official code's ``arange(-N // 2, N // 2)``; differs for
+    odd sizes; ``"reference"`` is its old name).
     """
+    grid = _OLD_NAMES.get(grid, grid)
+    if grid not in ("centred", "official"):
+        raise UsageError(f"grid must be 'centred' or 'official', got {grid!r}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     key = (height, width, float(radius), str(device), centred, grid)
     mask = _DEVICE_MASKS.get(key)
@@ -282,16 +289,17 @@ def freq_exchange(
         amp_radius: amplitude-exchange radius in frequency-index units (``None``: no exchange).
         phase_radius: phase-projection radius in frequency-index units (``None``: no projection).
         delta: phase half-width in radians.
-        mode: ``"paper"`` (true projection on the circle) or ``"reference"`` (the official code's
-            arithmetic); see the module docstring.
+        mode: ``"paper"`` (true projection on the circle) or ``"official"`` (the official code's
+            arithmetic; ``"reference"`` is its old name); see the module docstring.
         check_values: refuse NaN/Inf in ``est`` and ``ref`` (a host read-back: a device sync on a GPU).
             Purifiers, which validate their input once, pass ``False`` for the per-step call.
 
     Returns:
         ``[B, C, H, W]`` real tensor, same dtype as ``est``.
     """
-    if mode not in ("paper", "reference"):
-        raise UsageError(f"mode must be 'paper' or 'reference', got {mode!r}")
+    mode = _OLD_NAMES.get(mode, mode)
+    if mode not in ("paper", "official"):
+        raise UsageError(f"mode must be 'paper' or 'official', got {mode!r}")
     _check_pair(est, ref)
     _check_settings(amp_radius, phase_radius, delta)
     if check_values:
@@ -302,10 +310,10 @@ def freq_exchange(
         est, ref = est.float(), ref.float()
     if mode == "paper":
         return torch.fft.ifft2(exchange_spectrum(est, ref, amp_radius, phase_radius, delta)).real.to(dtype)
-    return _reference_exchange(est, ref, amp_radius, phase_radius, delta).to(dtype)
+    return _official_exchange(est, ref, amp_radius, phase_radius, delta).to(dtype)
 
 
-def _reference_exchange(
+def _official_exchange(
     est: Tensor, ref: Tensor, amp_radius: float | None, phase_radius: float | None, delta: float
 ) -> Tensor:
     """The official FreqPure arithmetic, batched (see the module docstring)."""
@@ -322,8 +330,8 @@ def _reference_exchange(
     ref255 = ((ref + 1) / 2 * scale).clamp(0, scale)
     f_est = centred_spectrum(est255)
     f_ref = centred_spectrum(ref255)
-    amp_mask = radial_mask(height, width, amp_radius, est.device, grid="reference")
-    phase_mask = radial_mask(height, width, phase_radius, est.device, grid="reference")
+    amp_mask = radial_mask(height, width, amp_radius, est.device, grid="official")
+    phase_mask = radial_mask(height, width, phase_radius, est.device, grid="official")
     amp = torch.where(amp_mask, f_ref.abs(), f_est.abs())
     phase_est = torch.angle(f_est) + math.pi
     phase_ref = torch.angle(f_ref) + math.pi

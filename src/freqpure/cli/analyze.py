@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from freqpure.cli.common import add_config_args, add_runtime_args, apply_runtime_args, load_command_config
-from freqpure.presets import SAMPLERS, VARIANT_CHOICES
+from freqpure.presets import SAMPLERS, VALUE_ALIASES, VARIANT_CHOICES
 
 __all__ = ["register", "run"]
 
@@ -48,8 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--amp-radius", type=float, help="FreqPure amplitude radius (default: 10)")
     g.add_argument("--phase-radius", type=float, help="FreqPure phase radius (default: 10)")
     g.add_argument("--delta", type=float, help="FreqPure phase half-width in radians (default: 0.3)")
-    g.add_argument("--mode", choices=VARIANT_CHOICES["mode"],
-                   help="FreqPure mode: paper or reference (default: paper)")
+    g.add_argument("--mode", choices=(*VARIANT_CHOICES["mode"], *VALUE_ALIASES["mode"]),
+                   metavar="{" + ",".join(VARIANT_CHOICES["mode"]) + "}",
+                   help="FreqPure exchange arithmetic: paper or official (the official code's; 'reference' is its "
+                   "old name) (default: paper)")
     g.add_argument("--reference", choices=VARIANT_CHOICES["reference"],
                    help="FreqPure reference: input, denoised or round-denoised (default: input)")
     g.add_argument("--include-clean", action="store_const", const=True, default=None,

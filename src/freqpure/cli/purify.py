@@ -65,9 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start from a named purifier setting (" + "; ".join(
                        f"{p.name}: {p.description}" for p in PRESETS.values())
                    + "); --config, --set and the flags below change it (default: default)")
-    p.add_argument("--t-start", type=int, metavar="T", help="noise level t* (diffusion steps) of a one-round plan; "
-                   "with --steps it is --rounds T:STEPS")
-    p.add_argument("--steps", type=int, metavar="N", help="denoising steps of a one-round plan (with --t-start); "
+    p.add_argument("--t-star", dest="t_star", type=int, metavar="T", help="noise level t* (diffusion steps) of a "
+                   "one-round plan; with --steps it is --rounds T:STEPS")
+    p.add_argument("--t-start", dest="t_star", type=int, help=argparse.SUPPRESS)  # deprecated spelling of --t-star
+    p.add_argument("--steps", type=int, metavar="N", help="denoising steps of a one-round plan (with --t-star); "
                    "not PGD steps, which only evaluate, demo (--attack-steps) and analyze have")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per purifier call (default 64)")
     p.add_argument("--resize", action="store_true",
@@ -102,8 +103,9 @@ _FLAG_HELP = {
     "delta": f"FreqPure phase half-width in radians (default: {DEFAULTS['delta']:g})",
     "variant": "paper (the method as the paper states it) or official (the official code's arithmetic): fills "
                "--mode, --reference, --step-rule, --grid and --variance when they are not given (default: paper)",
-    "mode": f"exchange arithmetic: paper (phase projected on the circle, real part) or reference (the official "
-            f"code's: replace-then-clip phase, magnitude of the inverse FFT) {_AS_VARIANT}",
+    "mode": f"exchange arithmetic: paper (phase projected on the circle, real part) or official (the official "
+            f"code's: replace-then-clip phase, magnitude of the inverse FFT; 'reference' is its old name) "
+            f"{_AS_VARIANT}",
     "step_rule": f"after the edit: posterior (eps re-derived from the edited x0) or official (the model's eps "
                  f"kept) {_AS_VARIANT}",
     "grid": f"step indices of a round: respaced (t*-1 ... 0) or official (t*/n-1, ..., t*-1; n must divide t*) "
@@ -170,15 +172,15 @@ def _settings(args: argparse.Namespace) -> tuple[PurifierConfig, str | None]:
         if both:
             raise UsageError(f"--radius sets both radii; give it or --{both[0].replace('_', '-')}, not both")
         flags["amp_radius"] = flags["phase_radius"] = args.radius
-    if args.t_start is not None or args.steps is not None:
+    if args.t_star is not None or args.steps is not None:
         if "rounds" in flags or "rounds" in set_keys:
-            raise UsageError("--t-start/--steps and --rounds both set the purification plan; give --rounds T:STEPS "
+            raise UsageError("--t-star/--steps and --rounds both set the purification plan; give --rounds T:STEPS "
                              "only")
-        if args.t_start is None or args.steps is None:
-            given, missing = ("--t-start", "--steps") if args.steps is None else ("--steps", "--t-start")
-            raise UsageError(f"{given} needs {missing} too: --t-start T --steps N is the plan T:N (or give "
+        if args.t_star is None or args.steps is None:
+            given, missing = ("--t-star", "--steps") if args.steps is None else ("--steps", "--t-star")
+            raise UsageError(f"{given} needs {missing} too: --t-star T --steps N is the plan T:N (or give "
                              "--rounds T:N)")
-        flags["rounds"] = f"{args.t_start}:{args.steps}"
+        flags["rounds"] = f"{args.t_star}:{args.steps}"
     cfg = load_settings(PurifierConfig, None, overrides, flags, start=cfg, where="purifier")
     if cfg.method == "none":
         raise UsageError("--method must be freqpure or diffpure for purify")

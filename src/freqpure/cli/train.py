@@ -137,7 +137,11 @@ def _run_purify_data(args: argparse.Namespace) -> int:
     from freqpure.purified_data import PurifySplitConfig, purify_split
 
     apply_runtime_args(args)
-    flags = {k: getattr(args, k) for k in ("split", "diffusion", "t_star", "steps", "sampler", "seed", "amp")}
+    if args.amp is not None and args.precision is not None:
+        raise UsageError("--amp is the old spelling of --precision; give --precision only")
+    # the flat flags read as purifier settings (PurifySplitConfig.ALIASES): --t-star/--steps are the plan T:S
+    flags = {k: getattr(args, k) for k in ("split", "diffusion", "t_star", "steps", "sampler", "seed", "precision",
+                                           "amp")}
     cfg = load_command_config(PurifySplitConfig, args, flags)
     out = purify_split(cfg, args.out, data_dir=args.data_dir, limit=args.limit, progress=not args.no_progress,
                        force=args.force)
@@ -184,18 +188,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_run_classifier)
 
     q = sub.add_parser("purify-data", help="write DiffPure-purified copies of a CIFAR-10 split",
-                       description="Purify every image of a CIFAR-10 split with DiffPure (DDPM chain) and store "
-                                   "the copies for purifier-aware classifier fine-tuning. Settings: the fields of "
-                                   "PurifySplitConfig (split, diffusion, t_star, steps, sampler, seed, chunk, amp).")
+                       description="Purify every image of a CIFAR-10 split (default: DiffPure 100:5, DDPM chain) "
+                                   "and store the copies for purifier-aware classifier fine-tuning. Settings: the "
+                                   "fields of PurifySplitConfig (split, purifier: a purifier's settings as in "
+                                   "evaluate, seed, chunk); the flat keys diffusion, sampler, t_star, steps and amp "
+                                   "of older configs still read.")
     q.add_argument("out", help="output .safetensors file (resumes from OUT.partial)")
-    add_config_args(q, "purify-data", example="--set steps=5 --set chunk=256")
+    add_config_args(q, "purify-data", example="--set purifier.rounds=100:5 --set chunk=256")
     q.add_argument("--split", choices=["train", "test"], help="which split (default: train)")
     q.add_argument("--diffusion", metavar="NAME|PATH",
                    help="bundled diffusion model or .safetensors path (default: cifar10-ddpm-small)")
-    q.add_argument("--t-star", dest="t_star", type=int, metavar="T", help="noise level t* (default: 100)")
-    q.add_argument("--steps", type=int, metavar="N", help="reverse steps (default: 5)")
+    q.add_argument("--t-star", dest="t_star", type=int, metavar="T",
+                   help="noise level t* of a one-round plan (default: 100; with --steps: purifier.rounds T:STEPS)")
+    q.add_argument("--steps", type=int, metavar="N", help="reverse steps of a one-round plan (default: 5)")
     q.add_argument("--sampler", choices=SAMPLERS, help="reverse sampler (default: ddpm)")
-    q.add_argument("--amp", choices=["bf16", "none"], help="bf16 autocast or none (default: bf16)")
+    q.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="arithmetic of the eps-model: bf16 (CPU autocast), fp32 or auto (default: bf16)")
+    q.add_argument("--amp", choices=["bf16", "none"], help="deprecated spelling of --precision (none = fp32)")
     q.add_argument("--limit", type=int, metavar="N", help="only the first N images (tests)")
     q.add_argument("--force", action="store_true", help="replace an existing OUT file")
     q.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="CIFAR-10 folder")

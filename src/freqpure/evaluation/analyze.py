@@ -7,9 +7,12 @@ draws, so the two differ only by FreqPure's frequency exchange), and measure, pe
 band, the amplitude and phase damage of each relative to the clean image
 (:mod:`freqpure.analysis`). :func:`run_analysis` writes
 
-* ``analysis.json`` — settings, per-band means with 95% confidence intervals, Spearman correlation
-  of band index vs damage, FreqPure/DiffPure damage ratio in the bands inside FreqPure's exchange
-  radius, accuracies, targets, versions and timings;
+* ``analysis.json`` (``format: freqpure-analysis/2``) — settings, per-band means with 95% confidence
+  intervals, Spearman correlation of band index vs damage, FreqPure/DiffPure damage ratio in the bands inside
+  FreqPure's exchange radius, accuracies, targets, versions and timings. ``settings.all`` is the
+  :class:`AnalyzeSettings`, the purifier nested under ``purifier`` (format 2); format 1 files held its keys
+  flat (``rounds``, ``amp_radius``, ``mode``, ...) and said ``mode: reference`` for ``official``:
+  :func:`analysis_in_current_form` reads either as format 2;
 * ``analysis_amplitude.png``, ``analysis_phase.png``, ``analysis_ratio.png`` — the plots;
 * ``damage.npz`` — the per-image, per-band damage of every case (float64 ``[n, K]``).
 
@@ -37,7 +40,9 @@ from freqpure.errors import UsageError
 from freqpure.samplers import StepNoise
 
 __all__ = [
+    "ANALYSIS_FORMAT",
     "AnalyzeSettings",
+    "analysis_in_current_form",
     "AttackFn",
     "Measurement",
     "pgd_attack",
@@ -226,7 +231,7 @@ def write_analysis(
     ratios = [("freqpure", "diffpure")] if {"freqpure", "diffpure"} <= set(measurement.damage) else []
     summary = summarise_cases(measurement.damage, ratios=ratios, low_radius=low_radius, **dict(ci or {}))
     result: dict[str, Any] = {
-        "format": "freqpure-analysis/1",
+        "format": ANALYSIS_FORMAT,
         "settings": dict(settings),
         "summary": summary,
         "targets": targets(summary),
@@ -374,3 +379,27 @@ def _digest(indices: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+ANALYSIS_FORMAT = "freqpure-analysis/2"  # 2: settings.all nests the purifier (1: its keys flat)
+
+
+def analysis_in_current_form(data: dict[str, Any]) -> dict[str, Any]:
+    """An ``analysis.json`` dict of either format as format 2: ``settings.all`` with the purifier nested (the flat
+    keys of format 1 moved, as :class:`AnalyzeSettings` reads them) and ``mode: reference`` spelled ``official``
+    there and in ``settings.purifiers``. Anything else is left as it is; a dict without settings comes back."""
+    from freqpure.evaluation.demo_summary import nested_settings
+
+    settings = data.get("settings")
+    if not isinstance(settings, dict):
+        return data
+    settings = dict(settings)
+    if isinstance(settings.get("all"), dict):
+        settings["all"] = nested_settings(settings["all"], AnalyzeSettings.ALIASES)
+    if isinstance(settings.get("purifiers"), dict):
+        settings["purifiers"] = {name: nested_settings({"purifier": p})["purifier"] if isinstance(p, dict) else p
+                                 for name, p in settings["purifiers"].items()}
+    out = {**data, "settings": settings}
+    if "format" in data:
+        out["format"] = ANALYSIS_FORMAT
+    return out

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from freqpure._fileio import write_json_atomic, write_text_atomic
-from freqpure.config import PurifierConfig, build_purifier, config_diff, dump_yaml, to_dict
+from freqpure.config import PurifierConfig, build_purifier, config_diff, dump_yaml, spelled_before, to_dict
 from freqpure.errors import UsageError
 from freqpure.evaluation.clean_records import (
     CleanRecord,
@@ -55,6 +55,7 @@ from freqpure.passthrough import (
     mean_ci,
     passthrough_noise,
 )
+from freqpure.presets import current_value
 
 __all__ = ["CLEAN_ENVIRONMENT_KEYS", "CleanRecord", "CleanRunConfig", "CleanSummary",
            "SettingConfig", "VoteRecord", "check_clean_dir", "clean_batch_stream", "clean_outcomes",
@@ -131,10 +132,14 @@ class CleanRunConfig:
 
 def _upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config.yaml as today's code writes it: runs recorded before the purifier had a ``precision``
-    ran in fp32 (the only precision there was); before ``passthrough_noise`` they drew the pilot's way."""
+    ran in fp32 (the only precision there was); before ``passthrough_noise`` they drew the pilot's way; an old
+    spelling of a purifier value (``mode: reference``) reads in today's (``official``)."""
     purifier = (saved.get("setting") or {}).get("purifier")
     if isinstance(purifier, dict) and "precision" not in purifier:
         purifier["precision"] = "fp32"
+    if isinstance(purifier, dict):
+        for key, value in purifier.items():
+            purifier[key] = current_value(key, value)
     saved.setdefault("passthrough_noise", "batch-shared-v1")
     return saved
 
@@ -171,10 +176,15 @@ def check_clean_dir(folder: str | Path, cfg: CleanRunConfig, *, write: bool = Tr
 def _store(folder: Path, file: str, cfg: CleanRunConfig, *, device: str) -> SampleStore:
     """The store of ``folder/file`` for ``cfg``: new records get its fingerprints; records of the same numbers from
     any device or precision are accepted, and so are records without marks (written before clean runs had them:
-    they belong to the folder's config.yaml, which was checked)."""
+    they belong to the folder's config.yaml, which was checked), and records written when the setting was spelled
+    otherwise (``mode: reference``; :func:`~freqpure.config.spelled_before`)."""
     d = cfg.as_dict()
+    old = spelled_before(d, "setting.purifier")
+    legacy = set() if old is None else {config_fingerprint({**old, "device": device})}
+    legacy_numbers = set() if old is None else {numbers_fingerprint(old, CLEAN_ENVIRONMENT_KEYS)}
     return SampleStore(folder / file, fingerprint=config_fingerprint({**d, "device": device}),
-                       numbers=numbers_fingerprint(d, CLEAN_ENVIRONMENT_KEYS))
+                       numbers=numbers_fingerprint(d, CLEAN_ENVIRONMENT_KEYS), legacy=frozenset(legacy),
+                       legacy_numbers=frozenset(legacy_numbers))
 
 
 def summarise_clean(folder: Path, cfg: CleanRunConfig, indices: list[int],

@@ -19,6 +19,7 @@ import yaml
 from freqpure.errors import UsageError
 from freqpure.evaluation.results import Accuracy
 from freqpure.evaluation.store import SampleStore
+from freqpure.presets import current_value
 
 __all__ = ["CLEAN_SCHEMA_VERSION", "CleanRecord", "CleanSummary", "VoteRecord", "clean_outcomes",
            "read_clean_records", "read_clean_summary", "read_mapping_file"]
@@ -179,12 +180,19 @@ class CleanSummary:
                              f"({CLEAN_SCHEMA_VERSION}); upgrade freqpure")
         try:
             passthrough = {str(k): dict(v) for k, v in raw["passthrough"].items()}
-            return cls(str(raw["name"]), dict(raw["purifier"]), raw.get("effective"), str(raw["classifier"]),
-                       int(raw["n"]), Accuracy.from_dict(raw["clean"]), passthrough, float(raw["passthrough_eps"]),
+            return cls(str(raw["name"]), _current(raw["purifier"]), _current(raw.get("effective")),
+                       str(raw["classifier"]), int(raw["n"]), Accuracy.from_dict(raw["clean"]), passthrough,
+                       float(raw["passthrough_eps"]),
                        Accuracy.from_dict(raw["vote"]) if raw.get("vote") else None, raw.get("vote_k"), version)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise UsageError(f"{where} is not a clean run's summary ({type(err).__name__}: {err}); restore it or "
                              "move it aside (the study rewrites it from the records)") from None
+
+
+def _current(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Purifier settings (or their effective values) with old spellings in today's (``mode: reference`` was
+    ``official``): summaries written before the rename read like new ones."""
+    return None if settings is None else {k: current_value(k, v) for k, v in dict(settings).items()}
 
 
 def read_clean_summary(folder: str | Path) -> CleanSummary:

@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from freqpure._fileio import write_json_atomic
-from freqpure.config import PurifierConfig, nested_alias, preset
+from freqpure.config import PurifierConfig, preset
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
-from freqpure.evaluation.demo_summary import DemoSummary
+from freqpure.evaluation.demo_summary import FLAT_PURIFIER_KEYS, DemoSummary
 from freqpure.evaluation.results import Results, read_results
 from freqpure.formatting import DEFENCES, TITLES
 
@@ -67,9 +67,7 @@ class DemoSettings:
     steps: int | None = None  # deprecated: attack_steps
 
     # the purifier keys of older configs, once flat (radius: both radii at once)
-    ALIASES: ClassVar[dict[str, Any]] = {"rounds": nested_alias("purifier.rounds"),
-                                         "diffusion": nested_alias("purifier.diffusion"),
-                                         "radius": nested_alias("purifier.amp_radius", "purifier.phase_radius")}
+    ALIASES: ClassVar[dict[str, Any]] = FLAT_PURIFIER_KEYS
 
     def __post_init__(self) -> None:
         if self.purifier.method != "freqpure":

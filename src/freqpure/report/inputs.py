@@ -118,6 +118,9 @@ def _load_analysis(directory: Path) -> AnalysisData | None:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object at the top level")
+    from freqpure.evaluation.analyze import analysis_in_current_form
+
+    data = analysis_in_current_form(data)  # format 1 (flat purifier keys) reads as format 2
     plots: dict[str, bytes] = {}
     listed = data.get("plots") or {}
     if not isinstance(listed, dict):
