@@ -86,7 +86,8 @@ def sweep_attack(attack: AttackSettings, multiplier: float) -> AttackSettings:
 def sweep_store(out: Path, cfg: EvalConfig, m: int) -> SampleStore:
     """The records of multiplier number ``m``: ``sweep-{m}.jsonl``, with the fingerprints of ``samples.jsonl``."""
     base = run_store(out, cfg)
-    return SampleStore(out / f"sweep-{m}.jsonl", base.fingerprint, numbers=base.numbers, legacy=base.legacy)
+    return SampleStore(out / f"sweep-{m}.jsonl", base.fingerprint, numbers=base.numbers, legacy=base.legacy,
+                       legacy_numbers=base.legacy_numbers)
 
 
 def _sweep_batches(cfg: EvalConfig, n: int, batch_size: int) -> list[list[int]]:
