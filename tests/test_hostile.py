@@ -762,6 +762,8 @@ def test_evaluate_finalize_validates_every_record(tmp_path, capsys) -> None:
     for edit, words in [
         (lambda r: r.update(robust="false" if r["robust"] else "true"), "robust must be JSON true or false"),
         (lambda r: r.pop("config_sha256"), "config_sha256 is missing"),
+        # a line made to look like a schema-0 record among schema-1 ones still needs its fingerprint
+        (lambda r: (r.pop("config_sha256"), r.pop("schema_version")), "config_sha256 is missing"),
         (lambda r: r.update(clean_correct=not r["clean_correct"]), "clean_correct is"),
     ]:
         samples.write_text(good)

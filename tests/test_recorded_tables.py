@@ -31,7 +31,7 @@ import torch
 from freqpure.config import from_dict
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.records import Results, SampleRecord
-from freqpure.evaluation.results import read_results, read_sample_records, read_samples
+from freqpure.evaluation.results import read_results, read_samples
 from freqpure.evaluation.rundir import saved_config
 from freqpure.evaluation.store import without_environment
 
@@ -82,7 +82,6 @@ def _rebuild(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
     """Today's ``results.json``/``results.md`` of a copy of ``folder`` holding only its records, config and
     example parts, written by :func:`finalize_from_records`; returns the results and the copy."""
     import freqpure.evaluation.components as components
-    import freqpure.evaluation.runner as runner
     from freqpure.study.parts import finalize_from_records
 
     copy = tmp_path / folder.name
@@ -94,13 +93,7 @@ def _rebuild(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> t
         cfg = read_results(folder).eval_config()
     records = read_samples(copy)
     monkeypatch.setattr(components, "load_eval_data", lambda data_cfg: _RecordsData(records))
-    if not _fingerprinted(folder):
-        # Records of schema 0 (before records named their config, 2026-12-02) are read by every reader, but
-        # since a6f5b23 (#23) evaluate's finalize requires the fingerprint (it guards a run folder being
-        # *written*); summarising them is the same code with that one check off.
-        checked = runner.finalize.__globals__["checked_records"].__globals__
-        monkeypatch.setitem(checked, "read_sample_records",
-                            lambda path, **kw: read_sample_records(path, **{**kw, "require_fingerprint": False}))
+    # records of schema 0 (before records named their config, 2026-12-02) are summarised without a fingerprint
     return finalize_from_records(copy, cfg), copy
 
 
@@ -122,7 +115,7 @@ _NOT_FROM_RECORDS = {
     "noise_scheme": "compared below where the records name their scheme (schema 1); schema-0 records predate "
                     "the field and their results.json carry it from upgrade_results_v0",
 }
-_RUNTIME_DECISIONS = ("gradient_memory", "precision_choice")  # runner.runtime_decisions: the invocation's own
+_RUNTIME_DECISIONS = ("gradient_memory", "precision_choice")  # finalize.runtime_decisions: the invocation's own
 
 
 def test_the_recorded_run_folders_are_found():

@@ -90,7 +90,7 @@ def part_records(part: Path, cfg: EvalConfig) -> dict[int, SampleRecord]:
 
 
 def _environments(records: dict[int, SampleRecord], saved: dict[str, Any]) -> dict[str, int]:
-    from freqpure.evaluation.runner import record_environments
+    from freqpure.evaluation.finalize import record_environments
 
     return record_environments(list(records.values()), saved)
 
@@ -123,8 +123,9 @@ def finalize_from_records(part: Path, cfg: EvalConfig) -> Results:
     """Write ``results.json`` (and results.md, examples.npz) of a part whose every record exists, computing
     nothing: the sanity checks' eps sweep is marked not run. Refuses a part with missing records."""
     from freqpure.evaluation.components import load_eval_data
+    from freqpure.evaluation.finalize import finalize
     from freqpure.evaluation.lock import RunLock
-    from freqpure.evaluation.runner import finalize, undefended_keys
+    from freqpure.evaluation.runner import undefended_keys
 
     lock = RunLock(part).acquire()  # not while another process runs the part
     try:
