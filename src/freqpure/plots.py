@@ -16,7 +16,7 @@ from typing import Any
 from freqpure.errors import DependencyError, UsageError
 
 __all__ = ["damage_plot", "ratio_plot", "CASE_STYLE", "GridColumn", "grid_columns", "make_grid", "accuracy_plot",
-           "CORRECT_COLOUR", "WRONG_COLOUR"]
+           "CORRECT_COLOUR", "WRONG_COLOUR", "new_figure"]
 
 # Colour and label per case name; unknown cases get matplotlib's colour cycle.
 CASE_STYLE: dict[str, tuple[str, str]] = {
@@ -33,7 +33,8 @@ _YLABEL = {
 }
 
 
-def _figure(width: float = 7.0, height: float = 4.2):
+def new_figure(width: float = 7.0, height: float = 4.2):
+    """A matplotlib ``(Figure, Axes)`` of ``width`` x ``height`` inches in the house style (no pyplot state)."""
     try:
         from matplotlib.figure import Figure
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -72,7 +73,7 @@ def damage_plot(
     """
     if quantity not in _YLABEL:
         raise UsageError(f"quantity must be 'amplitude' or 'phase', got {quantity!r}")
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ci = summary.get("ci", {})
     level = ci.get("level", 0.95)
     _shade_low(ax, radius, f"FreqPure exchange disc (r <= {radius:g})" if radius is not None else "")
@@ -104,7 +105,7 @@ def damage_plot(
 def ratio_plot(summary: Mapping[str, Any], key: str, path: str | Path, *, title: str | None = None) -> Path:
     """Per-band ratio of mean damage (e.g. ``"freqpure/diffpure"``) in the low bands, with CI bars."""
     entry = summary["ratios"][key]
-    fig, ax = _figure(6.0, 3.8)
+    fig, ax = new_figure(6.0, 3.8)
     width = 0.38
     for j, (quantity, colour) in enumerate((("amplitude", "#2ca02c"), ("phase", "#ff7f0e"))):
         stats = entry.get(quantity)
@@ -194,7 +195,7 @@ def make_grid(examples: Mapping[str, str | Path | Mapping[str, Any]], path: str 
     ex0 = dict(np.load(first)) if isinstance(first, str | Path) else dict(first)
     names = [str(c) for c in ex0["class_names"]] if "class_names" in ex0 else None
     truth = [names[int(v)] if names else str(int(v)) for v in ex0["labels"][:k]]
-    fig, _ = _figure(1.05 * len(cols) + 0.9, 1.08 * k + 0.9)
+    fig, _ = new_figure(1.05 * len(cols) + 0.9, 1.08 * k + 0.9)
     fig.clf()
     gs = fig.add_gridspec(k, len(cols))
     for c, col in enumerate(cols):
@@ -227,7 +228,7 @@ def make_grid(examples: Mapping[str, str | Path | Mapping[str, Any]], path: str 
 
 def accuracy_plot(rows: list[tuple[str, str, float, float, float]], path: str | Path) -> Path:
     """Horizontal bars of accuracy with 95% intervals; ``rows``: ``(group, metric, accuracy, lo, hi)`` in [0, 1]."""
-    fig, ax = _figure(6.4, 0.42 * len(rows) + 1.0)
+    fig, ax = new_figure(6.4, 0.42 * len(rows) + 1.0)
     colours = {"clean": "#7f8c99", "robust": "#1f77b4"}
     labels = []
     for i, (group, metric, acc, lo, hi) in enumerate(rows):

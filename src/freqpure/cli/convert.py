@@ -18,8 +18,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from freqpure.models._archs import ARCHS
-    from freqpure.models._specs import PUBLISHED
+    from freqpure.models.registry import ARCHS, PUBLISHED
 
     p = subparsers.add_parser(
         "convert",

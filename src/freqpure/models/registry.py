@@ -45,7 +45,9 @@ from freqpure.models.checkpoint import (
 )
 
 __all__ = [
+    "ARCHS",
     "FORMAT_VERSION",
+    "PUBLISHED",
     "UnknownModelError",
     "build_network",
     "extract_state_dict",

@@ -203,9 +203,9 @@ def clean_vs_robust_plot(points: list[dict[str, Any]], path: str | Path) -> Path
     colour = DiffPure / FreqPure paper / FreqPure official). ``None`` when there is no point yet."""
     if not points:
         return None
-    from freqpure.plots import _figure
+    from freqpure.plots import new_figure
 
-    fig, ax = _figure(8.5, 5.5)
+    fig, ax = new_figure(8.5, 5.5)
     colours = {"diffpure": "#1f77b4", "freqpure/paper": "#2ca02c", "freqpure/official": "#d62728"}
     markers = "osD^v<>"
     stages = list(dict.fromkeys(p["stage"] for p in points))
