@@ -18,12 +18,11 @@ from freqpure.evaluation.clean import (
     CleanRunConfig,
     SettingConfig,
     check_clean_dir,
-    clean_batch_stream,
     read_clean_records,
     read_clean_summary,
     run_clean,
-    vote_batch_stream,
 )
+from freqpure.noise import clean_batch_stream, vote_batch_stream
 from freqpure.study import StudyConfig, load_study_config, run_study, stage_markdown
 from helpers import model_name, one_thread, same_machine
 

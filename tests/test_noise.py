@@ -172,3 +172,50 @@ def test_image_streams_are_addressed_by_image_not_batch() -> None:
     assert run_stream("batch-v1", 5, 99, [7], Purpose.JUDGE, 2, scheme=COUNTER_SCHEME) == \
         batch_stream(5, 99, Purpose.JUDGE, 2, scheme=COUNTER_SCHEME)
     assert {s.full_path[1] for s in roots.leaves}.isdisjoint({int(Scope.BATCH), int(Scope.SWEEP)})
+
+
+def test_the_named_streams_outside_an_evaluation_keep_the_paths_the_code_used_inline() -> None:
+    """Each named stream of freqpure.noise has the literal path (or seeded generator) its caller derived inline
+    before it was named, and draws the same numbers: the clean, vote and passthrough streams (evaluation/clean.py,
+    passthrough.py), the frequency analysis' (evaluation/analyze.py), the purified data's (purified_data.py) and
+    AutoAttack's children (attacks/autoattack.py, the runner's pool)."""
+    from freqpure import noise
+    from freqpure.passthrough import passthrough_noise
+
+    like = torch.empty(2, 3, 4, 4, dtype=torch.float64)
+    literal = {  # named stream -> what the code wrote before
+        noise.clean_batch_stream(9, 4): StepNoise(9).child(4),
+        noise.vote_batch_stream(9, 4): StepNoise(9).child(10_000 + 4),
+        noise.passthrough_stream(9, 17): StepNoise(9).child(7_000_000).child(17),
+        noise.analysis_batch_stream(9, 4): StepNoise(9).child(4),
+        noise.analysis_attack_stream(9, 4): StepNoise(9 + 4),
+        noise.purify_chunk_stream(9, 4): StepNoise(9).child(4),
+    }
+    for named, inline in literal.items():
+        assert named.full_path == inline.full_path and named.scheme == inline.scheme
+        assert torch.equal(named(3, like), inline(3, like))
+    assert noise.passthrough_stream(9, 17).full_path == (9, 7_000_000, 17) and noise.PASSTHROUGH_SALT == 7_000_000
+    assert noise.vote_batch_stream(9, 4).full_path == (9, 10_004)
+    assert noise.analysis_attack_stream(9, 4).full_path == (13,)
+    one = torch.empty(1, 3, 4, 4, dtype=torch.float64)  # the passthrough draw, row by row as before
+    assert torch.equal(passthrough_noise([5, 17], like, 2, 9),
+                       torch.cat([StepNoise(9).child(7_000_000).child(i)(2, one) for i in (5, 17)]))
+
+    generators = {  # named generator -> the inline one
+        noise.pilot_passthrough_generator(9): torch.Generator().manual_seed(9),
+        noise.analysis_start_generator(9, 4): torch.Generator().manual_seed(9 + 4),
+    }
+    for named, inline in generators.items():
+        assert named.device.type == "cpu" and named.initial_seed() == inline.initial_seed()
+        assert torch.equal(torch.randn(5, generator=named, dtype=torch.float64),
+                           torch.randn(5, generator=inline, dtype=torch.float64))
+
+    root = batch_stream(3, 2, Purpose.ATTACK, 1)
+    start = batch_stream(3, 2, Purpose.START, 1)
+    pool = batch_stream(3, 2, Purpose.POOL, 1)
+    assert noise.autoattack_model_stream(root) == root.child(0)
+    assert noise.autoattack_probe_stream(root) == root.child(1)
+    assert noise.autoattack_seed(start) == start.int_seed(31)
+    assert noise.autoattack_stage_seed(noise.autoattack_seed(start), 2) == int(start.int_seed(31)) + 2
+    assert noise.pool_stream(pool, 2) == pool.child(2)
+    assert torch.equal(noise.pool_stream(pool, 2)(0, like), pool.child(2)(0, like))

@@ -16,17 +16,17 @@ import math
 import torch
 from torch import Tensor
 
-from freqpure.noise import StepNoise
+from freqpure.noise import PASSTHROUGH_SALT, passthrough_stream
 from freqpure.spectral import radial_mask
 
 __all__ = ["PASSTHROUGH_NOISE", "PASSTHROUGH_SALT", "band_labels", "band_limit", "band_limited_noise", "band_masks",
            "band_passthrough", "mean_ci", "passthrough_noise"]
 
 # How the passthrough perturbation is drawn: "per-image-v2", one draw per test image from its own stream
-# (path: seed, PASSTHROUGH_SALT, test index, band); "batch-shared-v1", the pilot's (one generator seeded with the
-# root seed for every batch, so every batch got the same perturbations: kept only to read and resume the pilot).
+# (freqpure.noise.passthrough_stream: path seed, PASSTHROUGH_SALT, test index; step: the band); "batch-shared-v1",
+# the pilot's (one generator seeded with the root seed for every batch, so every batch got the same perturbations:
+# kept only to read and resume the pilot; freqpure.noise.pilot_passthrough_generator).
 PASSTHROUGH_NOISE = ("per-image-v2", "batch-shared-v1")
-PASSTHROUGH_SALT = 7_000_000
 
 
 def band_masks(height: int, width: int, edges: list[float], device: torch.device | str = "cpu") -> Tensor:
@@ -61,9 +61,8 @@ def passthrough_noise(indices: list[int], like: Tensor, band: int, seed: int) ->
     ``band`` (scheme ``per-image-v2``): row ``i`` comes from test image ``indices[i]``'s own stream, so every
     image gets its own draw whatever its batch or position."""
     shape = (len(indices), *like.shape[1:])
-    stream = StepNoise(seed).child(PASSTHROUGH_SALT)
     one = torch.empty((1, *like.shape[1:]), dtype=torch.float64)
-    return torch.cat([stream.child(int(i))(band, one) for i in indices]).reshape(shape)
+    return torch.cat([passthrough_stream(seed, i)(band, one) for i in indices]).reshape(shape)
 
 
 def band_passthrough(delta: Tensor, response: Tensor, mask: Tensor) -> Tensor:

@@ -5,8 +5,8 @@ t* = 100 and 5 reverse DDPM steps) with a bundled or given diffusion model over 
 stores the result, quantised to uint8, in a safetensors file: ``images`` ``[N, 32, 32, 3]`` uint8 (same
 layout and order as :func:`freqpure.data.load_cifar10`), ``labels`` ``[N]`` int64, and metadata naming the diffusion
 weights (with their SHA-256), the settings and the seed. Image ``i`` of chunk ``c`` is purified with
-``StepNoise(seed).child(c)``, so the file is reproducible and the job resumes chunk-exactly from
-``<out>.partial`` after a kill. :func:`load_purified` checks a file against the split it claims to
+:func:`~freqpure.noise.purify_chunk_stream` (path ``(seed, c)``), so the file is reproducible and the job resumes
+chunk-exactly from ``<out>.partial`` after a kill. :func:`load_purified` checks a file against the split it claims to
 copy, so a classifier is never trained on misaligned pairs.
 
 The settings recorded in a file (its ``config`` metadata, compared on resume) are :meth:`PurifySplitConfig.record`:
@@ -33,6 +33,7 @@ from freqpure.config import PurifierConfig, from_dict, nested_alias, to_dict, wi
 from freqpure.data import load_cifar10
 from freqpure.errors import NotFoundError, UsageError
 from freqpure.models.checkpoint import CheckpointError, read_safetensors, sha256_of, write_safetensors
+from freqpure.noise import purify_chunk_stream
 
 __all__ = ["PurifySplitConfig", "purify_split", "load_purified"]
 
@@ -202,7 +203,6 @@ def _purify_split(config: PurifySplitConfig, out: Path, *, data_dir: str | None,
                   save_every: int) -> Path:
     """:func:`purify_split` once the output is checked and locked."""
     from freqpure.config import build_purifier
-    from freqpure.samplers import StepNoise
 
     config = config.resolved()  # precision auto -> fp32 | bf16, as recorded
 
@@ -238,7 +238,7 @@ def _purify_split(config: PurifySplitConfig, out: Path, *, data_dir: str | None,
             lo, hi = c * config.chunk, min(n, (c + 1) * config.chunk)
             x = torch.from_numpy(x_u8[lo:hi].transpose(0, 3, 1, 2).copy()).float().div_(255)
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                purified = purifier(x, StepNoise(config.seed).child(c)).float()
+                purified = purifier(x, purify_chunk_stream(config.seed, c)).float()
             q = purified.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             images[lo:hi] = q
             done = hi

@@ -45,6 +45,7 @@ from freqpure.attacks.registry import AttackContext, AttackResult, Judge, regist
 from freqpure.attacks.settings import AttackSettings
 from freqpure.attacks.types import Norm, eps_text, parse_enum
 from freqpure.errors import DependencyError, UsageError
+from freqpure.noise import autoattack_model_stream, autoattack_probe_stream, autoattack_seed, autoattack_stage_seed
 
 __all__ = ["run_autoattack", "AutoAttackAttack", "AutoAttackSettings", "AUTOATTACK_VERSIONS", "PYAUTOATTACK_VERSION"]
 
@@ -143,7 +144,7 @@ def _judged(adversary, x: Tensor, y: Tensor, judge: Judge) -> Tensor:
         # APGD's random start draws from torch's global generator and, with best_loss=True, does not seed
         # it: seed it from the attack's seed (replayable), and restore the caller's state afterwards.
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(adversary.get_seed()) + stage)
+            torch.manual_seed(autoattack_stage_seed(adversary.get_seed(), stage))
             adv = _run_one(adversary, name, x[pool], y[pool]).detach()
         x_adv[pool] = adv  # still-robust points carry the latest attack's image
         correct = judge(adv, y[pool], stage).to(torch.bool)
@@ -207,11 +208,11 @@ class AutoAttackAttack:
         nan = torch.full((ctx.x.shape[0],), float("nan"), device=ctx.x.device)
         grad_norm = nan
         if probe is not None and ctx.check_gradients:
-            oracle = EOTGradient(probe, eot=1, loss=cfg.loss, seed=ctx.noise.child(1))
+            oracle = EOTGradient(probe, eot=1, loss=cfg.loss, seed=autoattack_probe_stream(ctx.noise))
             grad_norm = oracle(ctx.x, ctx.y)[1].flatten(1).norm(dim=1)
-        target = SeededModel(aa_model, ctx.noise.child(0)) if probe is not None else aa_model
+        target = SeededModel(aa_model, autoattack_model_stream(ctx.noise)) if probe is not None else aa_model
         x_adv = run_autoattack(target, ctx.x, ctx.y, norm=cfg.norm, eps=cfg.eps, version=cfg.version,
-                               seed=ctx.start.int_seed(31), eot_iter=1 if cfg.version == "rand" else None,
+                               seed=autoattack_seed(ctx.start), eot_iter=1 if cfg.version == "rand" else None,
                                judge=ctx.judge if probe is not None else None, n_iter=cfg.autoattack_iters)
         return AttackResult(x_adv, nan, grad_norm)
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from freqpure.analysis import BandDamage, RadialBands, band_damage, summarise_cases
 from freqpure.config import PurifierConfig, nested_alias
 from freqpure.errors import UsageError
-from freqpure.samplers import StepNoise
+from freqpure.noise import analysis_attack_stream, analysis_batch_stream, analysis_start_generator
 
 __all__ = [
     "ANALYSIS_FORMAT",
@@ -75,8 +75,8 @@ def pgd_attack(
     model = AttackModel(classifier)
 
     def attack(x: Tensor, y: Tensor, batch_index: int) -> Tensor:
-        oracle = EOTGradient(model, eot=1, loss="ce", seed=seed + batch_index)
-        gen = torch.Generator().manual_seed(seed + batch_index)  # pgd draws its random start on the CPU
+        oracle = EOTGradient(model, eot=1, loss="ce", seed=analysis_attack_stream(seed, batch_index))
+        gen = analysis_start_generator(seed, batch_index)  # pgd draws its random start on the CPU
         result = pgd(oracle, x, y, norm="linf", eps=eps, steps=steps, step_size=step_size,
                      random_init=random_start, keep="best", generator=gen)
         return result.x_adv.detach()
@@ -124,7 +124,7 @@ def measure(
 ) -> Measurement:
     """Attack, purify and measure band damage on ``x`` ``[n, C, H, W]`` in [0, 1] with labels ``y`` ``[n]``.
 
-    Every purifier gets the same noise for the same batch (``StepNoise(seed).child(batch_index)``),
+    Every purifier gets the same noise for the same batch (:func:`~freqpure.noise.analysis_batch_stream`),
     so their differences are paired. With ``include_clean`` the purifiers also run on the clean
     images (cases ``clean_<name>``: what purification alone does to the spectrum).
     """
@@ -152,7 +152,7 @@ def measure(
         t0 = time.perf_counter()
         with torch.no_grad():
             for name, purifier in purifiers.items():
-                noise = StepNoise(seed).child(b)
+                noise = analysis_batch_stream(seed, b)
                 images[name] = purifier(adv, noise=noise)
                 if include_clean:
                     images[f"clean_{name}"] = purifier(xb, noise=noise)

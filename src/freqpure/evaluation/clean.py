@@ -18,9 +18,9 @@ Layout of a clean run folder (the study's ``OUT/STAGE/SETTING``; unchanged since
     vote.jsonl       one VoteRecord per image (settings with ``vote``)
     summary.json     CleanSummary: accuracies with Wilson intervals, passthrough means with intervals
 
-Noise (scheme ``blake2b-philox-v2``): clean batch ``b`` purifies with :func:`clean_batch_stream`, vote batch
-``b`` with :func:`vote_batch_stream`, the same for every setting of a stage, so two settings are paired on
-images *and* noise.
+Noise (scheme ``blake2b-philox-v2``): clean batch ``b`` purifies with :func:`freqpure.noise.clean_batch_stream`,
+vote batch ``b`` with :func:`freqpure.noise.vote_batch_stream`, the same for every setting of a stage, so two
+settings are paired on images *and* noise.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from freqpure.evaluation.clean_records import (
 from freqpure.evaluation.lock import RunLock
 from freqpure.evaluation.results import Accuracy
 from freqpure.evaluation.store import SampleStore, config_fingerprint, numbers_fingerprint, without_environment
-from freqpure.noise import StepNoise
+from freqpure.noise import StepNoise, clean_batch_stream, pilot_passthrough_generator, vote_batch_stream
 from freqpure.passthrough import (
     band_labels,
     band_limit,
@@ -58,27 +58,12 @@ from freqpure.passthrough import (
 from freqpure.presets import current_value
 
 __all__ = ["CLEAN_ENVIRONMENT_KEYS", "CleanRecord", "CleanRunConfig", "CleanSummary",
-           "SettingConfig", "VoteRecord", "check_clean_dir", "clean_batch_stream", "clean_outcomes",
-           "read_clean_records", "read_clean_summary", "read_mapping_file", "run_clean", "summarise_clean",
-           "vote_batch_stream"]
+           "SettingConfig", "VoteRecord", "check_clean_dir", "clean_outcomes", "read_clean_records",
+           "read_clean_summary", "read_mapping_file", "run_clean", "summarise_clean"]
 
 # What a clean run may change between invocations without changing its numbers (each record names its own).
 CLEAN_ENVIRONMENT_KEYS = ("device", "setting.purifier.precision")
 CLEAN_FILES = ("samples.jsonl", "vote.jsonl", "summary.json")
-VOTE_STREAM_OFFSET = 10_000  # vote batch b draws from child 10_000 + b (clean batches: child b; b < 10_000)
-
-
-def clean_batch_stream(seed: int, batch: int) -> StepNoise:
-    """The purification noise of clean batch ``batch`` (path ``(seed, batch)``)."""
-    return StepNoise(seed).child(batch)
-
-
-def vote_batch_stream(seed: int, batch: int) -> StepNoise:
-    """The ensemble noise of vote batch ``batch`` (path ``(seed, 10_000 + batch)``)."""
-    if not 0 <= batch < VOTE_STREAM_OFFSET:
-        raise UsageError(f"vote batch {batch} is outside [0, {VOTE_STREAM_OFFSET}): its stream would collide with "
-                         "a clean batch's")
-    return StepNoise(seed).child(VOTE_STREAM_OFFSET + batch)
 
 
 @dataclass
@@ -219,7 +204,7 @@ def _passthrough_batch(purifier: Any, x: torch.Tensor, clean_purified: torch.Ten
     labels = band_labels(list(cfg.bands))
     xs = x[measured]
     # the pilot's draw (kept to resume it): a generator seeded with the root seed, the same for every batch
-    legacy = (torch.Generator().manual_seed(cfg.seed)
+    legacy = (pilot_passthrough_generator(cfg.seed)
               if cfg.passthrough_noise == "batch-shared-v1" else None)
     out: dict[str, list[float]] = {}
     for k, label in enumerate(labels):

@@ -23,6 +23,7 @@ from freqpure.evaluation.schema import (
     upgrade_sample_v0,
     validate_sample,
 )
+from freqpure.formatting import interval, percent
 
 __all__ = ["wilson_interval", "accuracy", "Accuracy", "AttackOutcome", "SampleRecord", "Timings", "Results",
            "upgrade_results_v0", "read_sample_records"]
@@ -82,8 +83,7 @@ class Accuracy:
 
     def percent(self) -> str:
         """``"84.6% [81.2, 87.4]"``."""
-        lo, hi = self.ci95
-        return f"{100 * self.accuracy:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return f"{percent(self.accuracy)} {interval(self.ci95)}"
 
 
 def accuracy(flags: list[bool]) -> dict[str, Any]:

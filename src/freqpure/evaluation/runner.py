@@ -48,7 +48,7 @@ from freqpure.evaluation.results import (
 from freqpure.evaluation.rundir import discard_unused_run_dir, prepare_run_dir, run_store
 from freqpure.evaluation.sanity import run_sweep
 from freqpure.evaluation.store import SampleStore
-from freqpure.noise import NoiseSource, Purpose, run_stream, start_generator
+from freqpure.noise import NoiseSource, Purpose, pool_stream, run_stream, start_generator
 from freqpure.samplers import NOISE_SCHEME
 
 __all__ = ["evaluate", "prepare_run_dir"]
@@ -113,7 +113,7 @@ class BatchRunner:
             pool = stream(Purpose.POOL)
 
             def judge(xa: Tensor, ya: Tensor, stage: int) -> Tensor:
-                return self.defence.predict(xa, pool.child(stage)) == ya
+                return self.defence.predict(xa, pool_stream(pool, stage)) == ya
 
         ctx = AttackContext(x, y, noise=stream(Purpose.ATTACK), start=stream(Purpose.START), judge=judge,
                             check_gradients=self.cfg.sanity.enabled and self.cfg.sanity.gradients)

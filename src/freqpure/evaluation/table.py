@@ -22,6 +22,7 @@ from typing import Any
 from freqpure.attacks import default_step_size
 from freqpure.errors import UsageError
 from freqpure.evaluation.results import Accuracy, Results, read_run
+from freqpure.formatting import percent_cell
 
 __all__ = ["load_results", "defence_settings", "attack_settings", "attack_key", "render_table", "Column",
            "table_columns"]
@@ -170,10 +171,8 @@ def table_columns(results_list: list[Results]) -> tuple[list[Column], list[dict[
 
 
 def _cell(entry: Accuracy | None) -> str:
-    if entry is None:
-        return ""
-    lo, hi = entry.ci95
-    return f"{100 * entry.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    """``84.6 [81.2, 87.4]`` (:func:`~freqpure.formatting.percent_cell`); empty where the run has no such entry."""
+    return "" if entry is None else percent_cell(entry.accuracy, entry.ci95)
 
 
 def _minutes(seconds: float | None) -> str:

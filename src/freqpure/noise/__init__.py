@@ -8,8 +8,9 @@
   the samplers, purifiers and attacks take.
 * :mod:`freqpure.noise.addressing`: which stream each draw of an evaluation comes from: :class:`Purpose`,
   :class:`Scope`, the addressings ``batch-v1`` (:func:`batch_stream`) and ``image-v1`` (:func:`image_streams`,
-  numbers independent of the batch size), and the named children (:func:`eot_draws`, :func:`ensemble_streams`,
-  :func:`start_generator`, the study's clean and vote streams).
+  numbers independent of the batch size), the named children (:func:`eot_draws`, :func:`ensemble_streams`,
+  :func:`start_generator`, :func:`pool_stream`, AutoAttack's) and the named streams of the runs outside an
+  evaluation (the study's clean, vote and passthrough streams, the frequency analysis', the purified data's).
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from freqpure.noise.addressing import (
     BATCH_ADDRESSING,
     IMAGE_ADDRESSING,
     NOISE_ADDRESSINGS,
+    PASSTHROUGH_SALT,
     VOTE_STREAM_OFFSET,
     Purpose,
     RowRandom,
     Scope,
+    analysis_attack_stream,
+    analysis_batch_stream,
+    analysis_start_generator,
+    autoattack_model_stream,
+    autoattack_probe_stream,
+    autoattack_seed,
+    autoattack_stage_seed,
     batch_stream,
     call_stream,
     check_noise_addressing,
@@ -29,6 +38,10 @@ from freqpure.noise.addressing import (
     ensemble_streams,
     eot_draws,
     image_streams,
+    passthrough_stream,
+    pilot_passthrough_generator,
+    pool_stream,
+    purify_chunk_stream,
     run_stream,
     start_generator,
     vote_batch_stream,
@@ -55,5 +68,8 @@ __all__ = [
     "philox4x32", "counter_normals", "counter_uniforms", "identity_words",
     "Purpose", "Scope", "BATCH_ADDRESSING", "IMAGE_ADDRESSING", "NOISE_ADDRESSINGS", "check_noise_addressing",
     "batch_stream", "image_streams", "run_stream", "RowRandom", "start_generator", "eot_draws", "call_stream",
-    "ensemble_streams", "clean_batch_stream", "vote_batch_stream", "VOTE_STREAM_OFFSET",
+    "ensemble_streams", "pool_stream", "autoattack_model_stream", "autoattack_probe_stream", "autoattack_seed",
+    "autoattack_stage_seed", "clean_batch_stream", "vote_batch_stream", "VOTE_STREAM_OFFSET",
+    "PASSTHROUGH_SALT", "passthrough_stream", "pilot_passthrough_generator", "analysis_batch_stream",
+    "analysis_attack_stream", "analysis_start_generator", "purify_chunk_stream",
 ]

@@ -15,8 +15,15 @@ judgement, an attack's EOT draws, its random starts, ...). Two addressings, reco
   would hash and fill every row separately at every step).
 
 Below a root, consumers derive children with the named functions here (:func:`eot_draws`,
-:func:`call_stream`, :func:`ensemble_streams`, :func:`start_generator`), so that a path means the same
-under either addressing; the study's clean runs draw from :func:`clean_batch_stream` and :func:`vote_batch_stream`.
+:func:`call_stream`, :func:`ensemble_streams`, :func:`start_generator`, :func:`pool_stream` and AutoAttack's
+:func:`autoattack_model_stream`, :func:`autoattack_probe_stream`, :func:`autoattack_seed`,
+:func:`autoattack_stage_seed`), so that a path means the same under either addressing.
+
+The runs outside an evaluation draw from named streams too, each at the path it has always had (recorded
+numbers): the study's clean runs (:func:`clean_batch_stream`, :func:`vote_batch_stream`), their passthrough
+perturbations (:func:`passthrough_stream`, the pilot's :func:`pilot_passthrough_generator`), the frequency
+analysis (:func:`analysis_batch_stream`, :func:`analysis_attack_stream`, :func:`analysis_start_generator`) and
+the purified copies of a data set (:func:`purify_chunk_stream`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from freqpure.errors import UsageError
@@ -35,7 +43,10 @@ from freqpure.noise.streams import DrawNoise, NoiseSource, StepNoise, make_noise
 
 __all__ = ["Purpose", "Scope", "BATCH_ADDRESSING", "IMAGE_ADDRESSING", "NOISE_ADDRESSINGS", "check_noise_addressing",
            "batch_stream", "image_streams", "run_stream", "RowRandom", "start_generator", "eot_draws", "call_stream",
-           "ensemble_streams", "clean_batch_stream", "vote_batch_stream", "VOTE_STREAM_OFFSET"]
+           "ensemble_streams", "pool_stream", "autoattack_model_stream", "autoattack_probe_stream", "autoattack_seed",
+           "autoattack_stage_seed", "clean_batch_stream", "vote_batch_stream", "VOTE_STREAM_OFFSET",
+           "PASSTHROUGH_SALT", "passthrough_stream", "pilot_passthrough_generator", "analysis_batch_stream",
+           "analysis_attack_stream", "analysis_start_generator", "purify_chunk_stream"]
 
 BATCH_ADDRESSING = "batch-v1"
 IMAGE_ADDRESSING = "image-v1"
@@ -167,6 +178,35 @@ def ensemble_streams(noise: NoiseSource, n: int, ensemble: int) -> list:
     return [s.child(e) for e in range(ensemble) for s in per_image]
 
 
+def pool_stream(pool: NoiseSource, stage: int) -> NoiseSource:
+    """The defence's verdicts on AutoAttack's pool after attack number ``stage``: ``pool.child(stage)`` (``pool``:
+    the batch's :attr:`Purpose.POOL` root)."""
+    return pool.child(int(stage))
+
+
+def autoattack_model_stream(noise: NoiseSource) -> NoiseSource:
+    """The root of AutoAttack's model calls (call ``i``: :func:`call_stream` ``i`` of it): ``noise.child(0)``
+    (``noise``: the attack's :attr:`Purpose.ATTACK` root)."""
+    return noise.child(0)
+
+
+def autoattack_probe_stream(noise: NoiseSource) -> NoiseSource:
+    """The root of AutoAttack's first-gradient probe (the sanity check's gradient norm): ``noise.child(1)``
+    (``noise``: the attack's :attr:`Purpose.ATTACK` root)."""
+    return noise.child(1)
+
+
+def autoattack_seed(start: NoiseSource) -> int:
+    """AutoAttack's own (31-bit) seed: ``start.int_seed(31)`` of the attack's :attr:`Purpose.START` root."""
+    return start.int_seed(31)
+
+
+def autoattack_stage_seed(seed: int, stage: int) -> int:
+    """The seed of torch's global generator while AutoAttack runs attack number ``stage`` (APGD draws its random
+    start from it): ``seed + stage``, ``seed`` AutoAttack's own (:func:`autoattack_seed`)."""
+    return int(seed) + int(stage)
+
+
 # The study's clean runs (blake2b-philox-v2, recorded): batch b of the clean subset draws from path (seed, b),
 # the vote from (seed, VOTE_STREAM_OFFSET + b). The offset is recorded history, not a separation: clean batch
 # 10_000 + b would share vote batch b's stream, so vote batches are kept below the offset (and clean subsets
@@ -185,3 +225,43 @@ def vote_batch_stream(seed: int, batch: int) -> StepNoise:
         raise UsageError(f"vote batch {batch} is outside [0, {VOTE_STREAM_OFFSET}): its stream would collide with "
                          "a clean batch's")
     return StepNoise(seed).child(VOTE_STREAM_OFFSET + int(batch))
+
+
+# The passthrough perturbation, scheme per-image-v2 (recorded): image i's band k draws from path
+# (seed, PASSTHROUGH_SALT, i) at step k.
+PASSTHROUGH_SALT = 7_000_000
+
+
+def passthrough_stream(seed: int, image: int) -> StepNoise:
+    """The passthrough perturbations of test image ``image`` (band ``k``: step ``k``): path
+    ``(seed, PASSTHROUGH_SALT, image)``."""
+    return StepNoise(seed).child(PASSTHROUGH_SALT).child(int(image))
+
+
+def pilot_passthrough_generator(seed: int) -> torch.Generator:
+    """The pilot's passthrough perturbations (``batch-shared-v1``, kept to read and resume it): a CPU
+    ``torch.Generator`` seeded with the root ``seed``, the same for every batch."""
+    return torch.Generator().manual_seed(int(seed))
+
+
+def analysis_batch_stream(seed: int, batch: int) -> StepNoise:
+    """The purification noise of the frequency analysis' batch ``batch``, the same for every purifier (paired):
+    path ``(seed, batch)``."""
+    return StepNoise(seed).child(int(batch))
+
+
+def analysis_attack_stream(seed: int, batch: int) -> StepNoise:
+    """The noise root of the frequency analysis' PGD on batch ``batch`` (the bare classifier draws none): the
+    root of seed ``seed + batch``, ``StepNoise(seed + batch)`` (path ``()``)."""
+    return StepNoise(int(seed) + int(batch))
+
+
+def analysis_start_generator(seed: int, batch: int) -> torch.Generator:
+    """The random start of the frequency analysis' PGD on batch ``batch``: a CPU ``torch.Generator`` seeded
+    with ``seed + batch``."""
+    return torch.Generator().manual_seed(int(seed) + int(batch))
+
+
+def purify_chunk_stream(seed: int, chunk: int) -> StepNoise:
+    """The purification noise of chunk ``chunk`` of a purified copy of a data set: path ``(seed, chunk)``."""
+    return StepNoise(seed).child(int(chunk))

@@ -13,6 +13,7 @@ from freqpure.evaluation.clean import clean_outcomes, read_clean_summary, read_m
 from freqpure.evaluation.paired import PairedRow, compare_samples, pair_outcomes
 from freqpure.evaluation.results import Accuracy
 from freqpure.evaluation.rundir import saved_config
+from freqpure.formatting import percent_cell
 from freqpure.passthrough import band_labels
 from freqpure.study.config import StageConfig, StudyConfig
 
@@ -23,8 +24,7 @@ def _accuracy_cell(entry: Accuracy | dict[str, Any] | None) -> str:
         entry = Accuracy.from_dict(entry) if entry.get("n") else None
     if entry is None or not entry.n:
         return "—"
-    lo, hi = entry.ci95
-    return f"{100 * entry.accuracy:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return percent_cell(entry.accuracy, entry.ci95)
 
 
 def _ptext(row: PairedRow | None) -> str:
