@@ -137,7 +137,7 @@ def test_out_of_range_input_can_be_clamped_on_request(eps_model, images):
         (dict(delta=float("nan")), "delta must be a finite number"),
         (dict(reference="clean"), "reference must be 'input' or 'denoised'"),
         (dict(mode="fast"), "mode must be 'paper' or 'official'"),
-        (dict(sampler="euler"), "sampler must be 'ddpm', 'ddim' or 'sde'"),
+        (dict(sampler="euler"), "sampler must be one of ddpm, ddim, sde"),
         (dict(t_star=1200), "t_star must be in 1..1000"),
         (dict(t_star=10, steps=20), "steps must be in 1..t_star"),
         (dict(rounds="20-5"), "cannot parse round"),

@@ -20,17 +20,27 @@ as they are; the settings a run really uses are named by a preset:
 
 A preset sets only the keys it names; everything else keeps its default, and explicit settings given after
 it win (``purify --preset bundled-table --method diffpure``).
+
+The valid values of each setting (:data:`METHODS`, :data:`SAMPLERS`, :data:`VARIANTS`, :data:`VARIANT_CHOICES`) and
+the one check of each (:func:`check_choice`, :func:`check_distance`, :func:`check_flag`, :func:`check_step_index`,
+:func:`check_rounds`, :func:`check_variant_keys`) live here too: :class:`freqpure.config.PurifierConfig` and the
+constructors of :mod:`freqpure.purifiers` call the same functions.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from freqpure._checks import check_int
 from freqpure.errors import UsageError
+from freqpure.schedules import PurificationRound, parse_rounds, round_timesteps
 
 __all__ = ["DEFAULTS", "PRESETS", "Preset", "preset_names", "SAMPLERS", "METHODS", "VARIANTS", "VARIANT_CHOICES",
-           "VALUE_ALIASES", "resolve_variant", "current_value"]  # preset(): freqpure.config.preset
+           "VALUE_ALIASES", "resolve_variant", "current_value", "check_choice", "check_distance", "check_flag",
+           "check_step_index", "check_rounds", "check_variant_keys"]  # preset(): freqpure.config.preset
 
 # The library defaults. PurifierConfig's fields, FreqPure's and DiffPure's signatures read these.
 DEFAULTS: dict[str, Any] = {
@@ -130,3 +140,74 @@ def resolve_variant(variant: str, **keys: str | None) -> dict[str, str]:
 def current_value(key: str, value: Any) -> Any:
     """``value`` of variant key ``key`` in its current spelling (``mode: reference`` → ``official``)."""
     return VALUE_ALIASES.get(key, {}).get(value, value) if isinstance(value, str) else value
+
+
+# ------------------------------------------------------------------------------------- the checks
+# One check per purifier setting, and one text per mistake. Two layers take these settings and both must check
+# them, because a purifier can be built without a config: PurifierConfig.__post_init__ (names "purifier.<key>",
+# so a config is refused when it is read, before the first sample) and the Purifier/DiffPure/FreqPure
+# constructors (names "<key>"). Both call these functions; neither has checks of its own for these settings.
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices`` (``method``: :data:`METHODS`, ``sampler``: :data:`SAMPLERS`,
+    ``precision``: :data:`freqpure.runtime.PRECISIONS`, ``variant``: :data:`VARIANTS`)."""
+    if not isinstance(value, str) or value not in choices:
+        raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_distance(value: Any, name: str, *, optional: bool = False) -> float | None:
+    """A finite number >= 0 (a radius, δ); ``None`` (YAML ``null``: the edit disabled) when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or null" if optional else "a number"
+        raise UsageError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"{name} must be a finite number >= 0{' or null' if optional else ''}, got {value}")
+    return value
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_step_index(value: Any, name: str, num_steps: int = 1000) -> int:
+    """An integer step index in ``0..num_steps - 1`` (``reference_t``)."""
+    value = check_int(value, name)
+    if not 0 <= value < num_steps:
+        raise UsageError(f"{name} must be a step index in 0..{num_steps - 1}, got {value}")
+    return value
+
+
+def check_rounds(rounds: Any, name: str = "rounds", grid: str | None = None) -> list[PurificationRound]:
+    """The plan ``rounds`` parsed (:func:`freqpure.schedules.parse_rounds`), every round checked on ``grid`` when
+    one is given (the official grid needs the steps to divide t*)."""
+    try:
+        parsed = parse_rounds(rounds)
+        for rnd in parsed if grid is not None else ():
+            round_timesteps(rnd, grid)
+    except ValueError as err:
+        hint = ""
+        if isinstance(rounds, str) and rounds.isdigit():
+            hint = (" (YAML 1.1 reads an unquoted 100:20 as the base-60 number 6020: quote it, "
+                    "e.g. rounds: \"100:20\")")
+        raise UsageError(f"{name}: {err}{hint}") from None
+    return parsed
+
+
+def check_variant_keys(variant: str, sampler: str, **keys: str | None) -> dict[str, str]:
+    """The effective values of the variant keys given (:func:`resolve_variant`; ``step_rule`` and ``grid`` must be
+    among them), refusing what no sampler runs: ``sampler: sde`` (no discrete grid) with the official step or grid,
+    and an explicit ``variance: learned`` with the official step (which uses the fixed posterior variance)."""
+    settings = resolve_variant(variant, **keys)
+    if sampler == "sde" and (settings["step_rule"] != "posterior" or settings["grid"] != "respaced"):
+        raise UsageError(f"sampler 'sde' has no discrete grid or official step: variant={variant!r} needs "
+                         f"sampler 'ddpm' or 'ddim' (step_rule={settings['step_rule']!r}, "
+                         f"grid={settings['grid']!r})")
+    if settings["step_rule"] == "official" and keys.get("variance") == "learned":
+        raise UsageError("variance 'learned' needs step_rule 'posterior': the official step uses the fixed "
+                         "posterior variance")
+    return settings

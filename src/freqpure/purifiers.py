@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,10 +27,21 @@ from freqpure.ensemble import PurifiedClassifier, Vote, combine_draws
 from freqpure.epsmodel import check_step_range
 from freqpure.errors import UsageError
 from freqpure.noise import check_noise_scheme, make_noise
-from freqpure.presets import DEFAULTS, SAMPLERS, VARIANTS, resolve_variant
-from freqpure.runtime import ensure_thread_policy, resolve_precision, run_in_precision
+from freqpure.presets import (
+    DEFAULTS,
+    SAMPLERS,
+    VARIANTS,
+    check_choice,
+    check_distance,
+    check_flag,
+    check_rounds,
+    check_step_index,
+    check_variant_keys,
+    resolve_variant,
+)
+from freqpure.runtime import PRECISIONS, ensure_thread_policy, run_in_precision
 from freqpure.samplers import EpsFn, StepNoise, X0Hook, add_noise, sample_ddpm, sample_vpsde_euler
-from freqpure.schedules import LinearBetaSchedule, PurificationRound, parse_rounds, round_timesteps
+from freqpure.schedules import LinearBetaSchedule, PurificationRound, round_timesteps
 from freqpure.spectral import check_radius, freq_exchange
 
 __all__ = [
@@ -56,19 +66,15 @@ _FORWARD_KEY = 90_000  # noise keys of a round: _FORWARD_KEY for the forward noi
 _REFERENCE_KEY = 50_000  # ... + _REFERENCE_KEY + i for the reference draws
 
 
-def _check_number(value: object, name: str, *, optional: bool = False) -> float | None:
-    """A finite number >= 0 (``None`` allowed when ``optional``)."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        kind = "a number or None" if optional else "a number"
-        raise UsageError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"{name} must be a finite number >= 0{' or None' if optional else ''}, got {value}")
-    return value
-
-
 SEED_MAX = 2**63 - 1
+
+
+def _plan(rounds: str | Sequence[PurificationRound] | None, t_star: object, steps: object
+          ) -> str | Sequence[PurificationRound]:
+    """``rounds`` when given, else the one round ``t_star:steps`` (the two ways DiffPure and FreqPure take a plan)."""
+    if rounds is not None:
+        return rounds
+    return [PurificationRound(check_int(t_star, "t_star", 1), check_int(steps, "steps", 1))]
 
 
 class Purifier(nn.Module):
@@ -103,6 +109,11 @@ class Purifier(nn.Module):
 
     A purifier is stochastic (``stochastic = True``, see :class:`freqpure.attacks.StochasticModel`):
     every random draw comes from the ``noise`` passed to :meth:`forward`.
+
+    The settings are checked here, and in :class:`FreqPure`, by the functions of :mod:`freqpure.presets`
+    (``check_choice``, ``check_distance``, ``check_rounds``, ``check_variant_keys``, ...) that
+    :class:`freqpure.config.PurifierConfig` calls too: a purifier can be built without a config, and both layers
+    refuse the same values in the same words (the config names them ``purifier.<key>``).
     """
 
     stochastic = True
@@ -126,21 +137,14 @@ class Purifier(nn.Module):
         noise_scheme: str | None = None,
     ) -> None:
         super().__init__()
-        resolve_precision(precision)  # refuse a bad name here
+        check_choice(precision, "precision", PRECISIONS)
         self.noise_scheme = None if noise_scheme is None else check_noise_scheme(noise_scheme)
-        if sampler not in SAMPLERS:
-            raise UsageError(f"sampler must be 'ddpm', 'ddim' or 'sde', got {sampler!r}")
+        check_choice(sampler, "sampler", SAMPLERS)
         if not callable(eps_model):
             raise UsageError(f"eps_model must be a callable eps_model(x_t, t), got {type(eps_model).__name__}")
         seed = check_int(seed, "seed", 0, SEED_MAX)
-        settings = resolve_variant(variant, step_rule=step_rule, grid=grid, variance=variance)
-        if sampler == "sde" and (settings["step_rule"] != "posterior" or settings["grid"] != "respaced"):
-            raise UsageError(f"sampler 'sde' has no discrete grid or official step: variant={variant!r} needs "
-                             f"sampler 'ddpm' or 'ddim' (step_rule={settings['step_rule']!r}, "
-                             f"grid={settings['grid']!r})")
-        if settings["step_rule"] == "official" and variance == "learned":
-            raise UsageError("variance 'learned' needs step_rule 'posterior': the official step uses the fixed "
-                             "posterior variance")
+        check_flag(clip_x0, "clip_x0")
+        settings = check_variant_keys(variant, sampler, step_rule=step_rule, grid=grid, variance=variance)
         self.variant = variant
         self.step_rule = settings["step_rule"]
         self.grid = settings["grid"]
@@ -166,10 +170,7 @@ class Purifier(nn.Module):
 
     def _checked_rounds(self, rounds: str | Sequence[PurificationRound]) -> list[PurificationRound]:
         """Parse a plan and check that every round fits this purifier's grid."""
-        parsed = parse_rounds(rounds)
-        for rnd in parsed:
-            round_timesteps(rnd, self.grid)
-        return parsed
+        return check_rounds(rounds, "rounds", grid=self.grid)
 
     # -- hooks for subclasses -----------------------------------------------------------------
     def make_x0_hook(self, x_round: Tensor, x_input: Tensor, noise: StepNoise) -> X0Hook | None:
@@ -295,9 +296,7 @@ class DiffPure(Purifier):
         rounds: str | Sequence[PurificationRound] | None = None,
         **kwargs,
     ) -> None:
-        if rounds is None:
-            t_star, steps = check_int(t_star, "t_star", 1), check_int(steps, "steps", 1)
-        super().__init__(eps_model, rounds or [PurificationRound(t_star, steps)], sampler=sampler, **kwargs)
+        super().__init__(eps_model, _plan(rounds, t_star, steps), sampler=sampler, **kwargs)
 
 
 class FreqPure(Purifier):
@@ -347,22 +346,18 @@ class FreqPure(Purifier):
         **kwargs,
     ) -> None:
         if t_start is not None:  # the old keyword of t_star (deprecated)
+            t_start = check_int(t_start, "t_start", 1)
             if t_star not in (t_start, DEFAULTS["t_star"]):
                 raise UsageError(f"t_start={t_start} is the old name of t_star={t_star}; give t_star only")
             t_star = t_start
-        if rounds is None:
-            t_star, steps = check_int(t_star, "t_star", 1), check_int(steps, "steps", 1)
-        super().__init__(eps_model, rounds or [PurificationRound(t_star, steps)], **kwargs)
-        amp_radius = _check_number(amp_radius, "amp_radius", optional=True)
-        phase_radius = _check_number(phase_radius, "phase_radius", optional=True)
-        delta = _check_number(delta, "delta")
-        reference_t = check_int(reference_t, "reference_t")
-        if not isinstance(recompute_reference, bool):
-            raise UsageError(f"recompute_reference must be True or False, got {recompute_reference!r}")
+        super().__init__(eps_model, _plan(rounds, t_star, steps), **kwargs)
+        amp_radius = check_distance(amp_radius, "amp_radius", optional=True)
+        phase_radius = check_distance(phase_radius, "phase_radius", optional=True)
+        delta = check_distance(delta, "delta")
+        reference_t = check_step_index(reference_t, "reference_t", self.schedule.num_steps)
+        check_flag(recompute_reference, "recompute_reference")
         settings = resolve_variant(self.variant, mode=mode, reference=reference)
         mode, reference = settings["mode"], settings["reference"]
-        if not 0 <= reference_t < self.schedule.num_steps:
-            raise UsageError(f"reference_t must be a step index in 0..{self.schedule.num_steps - 1}, got {reference_t}")
         if reference == "denoised":
             check_step_range(eps_model, [], reference_t)
         self.amp_radius = amp_radius

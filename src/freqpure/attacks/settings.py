@@ -134,7 +134,7 @@ def attack_settings(data: dict[str, Any] | None, where: str = "") -> AttackSetti
     ``name`` (default ``pgd``) picks the attack; every other key must be one of its settings, except that a key
     of the saved layout (:data:`SAVED_LAYOUT`) it does not have is accepted at its default (config files saved
     before the settings were typed list every attack's keys). Values are coerced as the config loader does."""
-    from freqpure.config import coerce_fields
+    from freqpure.config.io import coerce_fields
 
     data = dict(data or {})
     name = data.get("name", SAVED_LAYOUT["name"])

@@ -97,7 +97,7 @@ def load_command_config(cls: type, args: argparse.Namespace, flags: dict[str, An
     """Settings of type ``cls``: defaults ← ``--config`` file ← ``--set`` overrides ← explicit ``flags``
     (:func:`freqpure.config.load_settings`, the one loader; a key given both by ``--set`` and by its own flag
     is an error)."""
-    from freqpure.config import load_settings
+    from freqpure.config.io import load_settings
 
     return load_settings(cls, getattr(args, "config", None), getattr(args, "overrides", None), flags)
 

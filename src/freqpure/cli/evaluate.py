@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freqpure.config import dump_yaml
+    from freqpure.config.io import dump_yaml
     from freqpure.errors import UsageError
     from freqpure.evaluation.config import load_eval_config
     from freqpure.evaluation.runner import evaluate

@@ -27,16 +27,8 @@ from freqpure.cli.common import (
     parse_optional_float,
     resolve_device,
 )
-from freqpure.config import (
-    PurifierConfig,
-    from_dict,
-    load_settings,
-    parse_yaml,
-    preset,
-    read_config_text,
-    to_dict,
-    with_resolved_precision,
-)
+from freqpure.config.io import from_dict, load_settings, parse_yaml, read_config_text, to_dict
+from freqpure.config.purifier import PurifierConfig, preset, with_resolved_precision
 from freqpure.errors import OutputExistsError, UsageError
 from freqpure.evaluation.lock import LOCK_NAME, RunLock
 from freqpure.imageio import ImageInfo, collect_images, inspect_image, load_image, resize_square, write_png
@@ -321,7 +313,7 @@ def _check_sizes(infos: list[ImageInfo], want: int | None, model: str, resize: b
 
 def _purify(args: argparse.Namespace, cfg: PurifierConfig, config_kind: str | None, seed: int,
             device: torch.device, files: list[tuple[Path, Path]], infos: list[ImageInfo], written: _Written) -> None:
-    from freqpure.config import build_purifier
+    from freqpure.config.purifier import build_purifier
     from freqpure.models.registry import load_diffusion
 
     eps_model = load_diffusion(cfg.diffusion, device=device)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from freqpure.attacks.gradients import AttackModel, attack_purifier
-from freqpure.config import build_purifier
+from freqpure.config.purifier import build_purifier
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import AttackConfig, DataConfig, EvalConfig
 from freqpure.purifiers import PurifiedClassifier

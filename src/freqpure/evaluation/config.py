@@ -14,7 +14,8 @@ from typing import Any
 
 from freqpure.attacks.settings import EPS_LIMITS, AttackSettings, attack_settings
 from freqpure.attacks.types import GradientMode, eps_text, parse_number
-from freqpure.config import PurifierConfig, apply_overrides, load_yaml
+from freqpure.config.io import apply_overrides, load_yaml
+from freqpure.config.purifier import PurifierConfig
 from freqpure.errors import UsageError
 from freqpure.evaluation.distributed import check_device_name
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from freqpure._fileio import write_json_atomic
-from freqpure.config import PurifierConfig, preset
+from freqpure.config.purifier import PurifierConfig, preset
 from freqpure.errors import UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.demo_summary import FLAT_PURIFIER_KEYS, DemoSummary

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from freqpure.config import nested_alias, rename_keys
+from freqpure.config.io import nested_alias, rename_keys
 from freqpure.errors import UsageError
 from freqpure.evaluation.results import SCHEMA_VERSION, package_versions
 from freqpure.noise import NOISE_SCHEME

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from freqpure._fileio import write_text_atomic
-from freqpure.config import to_dict
+from freqpure.config.io import to_dict
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import EvalData
 from freqpure.evaluation.config import EvalConfig

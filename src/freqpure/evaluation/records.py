@@ -306,7 +306,7 @@ class Results:
 
     def eval_config(self):
         """The run's :class:`~freqpure.evaluation.config.EvalConfig` (defaults fill keys an older run lacks)."""
-        from freqpure.config import from_dict
+        from freqpure.config.io import from_dict
         from freqpure.evaluation.config import EvalConfig
 
         return from_dict(EvalConfig, self.config)

@@ -79,7 +79,7 @@ _SHOWN_ATTACK = ("name", "norm", "eps", "steps", "eot", "gradient")
 
 def _normal_config(config: Any, where: str) -> dict[str, Any]:
     """The run's config as a full dict (defaults fill keys an older run lacks); a clear error if it is not one."""
-    from freqpure.config import from_dict, to_dict
+    from freqpure.config.io import from_dict, to_dict
     from freqpure.evaluation.config import EvalConfig
 
     if not isinstance(config, dict):

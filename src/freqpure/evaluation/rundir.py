@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from freqpure._fileio import write_text_atomic
-from freqpure.config import config_diff, dump_yaml, from_dict, parse_yaml, spelled_before, to_dict
+from freqpure.config.io import config_diff, dump_yaml, from_dict, parse_yaml, to_dict
+from freqpure.config.purifier import spelled_before
 from freqpure.errors import NotFoundError, RunFolderError, UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.lock import LOCK_NAME, RunLock

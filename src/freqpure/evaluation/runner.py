@@ -32,7 +32,7 @@ from freqpure.attacks.eot import EOTGradient
 from freqpure.attacks.gradients import AttackModel
 from freqpure.attacks.pgd import pgd
 from freqpure.attacks.registry import AttackContext, AttackResult
-from freqpure.config import with_resolved_precision
+from freqpure.config.purifier import with_resolved_precision
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.batching import AUTO, choose_batch_size
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models

@@ -15,7 +15,8 @@ __all__ = ["defence_in_words", "purifier_facts", "sanity_rows", "protocol_rows",
 def _purifier_settings(p: dict[str, Any]) -> dict[str, Any]:
     """The purifier section with the variant's keys (mode, reference, step rule, grid, variance) filled in:
     a saved config keeps them ``null`` when they are as its variant says."""
-    from freqpure.config import PurifierConfig, from_dict
+    from freqpure.config.io import from_dict
+    from freqpure.config.purifier import PurifierConfig
 
     if p.get("method") == "none":
         return p

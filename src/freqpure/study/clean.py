@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from freqpure.config import with_resolved_precision
+from freqpure.config.purifier import with_resolved_precision
 from freqpure.evaluation.clean import CleanRunConfig, CleanSummary, SettingConfig, run_clean
 from freqpure.study.config import StageConfig, StudyConfig
 

@@ -117,6 +117,6 @@ class StudyConfig:
 
 def load_study_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """YAML file (strict) + ``key=value`` overrides → :class:`StudyConfig`."""
-    from freqpure.config import apply_overrides, load_yaml
+    from freqpure.config.io import apply_overrides, load_yaml
 
     return apply_overrides(load_yaml(StudyConfig, path), overrides)

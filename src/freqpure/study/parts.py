@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freqpure.config import config_diff
+from freqpure.config.io import config_diff
 from freqpure.errors import RunFolderError, UsageError
 from freqpure.evaluation.config import EvalConfig
 from freqpure.evaluation.results import Accuracy, Results, SampleRecord, read_results
@@ -100,7 +100,7 @@ def part_summary(part: Path, cfg: EvalConfig | None = None, name: str | None = N
 
     ``cfg``: the study's configuration of the part; a part whose saved config differs from it in anything
     but device and precision is refused. Without ``cfg`` the part's own config.yaml is used."""
-    from freqpure.config import from_dict, to_dict
+    from freqpure.config.io import from_dict, to_dict
 
     saved = saved_config(part)
     if saved is None:
@@ -183,7 +183,7 @@ def import_records(source: str | Path, out: str | Path, *, note: str = "") -> li
 
 
 def _merge_part(src: Path, dst: Path) -> dict[str, int]:
-    from freqpure.config import from_dict
+    from freqpure.config.io import from_dict
     from freqpure.evaluation.lock import RunLock
 
     src_cfg_dict = saved_config(src)

@@ -10,12 +10,7 @@ from typing import Any
 import torch
 
 from freqpure._fileio import write_json_atomic
-from freqpure.config import (
-    config_diff,
-    dump_yaml,
-    from_dict,
-    to_dict,
-)
+from freqpure.config.io import config_diff, dump_yaml, from_dict, to_dict
 from freqpure.errors import UsageError
 from freqpure.evaluation.clean import check_clean_dir, read_mapping_file
 from freqpure.evaluation.rundir import saved_config
@@ -36,7 +31,7 @@ def _eval_config(run: RunConfig, study: StudyConfig, base_dir: Path):
         models.append(f"purifier.diffusion={study.diffusion}")
     if study.data_dir:
         models.append(f"data.data_dir={study.data_dir}")
-    from freqpure.config import apply_overrides
+    from freqpure.config.io import apply_overrides
 
     return apply_overrides(cfg, models)
 

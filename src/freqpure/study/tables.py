@@ -6,9 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from freqpure.config import (
-    from_dict,
-)
+from freqpure.config.io import from_dict
 from freqpure.evaluation.clean import clean_outcomes, read_clean_summary, read_mapping_file
 from freqpure.evaluation.paired import PairedRow, compare_samples, pair_outcomes
 from freqpure.evaluation.results import Accuracy

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from freqpure.config import from_dict
+from freqpure.config.io import from_dict
 from freqpure.training.augment import augment_batch, sample_steps
 from freqpure.training.classifier import ClassifierTask, evaluate_classifier, train_classifier
 from freqpure.training.config import ClassifierTrainConfig, DiffusionTrainConfig

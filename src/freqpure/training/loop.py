@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from freqpure._fileio import atomic_path
-from freqpure.config import upgrade_keys
+from freqpure.config.io import upgrade_keys
 from freqpure.errors import CheckpointError, NotFoundError, UsageError
 
 __all__ = [

@@ -1,8 +1,11 @@
-"""Configuration as dataclasses: one source of truth, loaded strictly from YAML, printed into results.
+"""Configuration files, generically: any (nested) dataclass to and from plain dicts and strict YAML.
 
-Generic helpers (:func:`from_dict`, :func:`to_dict`, :func:`apply_overrides`, :func:`load_yaml`) work
-for any nested dataclass; :class:`PurifierConfig` describes a purifier and :func:`build_purifier`
-turns it into a module.
+:func:`from_dict` builds a dataclass from a mapping (unknown keys refused, naming the valid ones; old keys read
+through the class's ``ALIASES``, see :func:`nested_alias`), :func:`to_dict`/:func:`dump_yaml` write it back (the
+saved form run-folder fingerprints are taken of), :func:`apply_overrides` applies ``--set key.sub=value``,
+:func:`parse_yaml` reads YAML strictly, :func:`config_diff` says what differs and :func:`load_settings` is the one
+loader of every command's ``--config``/``--set``/flags. Nothing here knows a purifier: the purifier's settings are
+:mod:`freqpure.config.purifier`; :mod:`freqpure.config` re-exports both.
 """
 
 from __future__ import annotations
@@ -14,218 +17,35 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from freqpure.errors import NotFoundError, UsageError
-from freqpure.presets import (
-    DEFAULTS,
-    METHODS,
-    PRESETS,
-    SAMPLERS,
-    VALUE_ALIASES,
-    VARIANTS,
-    current_value,
-    resolve_variant,
-)
 
 __all__ = [
-    "PurifierConfig",
-    "build_purifier",
     "from_dict",
     "to_dict",
+    "coerce_fields",
     "apply_overrides",
     "load_yaml",
     "read_config_text",
     "dump_yaml",
     "config_diff",
     "parse_yaml",
-    "with_resolved_precision",
     "Alias",
     "nested_alias",
     "upgrade_keys",
     "rename_keys",
     "with_keys",
     "load_settings",
-    "spelled_before",
 ]
 
 T = TypeVar("T")
 
 
-@dataclass
-class PurifierConfig:
-    """A purifier. ``method``: ``freqpure``, ``diffpure`` or ``none``.
-
-    ``rounds`` is the plan ``"t_star:steps"`` (comma-separated rounds, ``*k`` repeats), e.g.
-    ``"100:20"`` or the official CIFAR-10 v2 plan ``"20:5*5,50:5*5"``. Radii are in
-    frequency-index units of the centred spectrum (``null`` disables that edit).
-
-    ``variant`` names a preset: ``paper`` (default; the method as the paper states it) or ``official``
-    (the official code's arithmetic: ``mode: official``, ``reference: round-denoised``,
-    ``step_rule: official``, ``grid: official``, ``variance: fixed``). The keys ``mode``, ``reference``,
-    ``step_rule``, ``grid`` and ``variance`` are ``null`` by default, meaning "as the variant says"; a
-    key given explicitly overrides the variant (an ablation, e.g. ``variant: official`` with
-    ``step_rule: posterior``). A key equal to its variant's value is stored as ``null`` (one canonical
-    form, so a saved config compares equal however it was written); :meth:`effective` gives the values.
-    ``mode`` is the exchange arithmetic (``paper`` or ``official``; ``reference`` is its old spelling, still
-    read), ``reference`` the reference image (``input``, ``denoised``, ``round-denoised``).
-
-    The defaults are the library's (:data:`freqpure.presets.DEFAULTS`); :func:`preset` gives
-    the named settings (``paper``, ``official-v2``, ``bundled-table``, ...).
-    """
-
-    method: str = DEFAULTS["method"]
-    diffusion: str = DEFAULTS["diffusion"]
-    rounds: str = DEFAULTS["rounds"]
-    sampler: str = DEFAULTS["sampler"]
-    amp_radius: float | None = DEFAULTS["amp_radius"]
-    phase_radius: float | None = DEFAULTS["phase_radius"]
-    delta: float = DEFAULTS["delta"]
-    mode: str | None = None
-    variant: str = DEFAULTS["variant"]
-    step_rule: str | None = None
-    grid: str | None = None
-    variance: str | None = None
-    reference: str | None = None
-    reference_t: int = DEFAULTS["reference_t"]
-    recompute_reference: bool = False
-    clip_x0: bool = False
-    # Arithmetic of the ε-model (and, in ``evaluate``, of the classifier): auto | fp32 | bf16. ``auto`` is bf16
-    # on CPUs with AMX-BF16 and on CUDA with bf16, else fp32; commands record the resolved value.
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"purifier.method must be 'freqpure', 'diffpure' or 'none', got {self.method!r}")
-        for key, allowed in (("sampler", SAMPLERS),):  # variant keys: checked by effective()
-            if getattr(self, key) not in allowed:
-                raise UsageError(f"purifier.{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        for key in ("amp_radius", "phase_radius", "delta"):
-            value = getattr(self, key)
-            if value is not None and not (value >= 0 and value != float("inf")):
-                raise UsageError(f"purifier.{key} must be a finite number >= 0{'' if key == 'delta' else ' or null'}, "
-                                 f"got {value}")
-        if not 0 <= self.reference_t < 1000:
-            raise UsageError(f"purifier.reference_t must be a step index in 0..999, got {self.reference_t}")
-        if self.method != "none":
-            from freqpure.schedules import parse_rounds
-
-            try:
-                parse_rounds(str(self.rounds))
-            except ValueError as err:
-                hint = ""
-                if str(self.rounds).isdigit():
-                    hint = (" (YAML 1.1 reads an unquoted 100:20 as the base-60 number 6020: quote it, "
-                            "e.g. rounds: \"100:20\")")
-                raise UsageError(f"purifier.rounds: {err}{hint}") from None
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"purifier.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.variant not in VARIANTS:
-            raise UsageError(f"purifier.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        for key in _VARIANT_KEYS:  # old spellings (mode: reference) in the current one
-            setattr(self, key, current_value(key, getattr(self, key)))
-        try:
-            effective = self.effective()
-        except UsageError as err:
-            raise UsageError(f"purifier: {err}") from None
-        for key in _VARIANT_KEYS:  # canonical form: null = as the variant says
-            if effective[key] == VARIANTS[self.variant][key]:
-                setattr(self, key, None)
-
-    def for_method(self, method: str) -> PurifierConfig:
-        """The same purifier under another ``method``: the shared settings (model, plan, sampler, variant and its
-        keys, ``clip_x0``, precision) kept, FreqPure's own (radii, δ, mode, reference) at their defaults.
-
-        How a comparison builds its DiffPure from its FreqPure (``freqpure analyze``).
-        """
-        shared = ("diffusion", "rounds", "sampler", "variant", "step_rule", "grid", "variance", "clip_x0", "precision")
-        return PurifierConfig(method=method, **{key: getattr(self, key) for key in shared})
-
-    def effective(self) -> dict[str, str]:
-        """The values of the variant's keys after the preset and the explicit overrides."""
-        return resolve_variant(self.variant, **{k: getattr(self, k) for k in _VARIANT_KEYS})
-
-
-_VARIANT_KEYS = ("mode", "reference", "step_rule", "grid", "variance")
-
-
-def spelled_before(config: dict[str, Any], at: str = "purifier") -> dict[str, Any] | None:
-    """``config`` (a saved config dict) with the purifier at dotted path ``at`` spelled as before a value was
-    renamed (:data:`freqpure.presets.VALUE_ALIASES`: ``mode: official`` was written ``mode: reference``), or
-    ``None`` when no renamed value occurs in it.
-
-    Records written under the old spelling carry fingerprints of the config as it was written then; a run folder
-    accepts them through the fingerprints of this dict (:func:`freqpure.evaluation.rundir.run_store`)."""
-    *parents, leaf = at.split(".")
-    node: Any = config
-    for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    purifier = node.get(leaf) if isinstance(node, dict) else None
-    if not isinstance(purifier, dict):
-        return None
-    old = {key: {new: was for was, new in spellings.items()} for key, spellings in VALUE_ALIASES.items()}
-    changed = {key: old[key][value] for key, value in purifier.items()
-               if key in old and isinstance(value, str) and value in old[key]}
-    if not changed:
-        return None
-    out = copy.deepcopy(config)
-    node = out
-    for part in parents:
-        node = node[part]
-    node[leaf] = {**purifier, **changed}
-    return out
-
-
-def build_purifier(cfg: PurifierConfig, eps_model: Any = None, *, seed: int = 0, checkpoint: bool = False,
-                   device: Any = None):
-    """Build the purifier described by ``cfg`` (``None`` for ``method: none``).
-
-    ``eps_model`` defaults to ``load_diffusion(cfg.diffusion)``.
-    """
-    from freqpure.purifiers import DiffPure, FreqPure
-
-    if cfg.method == "none":
-        return None
-    if eps_model is None:
-        from freqpure.models.registry import load_diffusion
-
-        eps_model = load_diffusion(cfg.diffusion, device=device)
-    common = dict(rounds=cfg.rounds, sampler=cfg.sampler, clip_x0=cfg.clip_x0, seed=seed, checkpoint=checkpoint,
-                  precision=cfg.precision,
-                  variant=cfg.variant, step_rule=cfg.step_rule, grid=cfg.grid, variance=cfg.variance)
-    if cfg.method == "diffpure":
-        return DiffPure(eps_model, **common)
-    return FreqPure(
-        eps_model,
-        cfg.amp_radius,
-        cfg.phase_radius,
-        cfg.delta,
-        reference=cfg.reference,
-        reference_t=cfg.reference_t,
-        recompute_reference=cfg.recompute_reference,
-        mode=cfg.mode,
-        **common,
-    )
-
-
-def with_resolved_precision(cfg: T, device: Any = "cpu") -> T:
-    """``cfg`` (a :class:`PurifierConfig` or a config with a ``purifier`` field) with ``precision: auto``
-    replaced by what it means on ``device`` (``fp32`` or ``bf16``), the value results files record."""
-    from freqpure.runtime import resolve_precision
-
-    if isinstance(cfg, PurifierConfig):
-        model = cfg.diffusion if cfg.method != "none" else None  # auto: measured on this model (cached)
-        return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device, model=model))
-    return dataclasses.replace(cfg, purifier=with_resolved_precision(cfg.purifier, device))
-
-
-# ---------------------------------------------------------------------------------------------
-# Generic dataclass <-> dict helpers
-# ---------------------------------------------------------------------------------------------
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -565,13 +385,3 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         elif a != b:
             lines.append(f"{name}: {a!r} -> {b!r}")
     return lines
-
-
-def preset(name: str, **overrides: Any) -> PurifierConfig:
-    """A :class:`PurifierConfig` of preset ``name`` (:data:`freqpure.presets.PRESETS`) with ``overrides`` on top.
-
-    ``freqpure.build_purifier(freqpure.preset("paper"), eps_model)`` is the paper's FreqPure.
-    """
-    if name not in PRESETS:
-        raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return from_dict(PurifierConfig, {**PRESETS[name].settings, **overrides}, f"preset {name}")
