@@ -28,6 +28,7 @@ FLOORS: dict[str, int] = {
     # 1 foundations: files, checks, devices and precision, FFT ops, schedules, noise, data, presets
     "_fileio": 1, "_checks": 1, "precision": 1, "runtime": 1, "spectral": 1, "schedules": 1, "checkpointing": 1,
     "data": 1, "cifar10": 1, "imagefolder": 1, "plots": 1, "noise": 1, "presets": 1, "epsmodel": 1,
+    "config.io": 1,
     # 2 math and models: samplers over an eps callable, spectral analysis, passthrough, the model zoo, images
     "samplers": 2, "analysis": 2, "bandstats": 2, "passthrough": 2, "models": 2, "imageio": 2,
     # 3 purification
