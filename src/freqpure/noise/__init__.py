@@ -6,6 +6,8 @@
   (``blake2b-philox-v2``, :data:`NOISE_SCHEME`, the default), :class:`CounterNoise` (``counter-v1``),
   :class:`DrawNoise` (a draw-major batch of streams), :func:`make_noise` and the :class:`NoiseSource` protocol
   the samplers, purifiers and attacks take.
+* :mod:`freqpure.noise.paths`: the injective path encoding, and the ``counter-v1`` streams of a
+  :class:`DrawNoise` held as encoded paths (no Python object per stream on an ``image-v1`` batch's hot path).
 * :mod:`freqpure.noise.addressing`: which stream each draw of an evaluation comes from: :class:`Purpose`,
   :class:`Scope`, the addressings ``batch-v1`` (:func:`batch_stream`) and ``image-v1`` (:func:`image_streams`,
   numbers independent of the batch size), the named children (:func:`eot_draws`, :func:`ensemble_streams`,

@@ -37,9 +37,10 @@ import torch
 from torch import Tensor
 
 from freqpure.errors import UsageError
-from freqpure.noise.counter import COUNTER_SCHEME, counter_uniforms, identity_words
+from freqpure.noise.counter import COUNTER_SCHEME, counter_uniforms
 from freqpure.noise.counter import counter_normals as _normals
-from freqpure.noise.streams import DrawNoise, NoiseSource, StepNoise, make_noise
+from freqpure.noise.paths import CounterRows
+from freqpure.noise.streams import CounterNoise, DrawNoise, NoiseSource, StepNoise, make_noise
 
 __all__ = ["Purpose", "Scope", "BATCH_ADDRESSING", "IMAGE_ADDRESSING", "NOISE_ADDRESSINGS", "check_noise_addressing",
            "batch_stream", "image_streams", "run_stream", "RowRandom", "start_generator", "eot_draws", "call_stream",
@@ -129,16 +130,17 @@ class RowRandom:
     """
 
     def __init__(self, streams: DrawNoise) -> None:
-        if not all(getattr(s, "scheme", None) == COUNTER_SCHEME for s in streams.leaves):
+        fast = streams._fast  # counter-v1 paths (no stream objects), or None
+        if fast is None and not all(getattr(s, "scheme", None) == COUNTER_SCHEME for s in streams.leaves):
             raise UsageError(f"RowRandom needs {COUNTER_SCHEME} streams (one per row)")
-        self.identities = [s.identity for s in streams.leaves]
-        self.calls = 0
+        self.streams, self.calls = streams, 0
+        self.rows = len(fast.prefixes) if fast is not None else len(streams.leaves)
 
     def _draw(self, fill, shape: Sequence[int], like: Tensor) -> Tensor:
         shape = tuple(int(d) for d in shape)
-        if not shape or shape[0] != len(self.identities):
-            raise UsageError(f"RowRandom draws {len(self.identities)} rows, asked for shape {shape}")
-        words = identity_words(self.identities, like.device)
+        if not shape or shape[0] != self.rows:
+            raise UsageError(f"RowRandom draws {self.rows} rows, asked for shape {shape}")
+        words = self.streams._identity_words(like.device)  # the rows' identities, hashed once
         out = fill(words, self.calls, math.prod(shape[1:]))
         self.calls += 1
         return out.reshape(shape).to(like.dtype)
@@ -171,9 +173,14 @@ def eot_draws(root: NoiseSource, call: int, eot: int) -> DrawNoise:
     return DrawNoise([base.child(k) for k in range(eot)])
 
 
-def ensemble_streams(noise: NoiseSource, n: int, ensemble: int) -> list:
+def ensemble_streams(noise: NoiseSource, n: int, ensemble: int) -> Sequence:
     """The streams of an ensemble of ``ensemble`` purifications of ``n`` images (draw-major): row ``e·n + b``
-    is ``noise.rows(n)[b].child(e)``, so a row's noise depends on its image and draw, not on any chunking."""
+    is ``noise.rows(n)[b].child(e)``, so a row's noise depends on its image and draw, not on any chunking.
+    A list; for ``counter-v1`` streams in a :class:`DrawNoise` (``image-v1``), a :class:`CounterRows` of their
+    paths (one object per row only when a row is read; a slice of it makes a :class:`DrawNoise` of none)."""
+    fast = getattr(noise, "_fast", None) if isinstance(noise, DrawNoise) else None
+    if fast is not None:
+        return CounterRows(fast.ensemble(n, ensemble), CounterNoise._of_prefix)
     per_image = noise.rows(n)
     return [s.child(e) for e in range(ensemble) for s in per_image]
 

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from freqpure.errors import UsageError
 
-__all__ = ["COUNTER_SCHEME", "philox4x32", "counter_normals", "counter_uniforms", "identity_words"]
+__all__ = ["COUNTER_SCHEME", "philox4x32", "counter_normals", "counter_uniforms", "identity_words",
+           "host_words_to"]
 
 COUNTER_SCHEME = "counter-v1"
 _MASK = 0xFFFFFFFF
@@ -96,7 +97,11 @@ def counter_uniforms(identity: Tensor, key: int, count: int) -> Tensor:
 def identity_words(identities: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
     """``[R, 4]`` int64 tensor of the 32-bit words (little-endian) of 128-bit stream identities, on ``device``."""
     words = np.array([[(v >> (32 * i)) & _MASK for i in range(4)] for v in identities], dtype=np.int64)
-    host = torch.from_numpy(words.reshape(len(identities), 4))
+    return host_words_to(torch.from_numpy(words.reshape(len(identities), 4)), device)
+
+
+def host_words_to(host: Tensor, device: torch.device | str) -> Tensor:
+    """Identity words made on the host → ``device`` (through pinned memory, without a wait, on a GPU)."""
     device = torch.device(device)
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)

@@ -34,6 +34,8 @@ from torch import Tensor
 
 from freqpure.errors import UsageError
 from freqpure.noise.counter import COUNTER_SCHEME, counter_normals, identity_words
+from freqpure.noise.paths import _SALT_LIMIT, CounterLeaves, CounterRows, _decode, _encode, _encode_int
+from freqpure.noise.paths import COUNTER_DOMAIN as _DOMAIN
 
 __all__ = ["NOISE_SCHEME", "StepNoise", "DrawNoise", "derive_key", "path_rng", "NoiseSource",
            "NOISE_SCHEMES", "CounterNoise", "make_noise", "noise_scheme_of", "check_noise_scheme"]
@@ -43,9 +45,6 @@ __all__ = ["NOISE_SCHEME", "StepNoise", "DrawNoise", "derive_key", "path_rng", "
 # old results say which scheme made them ("linear-v1": the earlier linear seed mixing, whose streams
 # collided, e.g. StepNoise(0).child(31) == StepNoise(17).child(0)).
 NOISE_SCHEME = "blake2b-philox-v2"
-
-_DOMAIN = b"freqpure/noise/counter-v1\x00"
-
 
 NOISE_SCHEMES = ("blake2b-philox-v2", COUNTER_SCHEME)  # the schemes this freqpure draws with
 
@@ -156,6 +155,14 @@ class CounterNoise(_PathStream):
             self._identity = int.from_bytes(digest, "little")
         return self._identity
 
+    @classmethod
+    def _of_prefix(cls, prefix: bytes) -> CounterNoise:
+        """The stream whose path encodes to ``prefix``."""
+        stream = object.__new__(cls)
+        stream.seed, *path = _decode(prefix)
+        stream.path, stream._prefix, stream._identity = tuple(path), prefix, None
+        return stream
+
     def __call__(self, key: int, like: Tensor) -> Tensor:
         words = identity_words([self.identity], like.device)
         z = counter_normals(words, key, like.numel())
@@ -173,38 +180,17 @@ def make_noise(seed: int, path: Sequence[int] = (), scheme: str | None = None):
 def noise_scheme_of(noise: object) -> str:
     """The scheme a noise source draws with (a :class:`DrawNoise` by its streams)."""
 
-    streams = getattr(noise, "streams", None)
-    if streams:
-        noise = streams[0]
-    return COUNTER_SCHEME if isinstance(noise, CounterNoise) else NOISE_SCHEME
+    while getattr(noise, "_fast", None) is None and getattr(noise, "streams", None):
+        noise = noise.streams[0]  # its first stream's (its first draw's first stream's, when nested)
+    counter = isinstance(noise, CounterNoise) or getattr(noise, "_fast", None) is not None
+    return COUNTER_SCHEME if counter else NOISE_SCHEME
 
 
 # ---------------------------------------------------------------------------------------------
 # Scheme blake2b-philox-v2 (the default): BLAKE2b-keyed numpy Philox-4x64 streams
 # ---------------------------------------------------------------------------------------------
 _V2_DOMAIN = b"freqpure/noise/v2\x00"
-_SALT_LIMIT = 2**63
 _DRAW = _V2_DOMAIN + b"draw\x00"
-
-
-def _encode(values: Sequence[int]) -> bytes:
-    """Prefix-free byte encoding of a sequence of ints: per value, a length byte then its signed bytes.
-
-    Injective: two different sequences (any lengths, any signs) never give the same bytes.
-    """
-    return b"".join(_encode_int(int(v)) for v in values)
-
-
-def _encode_int(v: int) -> bytes:
-    if 0 <= v < _SMALL_N:
-        return _SMALL[v]
-    raw = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
-    return bytes((len(raw),)) + raw
-
-
-_SMALL_N = 1 << 17  # step keys, rounds, draws, images, batches: encoded once (same bytes as below)
-_SMALL = [bytes((len(r),)) + r for r in (v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
-                                         for v in range(_SMALL_N))]
 
 
 def derive_key(tag: bytes, path: Sequence[int]) -> int:
@@ -299,16 +285,57 @@ class DrawNoise:
     :class:`DrawNoise` (e.g. EOT draws of per-image streams, :func:`~freqpure.noise.image_streams`): when every
     draw holds equally many streams, their rows are drawn together as one flat list (the same numbers as
     asking each draw, in one call).
+
+    ``counter-v1`` streams (plain :class:`CounterNoise`, or draws that are such DrawNoises, nested alike) are
+    held as their paths (:class:`~freqpure.noise.paths.CounterLeaves`): ``child``, ``select``, the draw and
+    :func:`~freqpure.noise.ensemble_streams` make no Python object per stream; :attr:`streams`, :attr:`leaves`
+    and :meth:`rows` make the stream objects when asked (the same streams).
     """
 
     def __init__(self, streams: Sequence[NoiseSource]) -> None:
+        rows = isinstance(streams, CounterRows)
+        if not rows:
+            streams = list(streams)
         if not streams:
             raise UsageError("DrawNoise needs at least one stream")
-        self.streams = list(streams)
-        inner = {len(s.leaves) if isinstance(s, DrawNoise) else -1 for s in self.streams}
-        nested = len(inner) == 1 and inner != {-1}
-        # the single streams behind the draws (draw-major): a draw's share splits the same way nested or flat
-        self.leaves = [leaf for s in self.streams for leaf in s.leaves] if nested else self.streams
+        self._fast = streams._fast if rows else _counter_leaves(streams)
+        self._streams = None if rows else streams
+        self._leaves = None
+        if self._fast is None:
+            inner = {len(s.leaves) if isinstance(s, DrawNoise) else -1 for s in streams}
+            nested = len(inner) == 1 and inner != {-1}
+            # the single streams behind the draws (draw-major): a draw's share splits the same way nested or flat
+            self._leaves = [leaf for s in streams for leaf in s.leaves] if nested else streams
+
+    @staticmethod
+    def _of(fast: CounterLeaves) -> DrawNoise:
+        """The DrawNoise of the counter streams ``fast`` (no stream objects)."""
+        noise = object.__new__(DrawNoise)
+        noise._fast, noise._streams, noise._leaves = fast, None, None
+        return noise
+
+    @property
+    def streams(self) -> list:
+        """The draws' streams (one :class:`CounterNoise`, :class:`StepNoise` or :class:`DrawNoise` each)."""
+        if self._streams is None:
+            fast = self._fast
+            if len(fast.shape) == 1:
+                self._streams = [CounterNoise._of_prefix(p) for p in fast.prefixes]
+            else:
+                self._streams = [DrawNoise._of(fast.draw(k)) for k in range(fast.shape[0])]
+        return self._streams
+
+    @property
+    def leaves(self) -> list:
+        """The single streams behind the draws (draw-major; the draws themselves unless nested alike)."""
+        if self._leaves is None:
+            if len(self._fast.shape) == 1:
+                self._leaves = self.streams
+            elif self._streams is not None:
+                self._leaves = [leaf for s in self._streams for leaf in s.leaves]
+            else:
+                self._leaves = [CounterNoise._of_prefix(p) for p in self._fast.prefixes]
+        return self._leaves
 
     @classmethod
     def from_seed(cls, seed: int, draws: int, scheme: str | None = None) -> DrawNoise:
@@ -318,13 +345,13 @@ class DrawNoise:
         return cls([base.child(k) for k in range(draws)])
 
     def __len__(self) -> int:
-        return len(self.streams)
+        return self._fast.shape[0] if self._fast is not None else len(self._streams)
 
     def __call__(self, key: int, like: Tensor) -> Tensor:
         """All streams' draws ``key`` in one call: ``[K·m, ...]`` shaped like ``like`` (stream ``k`` fills rows
         ``k·m .. (k+1)·m − 1``). Counter streams draw on ``like``'s device in one batched call; Philox streams
         fill one host buffer (pinned for a GPU) moved in one copy; the numbers are each stream's own."""
-        k = len(self.leaves)
+        k = len(self._fast.prefixes) if self._fast is not None else len(self._leaves)
         if like.shape[0] % k:
             raise UsageError(f"batch of {like.shape[0]} is not a multiple of the {k} draws")
         part_shape = (like.shape[0] // k, *like.shape[1:])
@@ -334,15 +361,17 @@ class DrawNoise:
         if self._kind == "philox":
             buf = _host_buffer((k, *part_shape), like.device)
             arr = buf.numpy()
-            for i, s in enumerate(self.leaves):
+            for i, s in enumerate(self._leaves):
                 _philox_normals(s.key(key), arr[i])
             return _to_like(buf.view(like.shape), like)
         part = like[: like.shape[0] // k]
-        return torch.cat([s(key, part) for s in self.leaves]) if k > 1 else self.leaves[0](key, part)
+        return torch.cat([s(key, part) for s in self._leaves]) if k > 1 else self._leaves[0](key, part)
 
     @property
     def _kind(self) -> str:
-        kinds = {type(s) for s in self.leaves}
+        if self._fast is not None:
+            return "counter"
+        kinds = {type(s) for s in self._leaves}
         if kinds == {StepNoise}:
             return "philox"
         if kinds == {CounterNoise}:
@@ -351,25 +380,49 @@ class DrawNoise:
 
     def _identity_words(self, device: torch.device) -> Tensor:
         """The streams' identity words ``[K, 4]`` on ``device``, made once per device."""
+        if self._fast is not None:
+            return self._fast.words(device)
         cache = self.__dict__.setdefault("_words", {})
         words = cache.get(device)
         if words is None:
-            words = cache[device] = identity_words([s.identity for s in self.leaves], device)
+            words = cache[device] = identity_words([s.identity for s in self._leaves], device)
         return words
 
     def child(self, salt: int) -> DrawNoise:
-        return DrawNoise([s.child(salt) for s in self.streams])
+        if self._fast is not None:
+            return DrawNoise._of(self._fast.child(salt))
+        return DrawNoise([s.child(salt) for s in self._streams])
 
     def rows(self, n: int) -> list[StepNoise]:
         """One stream per row of an ``n``-row batch: stream ``k``'s rows for the ``k``-th share."""
-        k = len(self.streams)
+        if self._fast is not None:
+            return [CounterNoise._of_prefix(p) for p in self._fast.rows(n)]
+        k = len(self._streams)
         if n % k:
             raise UsageError(f"batch of {n} is not a multiple of the {k} draws")
-        return [row for s in self.streams for row in s.rows(n // k)]
+        return [row for s in self._streams for row in s.rows(n // k)]
 
     def select(self, start: int, stop: int) -> DrawNoise:
         """The streams of draws ``start..stop-1``."""
-        return DrawNoise(self.streams[start:stop])
+        if self._fast is None:
+            return DrawNoise(self._streams[start:stop])
+        fast = self._fast.select(start, stop)
+        if fast is None:
+            raise UsageError("DrawNoise needs at least one stream")
+        return DrawNoise._of(fast)
 
     def __repr__(self) -> str:
-        return f"DrawNoise({len(self.streams)} draws, first={self.streams[0]!r})"
+        return f"DrawNoise({len(self)} draws, first={self.select(0, 1).streams[0]!r})"
+
+
+def _counter_leaves(streams: list) -> CounterLeaves | None:
+    """``streams`` as paths if they are all plain :class:`CounterNoise`, or all DrawNoises of such, nested alike."""
+    first = streams[0]
+    if type(first) is CounterNoise:
+        if all(type(s) is CounterNoise for s in streams):
+            return CounterLeaves([s._prefix for s in streams], (len(streams),))
+    elif isinstance(first, DrawNoise) and first._fast is not None:
+        shape = first._fast.shape
+        if all(isinstance(s, DrawNoise) and s._fast is not None and s._fast.shape == shape for s in streams):
+            return CounterLeaves([p for s in streams for p in s._fast.prefixes], (len(streams), *shape))
+    return None
