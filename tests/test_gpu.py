@@ -117,3 +117,31 @@ def test_purification_and_an_attack_iteration_do_not_sync(real_images, scheme):
             res = _without_sync(lambda oracle=oracle: pgd(oracle, x, y, norm="linf", eps=8 / 255, steps=2,
                                                           generator=make_noise(3, (), scheme).rng()))
         assert torch.isfinite(res.loss).all() and float(res.first_grad_norm.min()) > 0
+
+
+def test_batch_size_auto_on_cuda_fits_and_changes_no_number(tmp_path):
+    """#25 item 4 on a GPU: ``batch_size: auto`` probes the device once, records its choice, and (image-v1) gives
+    the records of a fixed batch size."""
+    import json
+
+    import yaml
+
+    from freqpure.evaluation import evaluate, load_eval_config
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"attacks": [{"name": "pgd", "steps": 2, "eot": 2}]}))
+    common = ["name=gpu-auto", "device=cuda", "data.n=4", "purifier.rounds=30:2", "defence.ensemble=2",
+              "sanity.enabled=false", "noise_scheme=counter-v1", "noise_addressing=image-v1",
+              f"classifier.name={model_name('cifar10-resnet-small')}",
+              f"purifier.diffusion={model_name('cifar10-ddpm-small')}"]
+    runs = {size: evaluate(load_eval_config(base, [*common, f"batch_size={size}"]), tmp_path / size,
+                           progress=False) for size in ("2", "auto")}
+    assert runs["auto"].protocol["batch_size"].startswith("4: auto on cuda")
+    recs = {size: {r["index"]: r for r in map(json.loads, (tmp_path / size / "samples.jsonl").read_text().splitlines())}
+            for size in runs}
+    assert sorted(recs["2"]) == sorted(recs["auto"])
+    for i, a in recs["2"].items():
+        b = recs["auto"][i]
+        assert (a["clean_pred"], a["robust"]) == (b["clean_pred"], b["robust"]), i
+        for label, outcome in a["attacks"].items():
+            assert outcome["pred"] == b["attacks"][label]["pred"], (i, label)
