@@ -341,6 +341,36 @@ def test_purifier_repr_is_one_line_of_settings(eps_model) -> None:
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_while_reading_the_data_is_not_swallowed(tmp_path, monkeypatch) -> None:
+    """A Ctrl-C that lands while an archive member is closed stops the load. (Closing it in a finaliser, as
+    ``tar.extractfile(m).read()`` did, made Python print and ignore the KeyboardInterrupt: the run went on.)"""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from freqpure.cifar10 import CIFAR10_CLASSES, load_cifar10_tar
+
+    archive = tmp_path / "tiny.tar"
+    with tarfile.open(archive, "w") as tar:
+        for k, name in enumerate(CIFAR10_CLASSES):
+            buf = io.BytesIO()
+            Image.new("RGB", (32, 32), (25 * k, 0, 0)).save(buf, format="PNG")
+            info = tarfile.TarInfo(f"{name}/0.png")
+            info.size = len(buf.getvalue())
+            tar.addfile(info, io.BytesIO(buf.getvalue()))
+    assert load_cifar10_tar(archive, cache=False)[0].shape == (10, 32, 32, 3)
+    original = tarfile.ExFileObject.close
+
+    def interrupted_close(self):
+        original(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tarfile.ExFileObject, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10_tar(archive, cache=False)
+
+
 def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path) -> None:
     """SIGINT in the middle of an evaluation: "interrupted; resume with --resume", exit 130, lock released."""
     out = tmp_path / "run"

@@ -160,7 +160,10 @@ def load_cifar10_tar(
                     if not m.isfile() or not m.name.endswith(IMAGE_EXTENSIONS):
                         continue
                     where = f"{path}:{m.name}"
-                    data = tar.extractfile(m).read()
+                    # closed here, not by the garbage collector: a Ctrl-C raised inside a finaliser's close()
+                    # would be printed and ignored, and the run would go on
+                    with tar.extractfile(m) as member_file:
+                        data = member_file.read()
                     if len(data) != m.size:
                         raise UsageError(f"{where}: truncated member ({len(data)} of {m.size} bytes)")
                     labels.append(_class_of(m.name, classes, str(path)))

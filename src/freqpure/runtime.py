@@ -104,7 +104,8 @@ def _cpu_has_fast_bf16() -> bool:
     """AMX-BF16 only: on a CPU with AVX512-BF16 but no AMX (this project's Xeon VMs) bf16 autocast ran the
     bundled UNet 0.8x as fast as fp32 (benchmarks/RESULTS.md, "Speed"), so ``auto`` stays fp32 there."""
     try:
-        flags = open("/proc/cpuinfo").read()  # noqa: SIM115 - tiny read-only file
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return " amx_bf16" in flags
