@@ -378,7 +378,10 @@ def test_ctrl_c_prints_one_line_and_no_traceback(tmp_path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "freqpure", "evaluate", "--set", "data.n=20", "--set", "batch_size=2",
          "--set", "attacks.0.steps=3", "--set", "purifier.rounds=30:3", "--no-progress", "--threads", "1",
-         "--out", str(out)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--out", str(out)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # tests started in the background (`nohup ... &`, a CI runner) have SIGINT ignored, and a child inherits that
+        # across exec: give the command the default disposition a user's terminal gives it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (out / "config.yaml").exists():
         time.sleep(0.05)
