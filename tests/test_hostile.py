@@ -211,6 +211,28 @@ CLI_ROWS += [
      ["ema_decay must be in [0, 1)"]),
     ("table-schema-string", lambda h, t: ["table", str(_schema_string_run(t))],
      ["schema_version must be a whole number", "'1'"]),
+    # the options of session 21: noise addressing, batch_size auto, mode: official, typed attacks, training precision
+    ("evaluate-addressing-bogus", lambda h, t: ["evaluate", *EVAL, "--set", "noise_addressing=bogus", "--out",
+                                                str(t / "r")], ["noise_addressing must be one of batch-v1, image-v1"]),
+    ("evaluate-batch-auto-batch-v1", lambda h, t: ["evaluate", *EVAL, "--set", "batch_size=auto", "--out",
+                                                   str(t / "r")],
+     ["batch_size: auto needs noise_addressing: image-v1"]),
+    ("evaluate-batch-size-word", lambda h, t: ["evaluate", *EVAL, "--set", "batch_size=big", "--out", str(t / "r")],
+     ["batch_size must be an integer >= 1 or auto", "'big'"]),
+    ("evaluate-image-v1-blake2b", lambda h, t: ["evaluate", *EVAL, "--set", "noise_addressing=image-v1", "--out",
+                                                str(t / "r")], ["image-v1", "set noise_scheme: counter-v1"]),
+    ("evaluate-image-v1-autoattack", lambda h, t: ["evaluate", "--set", "data.n=2", "--no-progress", "--set",
+                                                   "noise_addressing=image-v1", "--set", "noise_scheme=counter-v1",
+                                                   "--set", "attacks.0.name=autoattack", "--out", str(t / "r")],
+     ["image-v1 needs attacks whose rows do not depend on their batch", "'autoattack' does not"]),
+    ("evaluate-mode-bogus", lambda h, t: ["evaluate", *EVAL, "--set", "purifier.mode=bogus", "--out", str(t / "r")],
+     ["mode must be 'paper' or 'official'", "'bogus'"]),
+    ("evaluate-attack-foreign-key", lambda h, t: ["evaluate", *EVAL, "--set", "attacks.0.version=standard", "--out",
+                                                  str(t / "r")], ["attack 'pgd' takes no 'version'"]),
+    ("train-precision-fp8", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--set", "precision=fp8"],
+     ["precision must be fp32 or bf16", "'fp8'"]),
+    ("train-amp-fp8", lambda h, t: ["train", "diffusion", "--out", str(t / "o"), "--set", "amp=fp8"],
+     ["amp must be 'bf16' or 'none'", "'fp8'"]),
 ]
 
 
