@@ -25,6 +25,7 @@ settings are paired on images *and* noise.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,6 @@ class CleanRunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         """The plain dict saved as config.yaml (JSON-normalised: lists, floats)."""
-        import json
-
         return json.loads(json.dumps(to_dict(self)))
 
 

@@ -228,12 +228,19 @@ class EvalConfig:
                                      f"got {self.purifier.sampler!r}")
 
 
+def run_noise_scheme(cfg: EvalConfig) -> str:
+    """The noise scheme a run draws with: its config's ``noise_scheme``, else :data:`freqpure.noise.NOISE_SCHEME`."""
+    from freqpure.noise import NOISE_SCHEME
+
+    return cfg.noise_scheme or NOISE_SCHEME
+
+
 def _check_batching(cfg: EvalConfig) -> None:
     """``batch_size`` (an integer >= 1, or ``auto`` under ``image-v1``) and ``noise_addressing`` (with its scheme
     and attacks whose rows do not depend on their batch); normalises ``noise_addressing``."""
-    from freqpure.noise import BATCH_ADDRESSING, IMAGE_ADDRESSING, NOISE_SCHEME, check_noise_addressing
+    from freqpure.noise import BATCH_ADDRESSING, IMAGE_ADDRESSING, check_noise_addressing
 
-    addressing = check_noise_addressing(cfg.noise_addressing, cfg.noise_scheme or NOISE_SCHEME)
+    addressing = check_noise_addressing(cfg.noise_addressing, run_noise_scheme(cfg))
     cfg.noise_addressing = None if cfg.noise_addressing is None else addressing
     size = cfg.batch_size
     if size != "auto" and (isinstance(size, bool) or not isinstance(size, int) or size < 1):

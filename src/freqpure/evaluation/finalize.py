@@ -16,7 +16,7 @@ from freqpure._fileio import write_text_atomic
 from freqpure.config.io import to_dict
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import EvalData
-from freqpure.evaluation.config import EvalConfig
+from freqpure.evaluation.config import EvalConfig, run_noise_scheme
 from freqpure.evaluation.results import (
     Accuracy,
     Results,
@@ -31,15 +31,8 @@ from freqpure.evaluation.results import (
 from freqpure.evaluation.rundir import run_store, saved_config
 from freqpure.evaluation.sanity import sanity_report
 from freqpure.noise import IMAGE_ADDRESSING
-from freqpure.samplers import NOISE_SCHEME
 
-__all__ = ["checked_records", "finalize", "protocol", "record_environments", "run_noise_scheme",
-           "runtime_decisions"]
-
-
-def run_noise_scheme(cfg: EvalConfig) -> str:
-    """The noise scheme a run draws with: its config's ``noise_scheme``, else :data:`NOISE_SCHEME`."""
-    return cfg.noise_scheme or NOISE_SCHEME
+__all__ = ["checked_records", "finalize", "protocol", "record_environments", "runtime_decisions"]
 
 
 def _mean_seconds(values: list[float | None]) -> float | None:

@@ -36,9 +36,9 @@ from freqpure.config.purifier import with_resolved_precision
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.batching import AUTO, choose_batch_size
 from freqpure.evaluation.components import Defence, EvalData, build_defence, load_eval_data, load_models
-from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text
+from freqpure.evaluation.config import AttackConfig, EvalConfig, eps_text, run_noise_scheme
 from freqpure.evaluation.distributed import DistContext, init_distributed
-from freqpure.evaluation.finalize import finalize, run_noise_scheme
+from freqpure.evaluation.finalize import finalize
 from freqpure.evaluation.results import (
     EXAMPLES_MAX,
     AttackOutcome,

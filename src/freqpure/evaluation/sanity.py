@@ -24,7 +24,7 @@ import numpy as np
 from freqpure.attacks.settings import EPS_LIMITS, AttackSettings
 from freqpure.errors import RunFolderError
 from freqpure.evaluation.components import EvalData
-from freqpure.evaluation.config import EvalConfig
+from freqpure.evaluation.config import EvalConfig, run_noise_scheme
 from freqpure.evaluation.distributed import DistContext
 from freqpure.evaluation.records import Accuracy, SampleRecord
 from freqpure.evaluation.rundir import run_store
@@ -83,9 +83,10 @@ def sweep_attack(attack: AttackSettings, multiplier: float) -> AttackSettings:
     return replace(attack, **scaled)
 
 
-def sweep_store(out: Path, cfg: EvalConfig, m: int) -> SampleStore:
-    """The records of multiplier number ``m``: ``sweep-{m}.jsonl``, with the fingerprints of ``samples.jsonl``."""
-    base = run_store(out, cfg)
+def sweep_store(out: Path, cfg: EvalConfig, m: int, base: SampleStore | None = None) -> SampleStore:
+    """The records of multiplier number ``m``: ``sweep-{m}.jsonl``, with the fingerprints of ``samples.jsonl``
+    (``base``: the run's :func:`~freqpure.evaluation.rundir.run_store`, when the caller has it already)."""
+    base = base or run_store(out, cfg)
     return SampleStore(out / f"sweep-{m}.jsonl", base.fingerprint, numbers=base.numbers, legacy=base.legacy,
                        legacy_numbers=base.legacy_numbers)
 
@@ -106,7 +107,8 @@ def run_sweep(runner: Any, data: EvalData, out: Path, ctx: DistContext, progress
     if not _wanted(cfg):
         return
     multipliers = sorted(cfg.sanity.eps_sweep)
-    stores = [sweep_store(out, cfg, m) for m in range(len(multipliers))]
+    base = run_store(out, cfg)  # config.yaml read once for every multiplier's store
+    stores = [sweep_store(out, cfg, m, base) for m in range(len(multipliers))]
     if ctx.is_main:
         for store in stores:
             store.repair()  # before any rank appends
@@ -117,7 +119,7 @@ def run_sweep(runner: Any, data: EvalData, out: Path, ctx: DistContext, progress
     todo = [pieces[j] for j in ctx.shard(list(range(len(pieces))))
             if not all(int(data.indices[p]) in done[pieces[j][0]] for p in batches[pieces[j][1]])]
     attack = cfg.attacks[0]
-    environment = {"noise_scheme": cfg.noise_scheme or _default_scheme(), "device": runner.device.type,
+    environment = {"noise_scheme": run_noise_scheme(cfg), "device": runner.device.type,
                    "precision": cfg.purifier.precision}
     for m, b in _progress(todo, progress, f"{cfg.name} eps sweep"):
         scaled = sweep_attack(attack, multipliers[m])
@@ -137,12 +139,6 @@ def run_sweep(runner: Any, data: EvalData, out: Path, ctx: DistContext, progress
     ctx.barrier()
 
 
-def _default_scheme() -> str:
-    from freqpure.samplers import NOISE_SCHEME
-
-    return NOISE_SCHEME
-
-
 def _progress(items: list[Any], progress: bool, desc: str) -> Any:
     if not progress or not items:
         return items
@@ -156,8 +152,9 @@ def sweep_records(cfg: EvalConfig, out: Path, data: EvalData) -> list[list[Sweep
     A record of another image is refused (the file was edited or mixes runs)."""
     wanted = [int(i) for i in data.indices[: min(cfg.sanity.sweep_samples, len(data.indices))]]
     found: list[list[SweepRecord]] = []
+    base = run_store(out, cfg)
     for m in range(len(cfg.sanity.eps_sweep)):
-        store = sweep_store(out, cfg, m)
+        store = sweep_store(out, cfg, m, base)
         raw = store.load()
         extra = sorted(set(raw) - set(wanted))
         if extra:
